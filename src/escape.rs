@@ -1,0 +1,112 @@
+//! Byte escaping for values written on one line: the write-ahead log and the slave protocol.
+//!
+//! Values are arbitrary bytes except `\n` (a client line cannot carry one), but a log line and a
+//! slave message must stay one line and must stay readable with `tail -f`. The escaping is:
+//!
+//! ```text
+//! \      ->  \\
+//! LF     ->  \n
+//! CR     ->  \r
+//! TAB    ->  \t
+//! other bytes below 0x20, and 0x7f  ->  \xHH (two lower-case hex digits)
+//! everything else (including bytes >= 0x80) is copied as is
+//! ```
+//!
+//! An escaped value therefore never contains a control byte, so it can end a line safely, and
+//! spaces inside it are kept literally (the value is always the last field of its line).
+
+/// Appends the escaped form of `value` to `out`.
+pub fn escape_into(value: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &b in value {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0..=0x1f | 0x7f => {
+                out.extend_from_slice(b"\\x");
+                out.push(HEX[(b >> 4) as usize]);
+                out.push(HEX[(b & 0xf) as usize]);
+            }
+            _ => out.push(b),
+        }
+    }
+}
+
+/// Returns the escaped form of `value`.
+pub fn escape(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len());
+    escape_into(value, &mut out);
+    out
+}
+
+/// Reverses [`escape`]. Returns `None` for a malformed escape or a raw control byte, so a
+/// damaged line is reported instead of being decoded into a wrong value.
+pub fn unescape(text: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        let b = text[i];
+        match b {
+            b'\\' => {
+                let code = *text.get(i + 1)?;
+                match code {
+                    b'\\' => out.push(b'\\'),
+                    b'n' => out.push(b'\n'),
+                    b'r' => out.push(b'\r'),
+                    b't' => out.push(b'\t'),
+                    b'x' => {
+                        let hi = hex_digit(*text.get(i + 2)?)?;
+                        let lo = hex_digit(*text.get(i + 3)?)?;
+                        out.push(hi << 4 | lo);
+                        i += 2;
+                    }
+                    _ => return None,
+                }
+                i += 2;
+            }
+            0..=0x1f | 0x7f => return None,
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_every_byte() {
+        let all: Vec<u8> = (0..=255u8).collect();
+        let escaped = escape(&all);
+        assert!(!escaped.iter().any(|&b| b < 0x20 || b == 0x7f));
+        assert_eq!(unescape(&escaped).unwrap(), all);
+    }
+
+    #[test]
+    fn keeps_spaces_and_utf8_readable() {
+        assert_eq!(escape("héllo wörld".as_bytes()), "héllo wörld".as_bytes());
+        assert_eq!(escape(b"a\\b\nc"), b"a\\\\b\\nc");
+    }
+
+    #[test]
+    fn rejects_malformed_escapes() {
+        for bad in [&b"\\"[..], b"\\q", b"\\x1", b"\\xzz", b"a\nb", b"\x01"] {
+            assert_eq!(unescape(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Line framing: splitting a byte stream into lines, with a bound on their length.
+//!
+//! Every dsm connection (client, slave, backup) speaks lines. A line ends with `\n`; one `\r`
+//! before it is dropped too, so `nc` and `telnet` both work. [`LineReader`] owns a buffer and
+//! hands out whole lines only; it never returns a partial line, and a line longer than its limit
+//! is an error (the caller replies `ERR line too long` and closes), so a peer cannot make a
+//! server buffer without bound.
+
+use std::io::{self, Read};
+
+/// The longest line any dsm peer may send, terminator excluded: 1 MiB. Longer lines are refused
+/// and the connection is closed, because the rest of the stream can no longer be trusted.
+pub const MAX_LINE: usize = 1 << 20;
+
+/// How many bytes are read from the socket at once. Bigger reads let a pipelining peer deliver
+/// many requests per system call.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What can go wrong while reading a line.
+#[derive(Debug)]
+pub enum LineError {
+    /// The line grew past the reader's limit before its `\n` arrived.
+    TooLong,
+    /// The socket failed (including a read timeout).
+    Io(io::Error),
+}
+
+impl From<io::Error> for LineError {
+    fn from(e: io::Error) -> Self {
+        LineError::Io(e)
+    }
+}
+
+/// Reads `\n`-terminated lines from `R`.
+pub struct LineReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    /// Start of the unread part of `buf`.
+    start: usize,
+    /// Where the search for `\n` resumes, so a long line is scanned only once.
+    scanned: usize,
+    limit: usize,
+}
+
+impl<R: Read> LineReader<R> {
+    /// A reader with the default limit, [`MAX_LINE`].
+    pub fn new(inner: R) -> Self {
+        Self::with_limit(inner, MAX_LINE)
+    }
+
+    /// A reader that refuses lines longer than `limit` bytes.
+    pub fn with_limit(inner: R, limit: usize) -> Self {
+        LineReader {
+            inner,
+            buf: Vec::with_capacity(READ_CHUNK),
+            start: 0,
+            scanned: 0,
+            limit,
+        }
+    }
+
+    /// The next line without its terminator, or `None` at a clean end of stream. A final line
+    /// without `\n` (the peer hung up mid-line) is dropped: a half request is never acted on.
+    pub fn read_line(&mut self) -> Result<Option<&[u8]>, LineError> {
+        loop {
+            if let Some(pos) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+                let end = self.scanned + pos;
+                let line_start = self.start;
+                self.start = end + 1;
+                self.scanned = self.start;
+                if end - line_start > self.limit {
+                    return Err(LineError::TooLong);
+                }
+                let mut line_end = end;
+                if line_end > line_start && self.buf[line_end - 1] == b'\r' {
+                    line_end -= 1;
+                }
+                return Ok(Some(&self.buf[line_start..line_end]));
+            }
+            self.scanned = self.buf.len();
+            if self.buf.len() - self.start > self.limit + 1 {
+                return Err(LineError::TooLong);
+            }
+            if !self.fill()? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// True when a whole line is already buffered, so a server can keep serving pipelined
+    /// requests and flush its replies only when it would otherwise block.
+    pub fn has_buffered_line(&self) -> bool {
+        self.buf[self.start..].contains(&b'\n')
+    }
+
+    /// The wrapped reader.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    /// Reads more bytes; false at end of stream.
+    fn fill(&mut self) -> io::Result<bool> {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.scanned -= self.start;
+            self.start = 0;
+        }
+        let len = self.buf.len();
+        self.buf.resize(len + READ_CHUNK, 0);
+        loop {
+            match self.inner.read(&mut self.buf[len..]) {
+                Ok(n) => {
+                    self.buf.truncate(len + n);
+                    return Ok(n > 0);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.buf.truncate(len);
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that returns its input a few bytes at a time, like a slow socket.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = self.1.min(self.0.len()).min(out.len());
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    fn lines(input: &[u8], chunk: usize, limit: usize) -> Vec<Result<Vec<u8>, String>> {
+        let mut r = LineReader::with_limit(Trickle(input, chunk), limit);
+        let mut out = Vec::new();
+        loop {
+            match r.read_line() {
+                Ok(Some(l)) => out.push(Ok(l.to_vec())),
+                Ok(None) => return out,
+                Err(LineError::TooLong) => {
+                    out.push(Err("too long".into()));
+                    return out;
+                }
+                Err(LineError::Io(e)) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn splits_lf_and_crlf_in_any_chunking() {
+        for chunk in [1, 2, 3, 7, 1000] {
+            let got = lines(b"a b\r\n\r\nc\nd\r\r\n", chunk, 100);
+            let want: Vec<Result<Vec<u8>, String>> = vec![
+                Ok(b"a b".to_vec()),
+                Ok(vec![]),
+                Ok(b"c".to_vec()),
+                Ok(b"d\r".to_vec()),
+            ];
+            assert_eq!(got, want, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn drops_a_half_line_at_end_of_stream() {
+        assert_eq!(lines(b"one\ntwo", 3, 100), vec![Ok(b"one".to_vec())]);
+    }
+
+    #[test]
+    fn refuses_lines_over_the_limit() {
+        assert_eq!(lines(b"12345\n", 2, 5), vec![Ok(b"12345".to_vec())]);
+        assert_eq!(lines(b"123456\n", 2, 5), vec![Err("too long".into())]);
+        // Without any newline at all, the reader gives up instead of buffering forever.
+        let endless = vec![b'x'; 100];
+        assert_eq!(lines(&endless, 7, 10), vec![Err("too long".into())]);
+    }
+
+    #[test]
+    fn reports_buffered_lines() {
+        let mut r = LineReader::new(&b"a\nb\nc"[..]);
+        assert_eq!(r.read_line().unwrap(), Some(&b"a"[..]));
+        assert!(r.has_buffered_line());
+        assert_eq!(r.read_line().unwrap(), Some(&b"b"[..]));
+        assert!(!r.has_buffered_line());
+    }
+}

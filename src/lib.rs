@@ -1,0 +1,16 @@
+//! dsm: a replicated in-memory key-value store.
+//!
+//! A primary master logs every write to a plain-text write-ahead log and replicates it to a
+//! majority of slave nodes before acknowledging it; a backup master follows the log and takes
+//! over when the primary fails. See `docs/ARCHITECTURE.md` for the whole picture.
+
+pub mod error;
+pub mod escape;
+pub mod framing;
+pub mod peer;
+pub mod protocol;
+pub mod quorum;
+pub mod store;
+pub mod wal;
+
+pub use error::{Error, Result};

@@ -1,0 +1,445 @@
+//! The slave protocol: messages between a master and its slaves. No sockets here.
+//!
+//! A slave opens a TCP connection to the master and registers with one line; after that the
+//! master sends requests and the slave answers each one, in any order, tagged with the
+//! request's id (`rid`). Replies are matched by id, never by order or timing. Every request
+//! carries the master's **epoch**; a slave refuses requests from an epoch older than the newest
+//! it has accepted (fencing). Values are escaped with [`crate::escape`] so a message is always
+//! one line.
+//!
+//! ```text
+//! slave  -> master   SLAVE <id> <accepted-epoch> <max-seq>          (registration)
+//! master -> slave    WELCOME <epoch>  |  ERR <reason>
+//!
+//! master -> slave    <rid> <epoch> SET <data-epoch> <seq> <key> <escaped-value>
+//!                    <rid> <epoch> DEL <data-epoch> <seq> <key>
+//!                    <rid> <epoch> GET <key>
+//!                    <rid> <epoch> PING                  (heartbeat; renews the read lease)
+//!                    <rid> <epoch> EPOCH                 (accept a new epoch: takeover)
+//!
+//! slave  -> master   <rid> OK <data-epoch> <seq>          (applied; or the newer stamp kept)
+//!                    <rid> VALUE <data-epoch> <seq> <escaped-value>
+//!                    <rid> TOMB <data-epoch> <seq>        (deleted at that stamp)
+//!                    <rid> NONE                           (never had the key)
+//!                    <rid> PONG
+//!                    <rid> FENCED <accepted-epoch>        (request from an older epoch)
+//!                    <rid> WAIT <ms>                      (another master's lease is live)
+//!                    <rid> ERR <reason>
+//! ```
+//!
+//! Every stored value carries a [`Stamp`] `(epoch, seq)`, ordered by epoch first. Within an
+//! epoch the sequence numbers come from one master's log; a new epoch's master starts above
+//! every sequence number it knows, and any write from an older epoch loses to any write from a
+//! newer one. The client-visible version is the `seq` part.
+
+use std::fmt;
+
+use crate::escape;
+use crate::protocol::{parse_key, split_word, truncate_for_display};
+
+/// The longest slave id, in bytes.
+pub const MAX_ID: usize = 64;
+
+/// The order of writes: epoch first, then sequence number within the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Stamp {
+    /// The epoch of the master that assigned `seq`.
+    pub epoch: u64,
+    /// The log sequence number; the version clients see.
+    pub seq: u64,
+}
+
+impl Stamp {
+    /// A stamp.
+    pub fn new(epoch: u64, seq: u64) -> Stamp {
+        Stamp { epoch, seq }
+    }
+}
+
+impl fmt::Display for Stamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.epoch, self.seq)
+    }
+}
+
+/// A slave's registration line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// The slave's member id.
+    pub id: String,
+    /// The newest epoch the slave has accepted.
+    pub epoch: u64,
+    /// The highest sequence number the slave stores.
+    pub max_seq: u64,
+}
+
+/// What a master asks of a slave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Store `value` under `key` unless a newer stamp is stored.
+    Set {
+        stamp: Stamp,
+        key: String,
+        value: Vec<u8>,
+    },
+    /// Store a tombstone under `key` unless a newer stamp is stored.
+    Del { stamp: Stamp, key: String },
+    /// Return what is stored under `key`.
+    Get { key: String },
+    /// Heartbeat; renews the master's read lease.
+    Ping,
+    /// Accept the request's epoch as the newest.
+    Epoch,
+}
+
+/// A request from a master: id, epoch, command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Chosen by the master; echoed in the reply.
+    pub rid: u64,
+    /// The sending master's epoch.
+    pub epoch: u64,
+    /// What to do.
+    pub command: Command,
+}
+
+/// What a slave answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The write was applied, or a newer one was already stored; the stamp is what is stored.
+    Ok(Stamp),
+    /// The stored value.
+    Value(Stamp, Vec<u8>),
+    /// The key was deleted at this stamp.
+    Tomb(Stamp),
+    /// The key was never stored.
+    None,
+    /// The answer to `PING`.
+    Pong,
+    /// The request's epoch is older than the accepted one (given).
+    Fenced(u64),
+    /// A lease of the current epoch's master is live for this many milliseconds more.
+    Wait(u64),
+    /// The request was malformed.
+    Err(String),
+}
+
+/// A reply from a slave: the request's id and the outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The id of the request answered.
+    pub rid: u64,
+    /// The answer.
+    pub outcome: Outcome,
+}
+
+/// Checks a slave id: 1..=MAX_ID bytes of letters, digits, `-`, `_`, `.`, `:`.
+pub fn parse_slave_id(id: &[u8]) -> Result<String, String> {
+    if id.is_empty() || id.len() > MAX_ID {
+        return Err(format!("slave id must be 1 to {MAX_ID} bytes"));
+    }
+    if !id
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        return Err(format!(
+            "invalid slave id '{}': use letters, digits, '-', '_', '.', ':'",
+            truncate_for_display(id)
+        ));
+    }
+    Ok(String::from_utf8_lossy(id).into_owned())
+}
+
+impl Hello {
+    /// The registration line, without terminator.
+    pub fn encode(&self) -> String {
+        format!("SLAVE {} {} {}", self.id, self.epoch, self.max_seq)
+    }
+
+    /// Parses a registration line.
+    pub fn parse(line: &[u8]) -> Result<Hello, String> {
+        let fields = fields(line);
+        match fields.as_slice() {
+            [word, id, epoch, max_seq] if word.eq_ignore_ascii_case(b"SLAVE") => Ok(Hello {
+                id: parse_slave_id(id)?,
+                epoch: number(epoch)?,
+                max_seq: number(max_seq)?,
+            }),
+            _ => Err("expected: SLAVE <id> <epoch> <max-seq>".to_string()),
+        }
+    }
+}
+
+impl Request {
+    /// Appends the request line, `\n` included.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let _ = write!(out, "{} {} ", self.rid, self.epoch);
+        let _ = match &self.command {
+            Command::Set { stamp, key, value } => {
+                let _ = write!(out, "SET {stamp} {key} ");
+                escape::escape_into(value, out);
+                Ok(())
+            }
+            Command::Del { stamp, key } => write!(out, "DEL {stamp} {key}"),
+            Command::Get { key } => write!(out, "GET {key}"),
+            Command::Ping => write!(out, "PING"),
+            Command::Epoch => write!(out, "EPOCH"),
+        };
+        out.push(b'\n');
+    }
+
+    /// Parses a request line (terminator removed).
+    pub fn parse(line: &[u8]) -> Result<Request, String> {
+        let (rid, rest) = split_word(line);
+        let rid = number(rid)?;
+        let (epoch, rest) = split_word(rest.ok_or("missing epoch")?);
+        let epoch = number(epoch)?;
+        let (verb, rest) = split_word(rest.ok_or("missing command")?);
+        let command = match verb {
+            b"SET" => {
+                let rest = rest.ok_or("SET needs a stamp, a key and a value")?;
+                let (data_epoch, rest) = split_word(rest);
+                let (seq, rest) = split_word(rest.ok_or("SET needs a seq")?);
+                let (key, value) = split_word(rest.ok_or("SET needs a key")?);
+                let value = escape::unescape(value.ok_or("SET needs a value")?)
+                    .ok_or("SET value is not validly escaped")?;
+                Command::Set {
+                    stamp: Stamp::new(number(data_epoch)?, number(seq)?),
+                    key: parse_key(key)?,
+                    value,
+                }
+            }
+            b"DEL" => match fields(rest.unwrap_or(b"")).as_slice() {
+                [e, s, key] => Command::Del {
+                    stamp: Stamp::new(number(e)?, number(s)?),
+                    key: parse_key(key)?,
+                },
+                _ => return Err("expected: DEL <epoch> <seq> <key>".into()),
+            },
+            b"GET" => match fields(rest.unwrap_or(b"")).as_slice() {
+                [key] => Command::Get {
+                    key: parse_key(key)?,
+                },
+                _ => return Err("expected: GET <key>".into()),
+            },
+            b"PING" if rest.is_none() => Command::Ping,
+            b"EPOCH" if rest.is_none() => Command::Epoch,
+            _ => {
+                return Err(format!(
+                    "unknown slave command '{}'",
+                    truncate_for_display(verb)
+                ))
+            }
+        };
+        Ok(Request {
+            rid,
+            epoch,
+            command,
+        })
+    }
+}
+
+impl Reply {
+    /// Appends the reply line, `\n` included.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let rid = self.rid;
+        let _ = match &self.outcome {
+            Outcome::Ok(s) => write!(out, "{rid} OK {s}"),
+            Outcome::Value(s, value) => {
+                let _ = write!(out, "{rid} VALUE {s} ");
+                escape::escape_into(value, out);
+                Ok(())
+            }
+            Outcome::Tomb(s) => write!(out, "{rid} TOMB {s}"),
+            Outcome::None => write!(out, "{rid} NONE"),
+            Outcome::Pong => write!(out, "{rid} PONG"),
+            Outcome::Fenced(e) => write!(out, "{rid} FENCED {e}"),
+            Outcome::Wait(ms) => write!(out, "{rid} WAIT {ms}"),
+            Outcome::Err(m) => {
+                let _ = write!(out, "{rid} ERR ");
+                escape::escape_into(m.as_bytes(), out);
+                Ok(())
+            }
+        };
+        out.push(b'\n');
+    }
+
+    /// Parses a reply line (terminator removed).
+    pub fn parse(line: &[u8]) -> Result<Reply, String> {
+        let (rid, rest) = split_word(line);
+        let rid = number(rid)?;
+        let (verb, rest) = split_word(rest.ok_or("missing outcome")?);
+        let stamp = |f: &[&[u8]]| -> Result<Stamp, String> {
+            match f {
+                [e, s] => Ok(Stamp::new(number(e)?, number(s)?)),
+                _ => Err("expected <epoch> <seq>".into()),
+            }
+        };
+        let outcome = match verb {
+            b"OK" => Outcome::Ok(stamp(&fields(rest.unwrap_or(b"")))?),
+            b"VALUE" => {
+                let rest = rest.ok_or("VALUE needs a stamp and a value")?;
+                let (e, rest) = split_word(rest);
+                let (s, value) = split_word(rest.ok_or("VALUE needs a seq")?);
+                let value = escape::unescape(value.ok_or("VALUE needs a value")?)
+                    .ok_or("VALUE is not validly escaped")?;
+                Outcome::Value(Stamp::new(number(e)?, number(s)?), value)
+            }
+            b"TOMB" => Outcome::Tomb(stamp(&fields(rest.unwrap_or(b"")))?),
+            b"NONE" if rest.is_none() => Outcome::None,
+            b"PONG" if rest.is_none() => Outcome::Pong,
+            b"FENCED" => Outcome::Fenced(number(rest.unwrap_or(b""))?),
+            b"WAIT" => Outcome::Wait(number(rest.unwrap_or(b""))?),
+            b"ERR" => Outcome::Err(
+                String::from_utf8_lossy(&escape::unescape(rest.unwrap_or(b"")).unwrap_or_default())
+                    .into_owned(),
+            ),
+            _ => {
+                return Err(format!(
+                    "unknown slave reply '{}'",
+                    truncate_for_display(verb)
+                ))
+            }
+        };
+        Ok(Reply { rid, outcome })
+    }
+}
+
+fn fields(line: &[u8]) -> Vec<&[u8]> {
+    line.split(|&b| b == b' ')
+        .filter(|f| !f.is_empty())
+        .collect()
+}
+
+fn number(field: &[u8]) -> Result<u64, String> {
+    std::str::from_utf8(field)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("expected a number, got '{}'", truncate_for_display(field)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip_request(r: Request) {
+        let mut wire = Vec::new();
+        r.encode_into(&mut wire);
+        assert_eq!(wire.iter().filter(|&&b| b == b'\n').count(), 1);
+        assert_eq!(Request::parse(&wire[..wire.len() - 1]).unwrap(), r);
+    }
+
+    fn round_trip_reply(r: Reply) {
+        let mut wire = Vec::new();
+        r.encode_into(&mut wire);
+        assert_eq!(wire.iter().filter(|&&b| b == b'\n').count(), 1);
+        assert_eq!(Reply::parse(&wire[..wire.len() - 1]).unwrap(), r);
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let s = Stamp::new(2, 41);
+        for command in [
+            Command::Set {
+                stamp: s,
+                key: "k".into(),
+                value: b"a b\nc\\\x00".to_vec(),
+            },
+            Command::Set {
+                stamp: s,
+                key: "k".into(),
+                value: Vec::new(),
+            },
+            Command::Del {
+                stamp: s,
+                key: "k".into(),
+            },
+            Command::Get { key: "k".into() },
+            Command::Ping,
+            Command::Epoch,
+        ] {
+            round_trip_request(Request {
+                rid: 9,
+                epoch: 3,
+                command,
+            });
+        }
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let s = Stamp::new(1, 5);
+        for outcome in [
+            Outcome::Ok(s),
+            Outcome::Value(s, b"x y\r\n".to_vec()),
+            Outcome::Value(s, Vec::new()),
+            Outcome::Tomb(s),
+            Outcome::None,
+            Outcome::Pong,
+            Outcome::Fenced(4),
+            Outcome::Wait(250),
+            Outcome::Err("bad\nthing".into()),
+        ] {
+            round_trip_reply(Reply {
+                rid: u64::MAX,
+                outcome,
+            });
+        }
+    }
+
+    #[test]
+    fn rejects_malformed_messages() {
+        for bad in [
+            &b""[..],
+            b"x 1 PING",
+            b"1 PING",
+            b"1 1 PING extra",
+            b"1 1 SET 1 2 k",
+            b"1 1 SET 1 2 k bad\\q",
+            b"1 1 DEL 1 k",
+            b"1 1 GET",
+            b"1 1 GET a b",
+            b"1 1 FROB",
+        ] {
+            assert!(
+                Request::parse(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        for bad in [
+            &b"1"[..],
+            b"1 OK 1",
+            b"1 VALUE 1 2",
+            b"1 FENCED x",
+            b"1 NOPE",
+        ] {
+            assert!(
+                Reply::parse(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn hello_round_trips_and_checks_ids() {
+        let h = Hello {
+            id: "s-1.a:b_c".into(),
+            epoch: 3,
+            max_seq: 10,
+        };
+        assert_eq!(Hello::parse(h.encode().as_bytes()).unwrap(), h);
+        assert!(Hello::parse(b"SLAVE bad/id 1 1").is_err());
+        assert!(Hello::parse(b"SLAVE a 1").is_err());
+        assert!(parse_slave_id(&[b'a'; MAX_ID + 1]).is_err());
+    }
+
+    #[test]
+    fn stamps_order_by_epoch_first() {
+        assert!(Stamp::new(2, 1) > Stamp::new(1, 100));
+        assert!(Stamp::new(1, 2) > Stamp::new(1, 1));
+    }
+}
