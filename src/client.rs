@@ -1,0 +1,357 @@
+//! The client library: one blocking connection to a master, with failover.
+//!
+//! A [`Client`] knows the primary's address and optionally the backup's. It connects to the
+//! first that accepts, sends one request at a time and reads its reply. When the server answers
+//! `ERR NOTPRIMARY <addr>` (nothing was done) the client moves to the other server and sends the
+//! request again; when the connection breaks, the request fails with an I/O error (a write's
+//! outcome is then unknown, so it is never silently re-sent) and the next request reconnects,
+//! trying the servers in order. Every failover is reported through [`Client::take_events`] so a
+//! user interface can say so.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use crate::framing::{LineError, LineReader};
+use crate::protocol::{parse_table_row, ErrorReply, Reply, Request};
+use crate::{Error, Result};
+
+/// How long a connection attempt to one server may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a request may wait for its reply by default. Longer than a master's write deadline,
+/// so a slow quorum shows as `ERR TIMEOUT` from the server rather than as a client timeout.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many times one request follows `ERR NOTPRIMARY` before giving up, so two servers that
+/// each point at the other cannot bounce a client forever.
+const MAX_REDIRECTS: usize = 3;
+
+/// Something the user may want to be told about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Connected to this server.
+    Connected(String),
+    /// The server at the first address failed or refused; moved on to the second.
+    FailedOver {
+        from: String,
+        to: String,
+        why: String,
+    },
+}
+
+/// A connection to a dsm master, with failover between the primary and the backup.
+pub struct Client {
+    servers: Vec<String>,
+    /// Index into `servers` of the server to try first.
+    preferred: usize,
+    conn: Option<Conn>,
+    timeout: Duration,
+    events: Vec<Event>,
+}
+
+struct Conn {
+    addr: String,
+    stream: TcpStream,
+    reader: LineReader<TcpStream>,
+    out: Vec<u8>,
+}
+
+impl Client {
+    /// A client of `master`, failing over to `backup` if given. Nothing is connected yet.
+    pub fn new(master: &str, backup: Option<&str>) -> Client {
+        let mut servers = vec![master.to_string()];
+        servers.extend(backup.map(str::to_string));
+        Client {
+            servers,
+            preferred: 0,
+            conn: None,
+            timeout: DEFAULT_REQUEST_TIMEOUT,
+            events: Vec::new(),
+        }
+    }
+
+    /// Sets how long a request waits for its reply.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+        if let Some(c) = &self.conn {
+            let _ = c.stream.set_read_timeout(Some(timeout));
+        }
+    }
+
+    /// The address of the server currently connected, if any.
+    pub fn connected_to(&self) -> Option<&str> {
+        self.conn.as_ref().map(|c| c.addr.as_str())
+    }
+
+    /// Drains the events (connections, failovers) since the last call.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Connects if not connected: the preferred server first, then the others.
+    pub fn connect(&mut self) -> Result<()> {
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        let mut failures = Vec::new();
+        for i in 0..self.servers.len() {
+            let idx = (self.preferred + i) % self.servers.len();
+            let addr = self.servers[idx].clone();
+            match Conn::open(&addr, self.timeout) {
+                Ok(conn) => {
+                    if let Some((from, why)) = failures.last().cloned() {
+                        self.events.push(Event::FailedOver {
+                            from,
+                            to: addr.clone(),
+                            why,
+                        });
+                    }
+                    self.events.push(Event::Connected(addr));
+                    self.preferred = idx;
+                    self.conn = Some(conn);
+                    return Ok(());
+                }
+                Err(e) => failures.push((addr, e.to_string())),
+            }
+        }
+        let tried: Vec<String> = failures.iter().map(|(a, e)| format!("{a}: {e}")).collect();
+        Err(Error::Unavailable(format!(
+            "no server reachable ({})",
+            tried.join("; ")
+        )))
+    }
+
+    /// Sends a request and returns the server's reply. `ERR NOTPRIMARY` is followed to the
+    /// other server; an `ERR` reply is returned as a [`Reply::Err`], not as an `Err`.
+    pub fn request(&mut self, request: &Request) -> Result<Reply> {
+        let mut redirects = 0;
+        loop {
+            self.connect()?;
+            let reply = match self.exchange(request) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.disconnect_and_prefer_other();
+                    return Err(e);
+                }
+            };
+            match &reply {
+                Reply::Err(ErrorReply::NotPrimary(_))
+                    if redirects < MAX_REDIRECTS && self.servers.len() > 1 =>
+                {
+                    redirects += 1;
+                    let from = self.connected_to().unwrap_or_default().to_string();
+                    self.disconnect_and_prefer_other();
+                    self.connect().map_err(|e| {
+                        Error::Unavailable(format!("{from} is not the primary, and {e}"))
+                    })?;
+                    if let Some(Event::Connected(to)) = self.events.last().cloned() {
+                        self.events.push(Event::FailedOver {
+                            from,
+                            to,
+                            why: "not the primary".into(),
+                        });
+                    }
+                }
+                _ => return Ok(reply),
+            }
+        }
+    }
+
+    /// `WRITE key value`: the version on success.
+    pub fn write(&mut self, key: &str, value: &[u8]) -> Result<Reply> {
+        self.request(&Request::Write {
+            key: key.to_string(),
+            value: value.to_vec(),
+        })
+    }
+
+    /// `READ key`.
+    pub fn read(&mut self, key: &str) -> Result<Reply> {
+        self.request(&Request::Read {
+            key: key.to_string(),
+        })
+    }
+
+    /// `STATS` as name/value pairs.
+    pub fn stats(&mut self) -> Result<Vec<(String, String)>> {
+        match self.request(&Request::Stats)? {
+            Reply::Table { rows, .. } => Ok(rows),
+            Reply::Err(e) => Err(Error::Protocol(format!("STATS failed: {e}"))),
+            other => Err(Error::Protocol(format!(
+                "unexpected reply to STATS: {other:?}"
+            ))),
+        }
+    }
+
+    /// Closes the connection; the next request reconnects, trying the other server first.
+    pub fn disconnect_and_prefer_other(&mut self) {
+        self.conn = None;
+        if self.servers.len() > 1 {
+            self.preferred = (self.preferred + 1) % self.servers.len();
+        }
+    }
+
+    fn exchange(&mut self, request: &Request) -> Result<Reply> {
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| Error::Unavailable("not connected".into()))?;
+        conn.out.clear();
+        encode_request(request, &mut conn.out);
+        conn.stream.write_all(&conn.out)?;
+        conn.read_reply()
+    }
+}
+
+impl Conn {
+    fn open(addr: &str, timeout: Duration) -> Result<Conn> {
+        let sockaddrs: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|e| Error::Config(format!("bad address {addr}: {e}")))?
+            .collect();
+        let mut last = None;
+        for sa in sockaddrs {
+            match TcpStream::connect_timeout(&sa, CONNECT_TIMEOUT) {
+                Ok(stream) => {
+                    stream.set_nodelay(true)?;
+                    stream.set_read_timeout(Some(timeout))?;
+                    let reader = LineReader::new(stream.try_clone()?);
+                    return Ok(Conn {
+                        addr: addr.to_string(),
+                        stream,
+                        reader,
+                        out: Vec::new(),
+                    });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last
+            .map(Error::Io)
+            .unwrap_or_else(|| Error::Config(format!("{addr} resolves to nothing"))))
+    }
+
+    fn read_reply(&mut self) -> Result<Reply> {
+        let first = self.next_line()?;
+        let mut reply = Reply::parse_line(&first).map_err(Error::Protocol)?;
+        if let Reply::Table { rows, .. } = &mut reply {
+            if first != b"END" {
+                loop {
+                    let line = self.next_line()?;
+                    if line == b"END" {
+                        break;
+                    }
+                    let row = parse_table_row(&line).ok_or_else(|| {
+                        Error::Protocol(format!(
+                            "bad table row: {}",
+                            String::from_utf8_lossy(&line)
+                        ))
+                    })?;
+                    rows.push(row);
+                }
+            }
+        }
+        Ok(reply)
+    }
+
+    fn next_line(&mut self) -> Result<Vec<u8>> {
+        match self.reader.read_line() {
+            Ok(Some(line)) => Ok(line.to_vec()),
+            Ok(None) => Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{} closed the connection", self.addr),
+            ))),
+            Err(LineError::TooLong) => Err(Error::Protocol("reply line too long".into())),
+            Err(LineError::Io(e)) if is_timeout(&e) => Err(Error::Timeout(format!(
+                "no reply from {} in time",
+                self.addr
+            ))),
+            Err(LineError::Io(e)) => Err(Error::Io(e)),
+        }
+    }
+}
+
+/// True for the errors a socket read timeout produces.
+pub fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// Appends the wire form of a request (what a user would type), `\n` included.
+pub fn encode_request(request: &Request, out: &mut Vec<u8>) {
+    match request {
+        Request::Write { key, value } => {
+            out.extend_from_slice(b"WRITE ");
+            out.extend_from_slice(key.as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(value);
+        }
+        Request::Read { key } => {
+            out.extend_from_slice(b"READ ");
+            out.extend_from_slice(key.as_bytes());
+        }
+        Request::Delete { key } => {
+            out.extend_from_slice(b"DELETE ");
+            out.extend_from_slice(key.as_bytes());
+        }
+        Request::Remove { id } => {
+            out.extend_from_slice(b"REMOVE ");
+            out.extend_from_slice(id.as_bytes());
+        }
+        Request::Ping => out.extend_from_slice(b"PING"),
+        Request::Stats => out.extend_from_slice(b"STATS"),
+        Request::Members => out.extend_from_slice(b"MEMBERS"),
+        Request::Quit => out.extend_from_slice(b"QUIT"),
+        Request::Hello => out.extend_from_slice(b"CLIENT"),
+    }
+    out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_requests_parse_back() {
+        let requests = [
+            Request::Write {
+                key: "k".into(),
+                value: b"a b ".to_vec(),
+            },
+            Request::Write {
+                key: "k".into(),
+                value: Vec::new(),
+            },
+            Request::Read { key: "k".into() },
+            Request::Delete { key: "k".into() },
+            Request::Remove { id: "s1".into() },
+            Request::Ping,
+            Request::Stats,
+            Request::Members,
+            Request::Quit,
+            Request::Hello,
+        ];
+        for r in requests {
+            let mut out = Vec::new();
+            encode_request(&r, &mut out);
+            assert_eq!(Request::parse(&out[..out.len() - 1]).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn no_server_is_a_clear_error() {
+        // Bind then drop a listener so the port is very likely closed.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut c = Client::new(&addr.to_string(), None);
+        match c.request(&Request::Ping) {
+            Err(Error::Unavailable(msg)) => assert!(msg.contains("no server reachable"), "{msg}"),
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+}

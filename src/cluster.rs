@@ -1,0 +1,277 @@
+//! Running dsm processes: start the real binaries, wait until they are ready, signal them, and
+//! stop them all when dropped.
+//!
+//! The harness and the integration tests both use this module, so what they measure and test is
+//! exactly what a user runs. A [`Node`] is one child process. It is ready when it has printed
+//! `listening on ADDR` on stdout (servers bind `127.0.0.1:0` in tests, so the real port is
+//! learned from that line, never guessed). Its output is copied to a log file in the cluster's
+//! directory (and, optionally, to our stderr with its role as prefix). Dropping a `Node` kills
+//! the process, so a failed test leaves nothing behind.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver};
+
+use crate::client::Client;
+use crate::{Error, Result};
+
+/// How long a process may take to print `listening on`. Generous: tests run in parallel on two
+/// contended cores.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often a condition is polled while waiting for it.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Where the dsm binaries are: the directory of the running executable, or its parent (tests
+/// and benchmarks run from `target/<profile>/deps`). `DSM_BIN_DIR` overrides.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DSM_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.join("dsm-master").exists() {
+        dir
+    } else {
+        dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+    }
+}
+
+/// A free TCP port on loopback, for a server whose address others must know before it starts
+/// (the backup's). The port is free when this returns; a process binding it shortly after
+/// almost always gets it.
+pub fn free_port() -> Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// One running dsm process.
+pub struct Node {
+    /// A short name: `master`, `backup`, `slave-1`, ...
+    pub name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    dir: PathBuf,
+    echo: bool,
+    child: Option<Child>,
+    addr: Option<SocketAddr>,
+}
+
+impl Node {
+    /// Starts `program` with `args` in `dir`. If `wait_listening`, waits for its
+    /// `listening on ADDR` line.
+    pub fn start(
+        name: &str,
+        program: &Path,
+        args: Vec<String>,
+        dir: &Path,
+        echo: bool,
+        wait_listening: bool,
+    ) -> Result<Node> {
+        let mut node = Node {
+            name: name.to_string(),
+            program: program.to_path_buf(),
+            args,
+            dir: dir.to_path_buf(),
+            echo,
+            child: None,
+            addr: None,
+        };
+        node.spawn(wait_listening)?;
+        Ok(node)
+    }
+
+    fn spawn(&mut self, wait_listening: bool) -> Result<()> {
+        let mut child = Command::new(&self.program)
+            .args(&self.args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::Config(format!("cannot start {}: {e}", self.program.display())))?;
+        let log_path = self.dir.join(format!("{}.out", self.name));
+        let log = File::options().create(true).append(true).open(&log_path)?;
+        let (tx, rx) = bounded(1);
+        if let Some(stdout) = child.stdout.take() {
+            let (log, name, echo) = (log.try_clone()?, self.name.clone(), self.echo);
+            thread::spawn(move || copy_output(stdout, log, &name, echo, Some(tx)));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            let (name, echo) = (self.name.clone(), self.echo);
+            thread::spawn(move || copy_output(stderr, log, &name, echo, None));
+        }
+        self.child = Some(child);
+        if wait_listening {
+            self.addr = Some(self.wait_listening(&rx)?);
+        }
+        Ok(())
+    }
+
+    fn wait_listening(&mut self, rx: &Receiver<SocketAddr>) -> Result<SocketAddr> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(addr) = rx.recv_timeout(POLL_INTERVAL) {
+                return Ok(addr);
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Err(Error::Unavailable(format!(
+                    "{} exited with {status} before listening; see {}",
+                    self.name,
+                    self.dir.join(format!("{}.out", self.name)).display()
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Timeout(format!(
+                    "{} did not start listening",
+                    self.name
+                )));
+            }
+        }
+    }
+
+    /// The address the process printed in `listening on ADDR`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP: the process freezes with its sockets open, like a hung machine.
+    pub fn pause(&self) -> Result<()> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    /// SIGCONT after [`Node::pause`].
+    pub fn resume(&self) -> Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
+    /// SIGTERM: ask the process to stop.
+    pub fn terminate(&self) -> Result<()> {
+        self.signal(libc::SIGTERM)
+    }
+
+    fn signal(&self, sig: libc::c_int) -> Result<()> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| Error::Unavailable(format!("{} is not running", self.name)))?;
+        // SAFETY: kill(2) with a pid we spawned and have not reaped; no memory is shared.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(Error::Io(std::io::Error::last_os_error()))
+        }
+    }
+
+    /// Kills the process (if running) and starts it again with the same arguments, so a server
+    /// comes back on the same address.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        let wait = self.addr.is_some();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            // The old socket may linger briefly; retry until the port is ours again.
+            match self.spawn(wait) {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() < deadline => {
+                    log::debug!("restart of {} failed, retrying: {e}", self.name);
+                    self.kill();
+                    thread::sleep(POLL_INTERVAL * 5);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The command-line arguments the process was started with.
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // SIGKILL ends a stopped process too; resuming first is harmless and keeps a test that
+        // paused a node from leaving a frozen process behind if the kill fails.
+        let _ = self.resume();
+        self.kill();
+    }
+}
+
+fn copy_output(
+    from: impl std::io::Read,
+    mut log: File,
+    name: &str,
+    echo: bool,
+    mut ready: Option<crossbeam_channel::Sender<SocketAddr>>,
+) {
+    let reader = BufReader::new(from);
+    for line in reader.split(b'\n') {
+        let Ok(line) = line else { break };
+        let text = String::from_utf8_lossy(&line);
+        if let Some(tx) = &ready {
+            if let Some(addr) = text
+                .strip_prefix("listening on ")
+                .and_then(|a| a.trim().parse().ok())
+            {
+                let _ = tx.send(addr);
+                ready = None;
+            }
+        }
+        let _ = writeln!(log, "{text}");
+        if echo {
+            eprintln!("[{name}] {text}");
+        }
+    }
+}
+
+/// Waits until `condition` holds, polling; `what` names it in the timeout error.
+pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        if Instant::now() > deadline {
+            return Err(Error::Timeout(format!("waited {timeout:?} for {what}")));
+        }
+        thread::sleep(POLL_INTERVAL);
+    }
+    Ok(())
+}
+
+/// One `STATS` value from the server at `addr`, or `None` if it cannot be asked.
+pub fn stat(addr: &str, name: &str) -> Option<String> {
+    let mut c = Client::new(addr, None);
+    c.set_timeout(Duration::from_secs(2));
+    c.stats()
+        .ok()?
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v)
+}
