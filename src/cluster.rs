@@ -275,3 +275,193 @@ pub fn stat(addr: &str, name: &str) -> Option<String> {
         .find(|(n, _)| n == name)
         .map(|(_, v)| v)
 }
+
+/// How long the slaves of a freshly started cluster may take to register with the master.
+/// Generous for the same reason as [`READY_TIMEOUT`].
+pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long one `STATS` request made while waiting for readiness may take.
+const STATS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What [`Cluster::start`] starts.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterConfig {
+    /// How many slaves (`dsm-slave --id s1` .. `sN`).
+    pub slaves: usize,
+    /// Start a backup master (`dsm-backup`) too. Ignored, with a warning in the log, when the
+    /// binary is not built; see [`Cluster::has_backup_binary`].
+    pub backup: bool,
+    /// Extra arguments for `dsm-master` (e.g. `--fsync never`).
+    pub master_args: Vec<String>,
+    /// Copy every process's output to our stderr, prefixed with its name.
+    pub echo: bool,
+}
+
+/// A whole dsm cluster of real processes: the primary, an optional backup and N slaves, all on
+/// loopback, with their logs and write-ahead logs in one directory. Dropping it kills every
+/// process (slaves first, then the backup, then the primary).
+pub struct Cluster {
+    /// The directory holding the write-ahead logs and each process's `NAME.out`.
+    pub dir: PathBuf,
+    /// The primary master.
+    pub master: Node,
+    /// The backup master, if one was started.
+    pub backup: Option<Node>,
+    /// The slaves, `s1` first.
+    pub slaves: Vec<Node>,
+    master_addr: String,
+    backup_addr: Option<String>,
+}
+
+impl Cluster {
+    /// True when `dsm-backup` is built next to the other binaries.
+    pub fn has_backup_binary() -> bool {
+        bin_dir().join("dsm-backup").exists()
+    }
+
+    /// The slave id [`Cluster::start`] gives to slave number `i` (from 0): `s1`, `s2`, ...
+    pub fn slave_id(i: usize) -> String {
+        format!("s{}", i + 1)
+    }
+
+    /// Starts the primary (`--listen 127.0.0.1:0`), the backup if asked for and built, and the
+    /// slaves, in `dir` (which must exist), then waits until every slave has registered.
+    pub fn start(config: &ClusterConfig, dir: &Path) -> Result<Cluster> {
+        let bin = bin_dir();
+        let backup_addr = if config.backup && Cluster::has_backup_binary() {
+            Some(free_port()?.to_string())
+        } else {
+            if config.backup {
+                log::warn!(
+                    "{} is not built: running without a backup master",
+                    bin.join("dsm-backup").display()
+                );
+            }
+            None
+        };
+        let master_wal = dir.join("master.wal");
+        let mut args = vec![
+            "--listen".to_string(),
+            "127.0.0.1:0".to_string(),
+            "--wal".to_string(),
+            master_wal.display().to_string(),
+        ];
+        if let Some(b) = &backup_addr {
+            args.extend(["--backup".to_string(), b.clone()]);
+        }
+        args.extend(config.master_args.iter().cloned());
+        let master = Node::start(
+            "master",
+            &bin.join("dsm-master"),
+            args,
+            dir,
+            config.echo,
+            true,
+        )?;
+        let master_addr = master.addr().to_string();
+        let backup = match &backup_addr {
+            Some(b) => Some(Node::start(
+                "backup",
+                &bin.join("dsm-backup"),
+                vec![
+                    "--listen".into(),
+                    b.clone(),
+                    "--primary".into(),
+                    master_addr.clone(),
+                    "--follow".into(),
+                    master_wal.display().to_string(),
+                    "--wal".into(),
+                    dir.join("backup.wal").display().to_string(),
+                ],
+                dir,
+                config.echo,
+                true,
+            )?),
+            None => None,
+        };
+        let mut cluster = Cluster {
+            dir: dir.to_path_buf(),
+            master,
+            backup,
+            slaves: Vec::new(),
+            master_addr,
+            backup_addr,
+        };
+        for i in 0..config.slaves {
+            let id = Cluster::slave_id(i);
+            let mut args = vec![
+                "--id".to_string(),
+                id.clone(),
+                "--master".to_string(),
+                cluster.master_addr.clone(),
+            ];
+            if let Some(b) = &cluster.backup_addr {
+                args.extend(["--backup".to_string(), b.clone()]);
+            }
+            let node = Node::start(
+                &format!("slave-{}", i + 1),
+                &bin.join("dsm-slave"),
+                args,
+                dir,
+                config.echo,
+                false,
+            )?;
+            cluster.slaves.push(node);
+        }
+        cluster.wait_slaves(config.slaves, REGISTER_TIMEOUT)?;
+        Ok(cluster)
+    }
+
+    /// The primary's address.
+    pub fn master_addr(&self) -> &str {
+        &self.master_addr
+    }
+
+    /// The backup's address, if a backup was started.
+    pub fn backup_addr(&self) -> Option<&str> {
+        self.backup_addr.as_deref()
+    }
+
+    /// The number of live registered slaves the primary reports (`STAT slaves`), or `None`
+    /// when it cannot be asked.
+    pub fn registered_slaves(&self) -> Option<usize> {
+        registered_slaves(&self.master_addr)
+    }
+
+    /// Waits until the primary reports `n` live registered slaves.
+    pub fn wait_slaves(&self, n: usize, timeout: Duration) -> Result<()> {
+        wait_for(&format!("{n} slaves to register"), timeout, || {
+            self.registered_slaves() == Some(n)
+        })
+        .map_err(|e| {
+            Error::Timeout(format!(
+                "{e} (the master reports {:?}); logs are in {}",
+                self.registered_slaves(),
+                self.dir.display()
+            ))
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for s in &mut self.slaves {
+            s.kill();
+        }
+        if let Some(b) = &mut self.backup {
+            b.kill();
+        }
+        self.master.kill();
+    }
+}
+
+/// `STAT slaves` of the master at `addr`, or `None` when it cannot be asked or does not say.
+pub fn registered_slaves(addr: &str) -> Option<usize> {
+    let mut c = Client::new(addr, None);
+    c.set_timeout(STATS_TIMEOUT);
+    c.stats()
+        .ok()?
+        .into_iter()
+        .find(|(n, _)| n == "slaves")
+        .and_then(|(_, v)| v.trim().parse().ok())
+}
