@@ -9,9 +9,12 @@ pub mod cluster;
 pub mod error;
 pub mod escape;
 pub mod framing;
+pub mod logging;
+pub mod master;
 pub mod peer;
 pub mod protocol;
 pub mod quorum;
+pub mod slave;
 pub mod store;
 pub mod wal;
 
