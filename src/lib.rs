@@ -10,10 +10,13 @@ pub mod error;
 pub mod escape;
 pub mod framing;
 pub mod harness;
+pub mod logging;
+pub mod master;
 pub mod peer;
 pub mod plot;
 pub mod protocol;
 pub mod quorum;
+pub mod slave;
 pub mod store;
 pub mod wal;
 

@@ -40,6 +40,16 @@ use crate::protocol::{parse_key, split_word, truncate_for_display};
 /// The longest slave id, in bytes.
 pub const MAX_ID: usize = 64;
 
+/// How long a slave's answer to a master's `PING` promises not to accept a newer epoch: the
+/// master's read lease. A slave that has given a lease to one master waits for it to run out
+/// before it joins a new epoch, so a master holding leases from a majority knows that no other
+/// master can have written anything, and may serve reads.
+pub const LEASE: std::time::Duration = std::time::Duration::from_millis(1000);
+
+/// The part of [`LEASE`] a master relies on, in percent, measured from when it *sent* the
+/// `PING`. The rest is a margin for clock-rate differences between the two processes.
+pub const LEASE_TRUSTED_PERCENT: u64 = 80;
+
 /// The order of writes: epoch first, then sequence number within the epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Stamp {
@@ -174,21 +184,9 @@ impl Request {
     /// Appends the request line, `\n` included.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         use std::io::Write;
-        let _ = write!(out, "{} {} ", self.rid, self.epoch);
-        let _ = match &self.command {
-            Command::Set { stamp, key, value } => {
-                let _ = write!(out, "SET {stamp} {key} ");
-                escape::escape_into(value, out);
-                Ok(())
-            }
-            Command::Del { stamp, key } => write!(out, "DEL {stamp} {key}"),
-            Command::Get { key } => write!(out, "GET {key}"),
-            Command::Ping => write!(out, "PING"),
-            Command::Epoch => write!(out, "EPOCH"),
-        };
-        out.push(b'\n');
+        let _ = write!(out, "{} ", self.rid);
+        encode_body(self.epoch, &self.command, out);
     }
-
     /// Parses a request line (terminator removed).
     pub fn parse(line: &[u8]) -> Result<Request, String> {
         let (rid, rest) = split_word(line);
@@ -238,6 +236,25 @@ impl Request {
             command,
         })
     }
+}
+
+/// Appends everything of a request line after `<rid> `, `\n` included: a master encodes a
+/// write once and sends it to several slaves, each with its own id in front.
+pub fn encode_body(epoch: u64, command: &Command, out: &mut Vec<u8>) {
+    use std::io::Write;
+    let _ = write!(out, "{epoch} ");
+    let _ = match command {
+        Command::Set { stamp, key, value } => {
+            let _ = write!(out, "SET {stamp} {key} ");
+            escape::escape_into(value, out);
+            Ok(())
+        }
+        Command::Del { stamp, key } => write!(out, "DEL {stamp} {key}"),
+        Command::Get { key } => write!(out, "GET {key}"),
+        Command::Ping => write!(out, "PING"),
+        Command::Epoch => write!(out, "EPOCH"),
+    };
+    out.push(b'\n');
 }
 
 impl Reply {

@@ -1,0 +1,201 @@
+//! The master's index: for every key, the newest logged write, the newest acknowledged
+//! (committed) write, and which member slots hold the committed copy.
+//!
+//! The master keeps the values too (they are in its log anyway): that is what lets it repair a
+//! slave that lost its memory, re-replicate a key whose copies died, and check that a slave's
+//! answer is the acknowledged version. Reads never return anything but the committed write, so
+//! a write still in flight is invisible until it is acknowledged, and a read can never see a
+//! value that a later read does not.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::peer::Stamp;
+
+/// A value, or a tombstone (`None`).
+pub type Value = Option<Arc<[u8]>>;
+
+/// What the master knows of one key.
+#[derive(Debug, Clone)]
+pub struct KeyState {
+    /// The newest write in the log (it may not be acknowledged yet).
+    pub latest: (Stamp, Value),
+    /// The newest acknowledged write; reads return this.
+    pub committed: (Stamp, Value),
+    /// Member slots known to hold `committed` (or a newer write), as a bit set.
+    pub holders: u64,
+}
+
+/// Key to state.
+#[derive(Debug, Default)]
+pub struct Index {
+    map: HashMap<String, KeyState>,
+}
+
+impl Index {
+    /// An empty index.
+    pub fn new() -> Index {
+        Index::default()
+    }
+
+    /// Applies a write read back from the log at start: it is the truth, so it is committed,
+    /// but nobody is known to hold it yet.
+    pub fn replay(&mut self, key: &str, stamp: Stamp, value: Value) {
+        let entry = (stamp, value);
+        self.map.insert(
+            key.to_string(),
+            KeyState {
+                latest: entry.clone(),
+                committed: entry,
+                holders: 0,
+            },
+        );
+    }
+
+    /// Records a write that was just logged.
+    pub fn logged(&mut self, key: &str, stamp: Stamp, value: Value) {
+        match self.map.get_mut(key) {
+            Some(s) if s.latest.0 < stamp => s.latest = (stamp, value),
+            Some(_) => {}
+            None => {
+                let none = (Stamp::default(), None);
+                self.map.insert(
+                    key.to_string(),
+                    KeyState {
+                        latest: (stamp, value),
+                        committed: none,
+                        holders: 0,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Records that the members in `acked` acknowledged `stamp` (a majority, for a write).
+    /// Returns true if this made `stamp` the committed write.
+    pub fn commit(&mut self, key: &str, stamp: Stamp, value: Value, acked: u64) -> bool {
+        let Some(s) = self.map.get_mut(key) else {
+            return false;
+        };
+        if s.committed.0 < stamp {
+            s.committed = (stamp, value);
+            s.holders = acked;
+            true
+        } else {
+            if s.committed.0 == stamp {
+                s.holders |= acked;
+            }
+            false
+        }
+    }
+
+    /// Adds holders of exactly `stamp` (a repair or catch-up that was acknowledged).
+    pub fn add_holders(&mut self, key: &str, stamp: Stamp, slots: u64) {
+        if let Some(s) = self.map.get_mut(key) {
+            if s.committed.0 == stamp {
+                s.holders |= slots;
+            }
+        }
+    }
+
+    /// Removes holders (a slave answered with an older copy, or re-registered).
+    pub fn drop_holder(&mut self, key: &str, slot: usize) {
+        if let Some(s) = self.map.get_mut(key) {
+            s.holders &= !(1u64 << slot);
+        }
+    }
+
+    /// Forgets `slot` for every key: the slave re-registered (it may have lost its memory) or
+    /// was removed.
+    pub fn forget_slot(&mut self, slot: usize) {
+        let mask = !(1u64 << slot);
+        for s in self.map.values_mut() {
+            s.holders &= mask;
+        }
+    }
+
+    /// The state of `key`.
+    pub fn get(&self, key: &str) -> Option<&KeyState> {
+        self.map.get(key)
+    }
+
+    /// Number of keys with a committed value (tombstones and never-committed keys excluded).
+    pub fn live_keys(&self) -> usize {
+        self.map
+            .values()
+            .filter(|s| s.committed.1.is_some())
+            .count()
+    }
+
+    /// How many keys each slot holds (for STATS).
+    pub fn keys_per_slot(&self) -> [u64; 64] {
+        let mut counts = [0u64; 64];
+        for s in self.map.values() {
+            let mut h = s.holders;
+            while h != 0 {
+                let slot = h.trailing_zeros() as usize;
+                counts[slot] += 1;
+                h &= h - 1;
+            }
+        }
+        counts
+    }
+
+    /// Keys for which `pred` holds, with their state (for repair scans and catch-up).
+    pub fn select(&self, mut pred: impl FnMut(&KeyState) -> bool) -> Vec<(String, KeyState)> {
+        self.map
+            .iter()
+            .filter(|(_, s)| pred(s))
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect()
+    }
+
+    /// Number of keys (including tombstones).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when the index is empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Value {
+        Some(Arc::from(s.as_bytes()))
+    }
+
+    #[test]
+    fn reads_see_only_committed_writes_in_stamp_order() {
+        let mut ix = Index::new();
+        let (s1, s2) = (Stamp::new(1, 1), Stamp::new(1, 2));
+        ix.logged("k", s1, v("a"));
+        ix.logged("k", s2, v("b"));
+        assert_eq!(ix.get("k").unwrap().committed.0, Stamp::default());
+        // The later write is acknowledged first; the earlier one must not roll it back.
+        assert!(ix.commit("k", s2, v("b"), 0b011));
+        assert!(!ix.commit("k", s1, v("a"), 0b100));
+        let s = ix.get("k").unwrap();
+        assert_eq!((s.committed.0, s.holders), (s2, 0b011));
+        assert_eq!(s.committed.1.as_deref(), Some(&b"b"[..]));
+    }
+
+    #[test]
+    fn holders_follow_the_committed_stamp() {
+        let mut ix = Index::new();
+        ix.replay("k", Stamp::new(1, 5), v("x"));
+        assert_eq!(ix.get("k").unwrap().holders, 0);
+        ix.add_holders("k", Stamp::new(1, 5), 0b101);
+        ix.add_holders("k", Stamp::new(1, 4), 0b010);
+        assert_eq!(ix.get("k").unwrap().holders, 0b101);
+        ix.drop_holder("k", 0);
+        assert_eq!(ix.get("k").unwrap().holders, 0b100);
+        ix.forget_slot(2);
+        assert_eq!(ix.get("k").unwrap().holders, 0);
+        assert_eq!(ix.keys_per_slot()[2], 0);
+    }
+}

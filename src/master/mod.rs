@@ -1,0 +1,379 @@
+//! The master: serves clients, replicates every write to a majority of slave members, and
+//! answers reads from slaves that hold the acknowledged version.
+//!
+//! Threads: one accept loop; one thread per connection (a client's or a slave's — they share
+//! the port and are told apart by their first line); one heartbeat thread; one repair thread;
+//! and one short-lived catch-up thread per slave that (re)registers. State lives in
+//! [`Shared`]: the write-ahead log, the [`index::Index`] of keys, the [`members::Members`] with
+//! their live [`link::Link`]s, and counters.
+//!
+//! The path of a write (`WRITE k v`, on the client's thread):
+//! 1. check that a majority of the members is connected, else `ERR UNAVAILABLE` (nothing done);
+//! 2. append `<seq> SET k v` to the log: `seq` is the version, `(epoch, seq)` the stamp;
+//! 3. send it to a random majority of the connected members, each request with its own id;
+//! 4. collect ACKs on a crossbeam channel; a member that does not answer within
+//!    `--ack-timeout-ms` is marked down and replaced by another connected member;
+//! 5. with a majority of ACKs, mark the write committed and answer `OK <seq>`; otherwise answer
+//!    `ERR TIMEOUT` (the write is logged, so the repair thread may still complete it).
+//!
+//! The path of a read (`READ k`): the master must hold read leases from a majority (so no newer
+//! master can exist); it asks one connected member that holds the committed version (falling
+//! back to the others; a member with an older copy is repaired), and answers with the committed
+//! version. If no member is known to hold it (after a restart, say) it asks a majority to
+//! rebuild its map, and answers from its log-backed index. A read never returns anything but the
+//! newest acknowledged write.
+
+pub mod index;
+pub mod link;
+pub mod members;
+mod ops;
+mod slaves;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::framing::{LineError, LineReader};
+use crate::peer::{Hello, Stamp};
+use crate::protocol::{ErrorReply, Reply, Request};
+use crate::wal::{Fsync, Record, Wal};
+use crate::{Error, Result};
+
+use index::Index;
+use members::Members;
+
+/// Default for `--ack-timeout-ms`: how long a write waits for one slave's ACK before marking it
+/// down and asking another member instead.
+pub const DEFAULT_ACK_TIMEOUT_MS: u64 = 500;
+
+/// Default for `--heartbeat-ms`: how often the master pings every slave.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
+
+/// A slave silent for this many heartbeat intervals is marked down and disconnected.
+pub const HEARTBEAT_MISSES: u32 = 5;
+
+/// A write's whole deadline, in ACK timeouts: enough to replace slow members a few times, short
+/// enough that a client gets `ERR TIMEOUT` within seconds, never a hang.
+pub const WRITE_DEADLINE_ACK_TIMEOUTS: u32 = 4;
+
+/// Default for `--max-connections`: clients and slaves together. One more gets
+/// `ERR too many connections` and is closed.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// How often the repair thread looks for keys with fewer live copies than a majority.
+pub const REPAIR_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How many catch-up writes may be outstanding to one slave at once.
+pub const SYNC_WINDOW: usize = 256;
+
+/// Default primary address.
+pub const DEFAULT_PRIMARY_ADDR: &str = "127.0.0.1:12345";
+
+/// Default backup address.
+pub const DEFAULT_BACKUP_ADDR: &str = "127.0.0.1:12346";
+
+/// What a master is configured with (the command-line flags).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: String,
+    /// Path of the write-ahead log.
+    pub wal: PathBuf,
+    /// The backup master's address, given to clients in `ERR NOTPRIMARY` when this master steps
+    /// down.
+    pub backup: Option<String>,
+    /// When the log is fsynced.
+    pub fsync: Fsync,
+    /// How long to wait for one slave's ACK.
+    pub ack_timeout: Duration,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Connection limit.
+    pub max_connections: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: DEFAULT_PRIMARY_ADDR.to_string(),
+            wal: PathBuf::from("kv_store.log"),
+            backup: None,
+            fsync: Fsync::Everysec,
+            ack_timeout: Duration::from_millis(DEFAULT_ACK_TIMEOUT_MS),
+            heartbeat: Duration::from_millis(DEFAULT_HEARTBEAT_MS),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Whether this master serves requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Role {
+    /// Serves reads and writes.
+    Primary = 0,
+    /// Answers `ERR NOTPRIMARY`.
+    Standby = 1,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Standby => "standby",
+        }
+    }
+}
+
+/// Counters for `STATS`.
+#[derive(Default)]
+pub struct Stats {
+    /// Acknowledged writes and deletes.
+    pub writes: AtomicU64,
+    /// Answered reads.
+    pub reads: AtomicU64,
+    /// `ERR` replies of any kind.
+    pub errors: AtomicU64,
+}
+
+/// State shared by all of a master's threads.
+pub struct Shared {
+    /// The configuration.
+    pub config: Config,
+    /// The write-ahead log.
+    pub wal: Wal,
+    epoch: AtomicU64,
+    role: AtomicU8,
+    /// Keys.
+    pub index: Mutex<Index>,
+    /// Members and their connections.
+    pub members: Mutex<Members>,
+    /// Counters.
+    pub stats: Stats,
+    connections: AtomicUsize,
+    next_rid: AtomicU64,
+    started: Instant,
+    /// Keys whose newest logged write is not yet on a majority (their write timed out).
+    pub repair_queue: Mutex<HashSet<String>>,
+}
+
+impl Shared {
+    /// The current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        if self.role.load(Ordering::Acquire) == Role::Primary as u8 {
+            Role::Primary
+        } else {
+            Role::Standby
+        }
+    }
+
+    /// A fresh request id for a slave request.
+    pub fn rid(&self) -> u64 {
+        self.next_rid.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Microseconds since the master started (a monotonic clock for leases and heartbeats).
+    pub fn now_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+
+    /// A slave told us a newer epoch exists: another master took over. Stop serving.
+    pub fn step_down(&self, newer_epoch: u64) {
+        if self.role.swap(Role::Standby as u8, Ordering::AcqRel) == Role::Primary as u8 {
+            log::error!(
+                "a slave has accepted epoch {newer_epoch}, newer than ours ({}): another master took over; stepping down",
+                self.epoch()
+            );
+            for link in self.members.lock().live_links() {
+                link.kill("stepping down");
+            }
+        }
+    }
+
+    fn not_primary(&self) -> Reply {
+        let to = self
+            .config
+            .backup
+            .clone()
+            .unwrap_or_else(|| "unknown".to_string());
+        Reply::Err(ErrorReply::NotPrimary(to))
+    }
+}
+
+/// A bound master, ready to run.
+pub struct Master {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+}
+
+impl Master {
+    /// Replays the log, starts a new epoch, and binds the listening socket.
+    pub fn bind(config: Config) -> Result<Master> {
+        let mut index = Index::new();
+        let mut members = Members::new();
+        let mut epoch = 0;
+        let mut records = 0u64;
+        let started = Instant::now();
+        let wal = Wal::open(&config.wal, config.fsync, |seq, record| {
+            records += 1;
+            match record {
+                Record::Set { key, value } => {
+                    index.replay(&key, Stamp::new(epoch, seq), Some(value.into()))
+                }
+                Record::Del { key } => index.replay(&key, Stamp::new(epoch, seq), None),
+                Record::Member { id } => {
+                    members
+                        .add(&id)
+                        .ok_or_else(|| Error::Corrupt(format!("too many members at seq {seq}")))?;
+                }
+                Record::Remove { id } => {
+                    if let Some(slot) = members.remove(&id) {
+                        index.forget_slot(slot);
+                    }
+                }
+                Record::Epoch { epoch: e } => epoch = e,
+            }
+            Ok(())
+        })?;
+        log::info!(
+            "replayed {records} log records from {} in {:?}: {} keys, {} members, epoch {epoch}",
+            config.wal.display(),
+            started.elapsed(),
+            index.len(),
+            members.count()
+        );
+        let epoch = epoch + 1;
+        wal.append(&Record::Epoch { epoch })?;
+        log::info!("starting epoch {epoch}");
+        let listener = TcpListener::bind(&config.listen)
+            .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.listen)))?;
+        let shared = Arc::new(Shared {
+            config,
+            wal,
+            epoch: AtomicU64::new(epoch),
+            role: AtomicU8::new(Role::Primary as u8),
+            index: Mutex::new(index),
+            members: Mutex::new(members),
+            stats: Stats::default(),
+            connections: AtomicUsize::new(0),
+            next_rid: AtomicU64::new(1),
+            started: Instant::now(),
+            repair_queue: Mutex::new(HashSet::new()),
+        });
+        Ok(Master { shared, listener })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Serves forever.
+    pub fn run(self) -> Result<()> {
+        let shared = Arc::clone(&self.shared);
+        thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || slaves::heartbeat_loop(&shared))?;
+        let shared = Arc::clone(&self.shared);
+        thread::Builder::new()
+            .name("repair".into())
+            .spawn(move || ops::repair_loop(&shared))?;
+        for stream in self.listener.incoming() {
+            let stream = match stream {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    log::warn!("accept failed: {e}");
+                    thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            let open = self.shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
+            if open > self.shared.config.max_connections {
+                self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+                let _ = (&stream).write_all(b"ERR too many connections\r\n");
+                continue;
+            }
+            let shared = Arc::clone(&self.shared);
+            let spawned = thread::Builder::new().name("conn".into()).spawn(move || {
+                serve_connection(&shared, stream);
+                shared.connections.fetch_sub(1, Ordering::AcqRel);
+            });
+            if let Err(e) = spawned {
+                self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+                log::warn!("cannot start a connection thread: {e}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serves one connection: a slave if its first line is `SLAVE ...`, otherwise a client.
+fn serve_connection(shared: &Arc<Shared>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = LineReader::new(read_half);
+    let mut out = Vec::with_capacity(4096);
+    let mut first = true;
+    loop {
+        let line = match reader.read_line() {
+            Ok(Some(line)) => line,
+            Ok(None) => break,
+            Err(LineError::TooLong) => {
+                out.extend_from_slice(b"ERR line too long\r\n");
+                break;
+            }
+            Err(LineError::Io(_)) => break,
+        };
+        if first && line.len() > 6 && line[..6].eq_ignore_ascii_case(b"SLAVE ") {
+            match Hello::parse(line) {
+                Ok(hello) => return slaves::serve_slave(shared, stream, reader, hello),
+                Err(e) => {
+                    let _ = (&stream).write_all(format!("ERR {e}\r\n").as_bytes());
+                    return;
+                }
+            }
+        }
+        let request = Request::parse(line);
+        let was_first = std::mem::replace(&mut first, false);
+        let reply = match request {
+            Ok(Request::Hello) if was_first => None,
+            Ok(Request::Hello) => Some(Reply::invalid("CLIENT is accepted only as the first line")),
+            Ok(Request::Quit) => {
+                out.extend_from_slice(b"BYE\r\n");
+                break;
+            }
+            Ok(request) => Some(ops::execute(shared, request)),
+            Err(msg) => Some(Reply::invalid(msg)),
+        };
+        if let Some(reply) = reply {
+            if matches!(reply, Reply::Err(_)) {
+                shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            reply.encode_into(&mut out);
+        }
+        // Flush only when no further request is already buffered, so a pipelining client gets
+        // its replies in few system calls.
+        if !reader.has_buffered_line() && !out.is_empty() {
+            if (&stream).write_all(&out).is_err() {
+                return;
+            }
+            out.clear();
+        }
+    }
+    let _ = (&stream).write_all(&out);
+}

@@ -1,0 +1,550 @@
+//! What the master does for each client request, and the background repair that keeps every
+//! key on a majority of members.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, RecvTimeoutError};
+use rand::seq::SliceRandom;
+
+use super::index::{KeyState, Value};
+use super::link::Link;
+use super::{Shared, WRITE_DEADLINE_ACK_TIMEOUTS};
+use crate::peer::{encode_body, Command, Outcome, Stamp};
+use crate::protocol::{ErrorReply, Reply, Request};
+use crate::quorum::majority;
+use crate::wal::Record;
+
+/// Carries out one parsed client request (not `QUIT` or `CLIENT`, which the connection handles).
+pub fn execute(shared: &Arc<Shared>, request: Request) -> Reply {
+    match request {
+        Request::Write { key, value } => guarded(shared, |s| write(s, key, Some(value.into()))),
+        Request::Delete { key } => guarded(shared, |s| delete(s, key)),
+        Request::Read { key } => guarded(shared, |s| read(s, &key)),
+        Request::Ping => Reply::Pong,
+        Request::Stats => stats(shared),
+        Request::Members => members_table(shared),
+        Request::Remove { id } => guarded(shared, |s| remove_member(s, &id)),
+        Request::Quit | Request::Hello => Reply::invalid("unexpected request"),
+    }
+}
+
+/// Runs `f` only on a primary.
+fn guarded(shared: &Arc<Shared>, f: impl FnOnce(&Arc<Shared>) -> Reply) -> Reply {
+    if shared.role() != super::Role::Primary {
+        return shared.not_primary();
+    }
+    f(shared)
+}
+
+/// How a replication round ended.
+enum Replicated {
+    /// A majority acknowledged; the bit set of those that did.
+    Quorum(u64),
+    /// Fewer acknowledged before the deadline or before candidates ran out.
+    Short(u64),
+    /// A member has accepted a newer epoch: we are no longer the primary.
+    Fenced(u64),
+}
+
+/// Live links and the majority of members, or the reason there is no quorum.
+fn quorum_links(shared: &Shared, synced_only: bool) -> Result<(Vec<Arc<Link>>, usize), String> {
+    let members = shared.members.lock();
+    let count = members.count();
+    let need = majority(count).ok_or("no slave has registered yet")?;
+    let live: Vec<Arc<Link>> = members
+        .live_links()
+        .into_iter()
+        .filter(|l| !synced_only || l.is_synced())
+        .collect();
+    if live.len() < need {
+        return Err(format!(
+            "{} of {count} members connected, {need} needed",
+            live.len()
+        ));
+    }
+    Ok((live, need))
+}
+
+fn write(shared: &Arc<Shared>, key: String, value: Value) -> Reply {
+    let (links, need) = match quorum_links(shared, false) {
+        Ok(q) => q,
+        Err(why) => return Reply::Err(ErrorReply::Unavailable(why)),
+    };
+    let record = match &value {
+        Some(v) => Record::Set {
+            key: key.clone(),
+            value: v.to_vec(),
+        },
+        None => Record::Del { key: key.clone() },
+    };
+    let epoch = shared.epoch();
+    let seq = match shared.wal.append(&record) {
+        Ok(seq) => seq,
+        Err(e) => {
+            log::error!("write-ahead log append failed: {e}");
+            return Reply::Err(ErrorReply::Unavailable(format!("write-ahead log: {e}")));
+        }
+    };
+    let stamp = Stamp::new(epoch, seq);
+    shared.index.lock().logged(&key, stamp, value.clone());
+    let command = match record {
+        Record::Set { key, value } => Command::Set { stamp, key, value },
+        _ => Command::Del {
+            stamp,
+            key: key.clone(),
+        },
+    };
+    let deadline = Instant::now() + shared.config.ack_timeout * WRITE_DEADLINE_ACK_TIMEOUTS;
+    match replicate(shared, links, need, epoch, &command, deadline) {
+        Replicated::Quorum(acked) => {
+            shared.index.lock().commit(&key, stamp, value, acked);
+            shared.stats.writes.fetch_add(1, Ordering::Relaxed);
+            Reply::Ok(seq)
+        }
+        Replicated::Short(acked) => {
+            shared.repair_queue.lock().insert(key);
+            Reply::Err(ErrorReply::Timeout(format!(
+                "{} of {need} acknowledgements in time; the write is logged at version {seq} and may still take effect",
+                acked.count_ones()
+            )))
+        }
+        Replicated::Fenced(newer) => {
+            shared.step_down(newer);
+            Reply::Err(ErrorReply::Timeout(format!(
+                "superseded by a master of epoch {newer} while writing; outcome unknown"
+            )))
+        }
+    }
+}
+
+fn delete(shared: &Arc<Shared>, key: String) -> Reply {
+    let exists = shared
+        .index
+        .lock()
+        .get(&key)
+        .is_some_and(|s| s.committed.1.is_some());
+    if !exists {
+        return Reply::NotFound;
+    }
+    write(shared, key, None)
+}
+
+/// Sends `command` to `need` of `candidates` (in random order) and collects ACKs, replacing a
+/// member that fails or does not answer within the ACK timeout, until `need` acknowledged, the
+/// candidates ran out, or `deadline` passed.
+fn replicate(
+    shared: &Shared,
+    mut candidates: Vec<Arc<Link>>,
+    need: usize,
+    epoch: u64,
+    command: &Command,
+    deadline: Instant,
+) -> Replicated {
+    candidates.shuffle(&mut rand::thread_rng());
+    let mut body = Vec::with_capacity(64);
+    encode_body(epoch, command, &mut body);
+    let (tx, rx) = unbounded();
+    let ack_timeout = shared.config.ack_timeout;
+    // (link index, rid, when its ACK is due)
+    let mut outstanding: Vec<(usize, u64, Instant)> = Vec::with_capacity(need);
+    let mut next = 0;
+    let mut acked = 0u64;
+    let mut acks = 0;
+    let result = loop {
+        while acks + outstanding.len() < need && next < candidates.len() {
+            let rid = shared.rid();
+            if candidates[next].send_body(rid, &body, Some(&tx)) {
+                outstanding.push((next, rid, Instant::now() + ack_timeout));
+            }
+            next += 1;
+        }
+        if acks >= need {
+            break Replicated::Quorum(acked);
+        }
+        if outstanding.is_empty() {
+            break Replicated::Short(acked);
+        }
+        let due = outstanding
+            .iter()
+            .map(|o| o.2)
+            .min()
+            .unwrap_or(deadline)
+            .min(deadline);
+        match rx.recv_deadline(due) {
+            Ok(ack) => {
+                let Some(pos) = outstanding.iter().position(|o| o.1 == ack.rid) else {
+                    continue;
+                };
+                outstanding.swap_remove(pos);
+                match ack.outcome {
+                    Outcome::Ok(_) => {
+                        acked |= 1 << ack.slot;
+                        acks += 1;
+                    }
+                    Outcome::Fenced(newer) => break Replicated::Fenced(newer),
+                    other => log::debug!("slave slot {} did not apply: {other:?}", ack.slot),
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    break Replicated::Short(acked);
+                }
+                outstanding.retain(|&(i, rid, due)| {
+                    if due > now {
+                        return true;
+                    }
+                    let link = &candidates[i];
+                    link.forget(rid);
+                    link.kill(&format!(
+                        "no acknowledgement within {} ms",
+                        ack_timeout.as_millis()
+                    ));
+                    false
+                });
+            }
+            Err(RecvTimeoutError::Disconnected) => break Replicated::Short(acked),
+        }
+    };
+    for (i, rid, _) in outstanding {
+        candidates[i].forget(rid);
+    }
+    result
+}
+
+fn read(shared: &Arc<Shared>, key: &str) -> Reply {
+    let Some(state) = shared.index.lock().get(key).cloned() else {
+        shared.stats.reads.fetch_add(1, Ordering::Relaxed);
+        return Reply::NotFound;
+    };
+    let (links, need) = match quorum_links(shared, true) {
+        Ok(q) => q,
+        Err(why) => return Reply::Err(ErrorReply::Unavailable(why)),
+    };
+    let now = shared.now_us();
+    let leased = links
+        .iter()
+        .filter(|l| l.lease_until_us.load(Ordering::Acquire) > now)
+        .count();
+    if leased < need {
+        return Reply::Err(ErrorReply::Unavailable(format!(
+            "read lease held from {leased} members, {need} needed"
+        )));
+    }
+    let committed = state.committed.0;
+    if committed == Stamp::default() {
+        // Logged but never acknowledged (its write timed out): nothing acknowledged to return.
+        shared.stats.reads.fetch_add(1, Ordering::Relaxed);
+        return Reply::NotFound;
+    }
+    let mut holders: Vec<&Arc<Link>> = links
+        .iter()
+        .filter(|l| state.holders & (1 << l.slot) != 0)
+        .collect();
+    holders.shuffle(&mut rand::thread_rng());
+    let command = Command::Get {
+        key: key.to_string(),
+    };
+    let epoch = shared.epoch();
+    for link in holders {
+        let (tx, rx) = unbounded();
+        let rid = shared.rid();
+        if !link.send(rid, epoch, &command, Some(&tx)) {
+            continue;
+        }
+        match rx.recv_timeout(shared.config.ack_timeout) {
+            Ok(ack) => match ack.outcome {
+                Outcome::Value(s, v) if s == committed => {
+                    shared.stats.reads.fetch_add(1, Ordering::Relaxed);
+                    return Reply::Value {
+                        version: s.seq,
+                        value: v,
+                    };
+                }
+                Outcome::Value(s, _) | Outcome::Tomb(s) if s >= committed => {
+                    shared.stats.reads.fetch_add(1, Ordering::Relaxed);
+                    return committed_reply(&state);
+                }
+                Outcome::Fenced(newer) => {
+                    shared.step_down(newer);
+                    return shared.not_primary();
+                }
+                Outcome::Value(..) | Outcome::Tomb(_) | Outcome::None => {
+                    log::warn!("slave {} has a stale copy of '{key}'; repairing", link.id);
+                    shared.index.lock().drop_holder(key, link.slot);
+                    shared.repair_queue.lock().insert(key.to_string());
+                }
+                other => log::debug!("slave {} could not serve a read: {other:?}", link.id),
+            },
+            Err(_) => {
+                link.forget(rid);
+                link.kill(&format!(
+                    "no answer to a read within {} ms",
+                    shared.config.ack_timeout.as_millis()
+                ));
+            }
+        }
+    }
+    // No member is known to hold the committed copy: ask a majority to rebuild the map, and
+    // answer from the log-backed index, which is the truth while we hold the lease.
+    survey(shared, key, &state, &links, need, epoch);
+    shared.stats.reads.fetch_add(1, Ordering::Relaxed);
+    committed_reply(&state)
+}
+
+/// Asks `links` for `key`, records who holds the committed copy, and queues a repair if fewer
+/// than a majority do.
+fn survey(
+    shared: &Shared,
+    key: &str,
+    state: &KeyState,
+    links: &[Arc<Link>],
+    need: usize,
+    epoch: u64,
+) {
+    let (tx, rx) = unbounded();
+    let command = Command::Get {
+        key: key.to_string(),
+    };
+    let mut asked = Vec::new();
+    for link in links {
+        let rid = shared.rid();
+        if link.send(rid, epoch, &command, Some(&tx)) {
+            asked.push((Arc::clone(link), rid));
+        }
+    }
+    let deadline = Instant::now() + shared.config.ack_timeout;
+    let mut holders = 0u64;
+    let mut answered = 0;
+    while answered < asked.len() {
+        let Ok(ack) = rx.recv_deadline(deadline) else {
+            break;
+        };
+        answered += 1;
+        if let Outcome::Value(s, _) | Outcome::Tomb(s) = ack.outcome {
+            if s >= state.committed.0 {
+                holders |= 1 << ack.slot;
+            }
+        }
+    }
+    for (link, rid) in asked {
+        link.forget(rid);
+    }
+    shared
+        .index
+        .lock()
+        .add_holders(key, state.committed.0, holders);
+    if (holders.count_ones() as usize) < need {
+        shared.repair_queue.lock().insert(key.to_string());
+    }
+}
+
+fn committed_reply(state: &KeyState) -> Reply {
+    match &state.committed.1 {
+        Some(v) => Reply::Value {
+            version: state.committed.0.seq,
+            value: v.to_vec(),
+        },
+        None => Reply::NotFound,
+    }
+}
+
+fn remove_member(shared: &Arc<Shared>, id: &str) -> Reply {
+    let mut members = shared.members.lock();
+    let Some(slot) = members.slot_of(id) else {
+        return Reply::invalid(format!("no member '{id}'"));
+    };
+    if members.live_links().iter().any(|l| l.slot == slot) {
+        return Reply::invalid(format!(
+            "slave '{id}' is connected; stop it before removing it"
+        ));
+    }
+    let seq = match shared.wal.append(&Record::Remove { id: id.to_string() }) {
+        Ok(seq) => seq,
+        Err(e) => return Reply::Err(ErrorReply::Unavailable(format!("write-ahead log: {e}"))),
+    };
+    members.remove(id);
+    shared.index.lock().forget_slot(slot);
+    log::info!(
+        "member {id} removed by an operator (now {} members)",
+        members.count()
+    );
+    Reply::Ok(seq)
+}
+
+fn stats(shared: &Arc<Shared>) -> Reply {
+    let members = shared.members.lock().all();
+    let (keys, per_slot) = {
+        let index = shared.index.lock();
+        (index.live_keys(), index.keys_per_slot())
+    };
+    let live = members
+        .iter()
+        .filter(|(_, m)| m.link.as_ref().is_some_and(|l| l.is_synced()))
+        .count();
+    let s = &shared.stats;
+    let mut rows = vec![
+        ("role", shared.role().name().to_string()),
+        ("epoch", shared.epoch().to_string()),
+        ("slaves", live.to_string()),
+        ("members", members.len().to_string()),
+        ("keys", keys.to_string()),
+        ("seq", shared.wal.last_seq().to_string()),
+        ("writes", s.writes.load(Ordering::Relaxed).to_string()),
+        ("reads", s.reads.load(Ordering::Relaxed).to_string()),
+        ("errors", s.errors.load(Ordering::Relaxed).to_string()),
+        ("wal_bytes", shared.wal.bytes().to_string()),
+        ("uptime_s", (shared.now_us() / 1_000_000).to_string()),
+        (
+            "connections",
+            shared.connections.load(Ordering::Relaxed).to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect::<Vec<_>>();
+    for (slot, m) in &members {
+        let requests = m
+            .link
+            .as_ref()
+            .map_or(0, |l| l.requests.load(Ordering::Relaxed));
+        rows.push((format!("slave.{}.state", m.id), member_state(m).to_string()));
+        rows.push((format!("slave.{}.requests", m.id), requests.to_string()));
+        rows.push((format!("slave.{}.keys", m.id), per_slot[*slot].to_string()));
+    }
+    Reply::Table { tag: "STAT", rows }
+}
+
+fn member_state(m: &super::members::Member) -> &'static str {
+    match &m.link {
+        Some(l) if l.is_synced() => "up",
+        Some(l) if l.is_alive() => "syncing",
+        _ => "down",
+    }
+}
+
+fn members_table(shared: &Arc<Shared>) -> Reply {
+    let rows = shared
+        .members
+        .lock()
+        .all()
+        .iter()
+        .map(|(_, m)| (m.id.clone(), member_state(m).to_string()))
+        .collect();
+    Reply::Table {
+        tag: "MEMBER",
+        rows,
+    }
+}
+
+/// The repair thread: completes writes that timed out, and copies keys that have fewer live
+/// copies than a majority to other connected members.
+pub fn repair_loop(shared: &Arc<Shared>) {
+    loop {
+        std::thread::sleep(REPAIR_PAUSE);
+        if shared.role() != super::Role::Primary {
+            continue;
+        }
+        let Ok((links, need)) = quorum_links(shared, true) else {
+            continue;
+        };
+        repair_timed_out(shared, &links, need);
+        repair_under_replicated(shared, &links, need);
+    }
+}
+
+/// Pause between repair rounds.
+const REPAIR_PAUSE: Duration = super::REPAIR_INTERVAL;
+
+fn repair_timed_out(shared: &Arc<Shared>, links: &[Arc<Link>], need: usize) {
+    let keys: Vec<String> = shared.repair_queue.lock().drain().collect();
+    for key in keys {
+        let Some(state) = shared.index.lock().get(&key).cloned() else {
+            continue;
+        };
+        let (stamp, value) = state.latest.clone();
+        let command = match &value {
+            Some(v) => Command::Set {
+                stamp,
+                key: key.clone(),
+                value: v.to_vec(),
+            },
+            None => Command::Del {
+                stamp,
+                key: key.clone(),
+            },
+        };
+        let deadline = Instant::now() + shared.config.ack_timeout * WRITE_DEADLINE_ACK_TIMEOUTS;
+        match replicate(
+            shared,
+            links.to_vec(),
+            need,
+            shared.epoch(),
+            &command,
+            deadline,
+        ) {
+            Replicated::Quorum(acked) => {
+                if shared.index.lock().commit(&key, stamp, value, acked) {
+                    log::info!(
+                        "repair completed the write of '{key}' at version {}",
+                        stamp.seq
+                    );
+                }
+            }
+            Replicated::Short(_) => {
+                shared.repair_queue.lock().insert(key);
+            }
+            Replicated::Fenced(newer) => {
+                shared.step_down(newer);
+                return;
+            }
+        }
+    }
+}
+
+fn repair_under_replicated(shared: &Arc<Shared>, links: &[Arc<Link>], need: usize) {
+    let live_mask = links.iter().fold(0u64, |m, l| m | 1 << l.slot);
+    let weak = shared.index.lock().select(|s| {
+        s.committed.0 != Stamp::default() && ((s.holders & live_mask).count_ones() as usize) < need
+    });
+    if weak.is_empty() {
+        return;
+    }
+    log::info!(
+        "re-replicating {} keys with fewer than {need} live copies",
+        weak.len()
+    );
+    let epoch = shared.epoch();
+    for (key, state) in weak {
+        let (stamp, value) = state.committed;
+        let command = match &value {
+            Some(v) => Command::Set {
+                stamp,
+                key: key.clone(),
+                value: v.to_vec(),
+            },
+            None => Command::Del {
+                stamp,
+                key: key.clone(),
+            },
+        };
+        let missing: Vec<Arc<Link>> = links
+            .iter()
+            .filter(|l| state.holders & (1 << l.slot) == 0)
+            .cloned()
+            .collect();
+        let have = (state.holders & live_mask).count_ones() as usize;
+        let deadline = Instant::now() + shared.config.ack_timeout;
+        match replicate(shared, missing, need - have, epoch, &command, deadline) {
+            Replicated::Quorum(acked) | Replicated::Short(acked) => {
+                shared.index.lock().add_holders(&key, stamp, acked);
+            }
+            Replicated::Fenced(newer) => {
+                shared.step_down(newer);
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The master's side of its slaves: registration, the reader thread of each slave connection,
+//! catch-up of a slave that (re)joins, and heartbeats.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::unbounded;
+
+use super::link::Link;
+use super::{Role, Shared, HEARTBEAT_MISSES, SYNC_WINDOW};
+use crate::framing::LineReader;
+use crate::peer::{Command, Hello, Outcome, Reply, Stamp};
+use crate::wal::Record;
+
+/// Registers a slave and then reads its replies until the connection ends. Runs on the
+/// connection's thread.
+pub fn serve_slave(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    mut reader: LineReader<TcpStream>,
+    hello: Hello,
+) {
+    let refuse = |why: String| {
+        log::warn!("refused slave {}: {why}", hello.id);
+        let _ = (&stream).write_all(format!("ERR {why}\n").as_bytes());
+    };
+    if shared.role() != Role::Primary {
+        let to = shared
+            .config
+            .backup
+            .clone()
+            .unwrap_or_else(|| "unknown".into());
+        return refuse(format!("NOTPRIMARY {to}"));
+    }
+    let epoch = shared.epoch();
+    if hello.epoch > epoch {
+        shared.step_down(hello.epoch);
+        return refuse(format!(
+            "FENCED this master's epoch {epoch} is older than the slave's {}",
+            hello.epoch
+        ));
+    }
+    let link = {
+        let mut members = shared.members.lock();
+        let slot = match members.slot_of(&hello.id) {
+            Some(slot) => slot,
+            None => {
+                let Some(slot) = members.add(&hello.id) else {
+                    return refuse(format!(
+                        "cluster full ({} members)",
+                        super::members::MAX_MEMBERS
+                    ));
+                };
+                if let Err(e) = shared.wal.append(&Record::Member {
+                    id: hello.id.clone(),
+                }) {
+                    members.remove(&hello.id);
+                    return refuse(format!("cannot log the new member: {e}"));
+                }
+                log::info!("new member {} (now {} members)", hello.id, members.count());
+                slot
+            }
+        };
+        let Ok(write_half) = stream.try_clone() else {
+            return;
+        };
+        let link = Arc::new(Link::new(
+            hello.id.clone(),
+            slot,
+            write_half,
+            shared.now_us(),
+        ));
+        if let Some(old) = members.attach(slot, Arc::clone(&link)) {
+            old.kill("the slave registered again on a new connection");
+        }
+        // It may have lost its memory: it holds nothing until catch-up says otherwise.
+        shared.index.lock().forget_slot(slot);
+        link
+    };
+    // A slave that holds writes the log lost (an OS crash with --fsync never) must never see
+    // their versions reused.
+    shared.wal.advance_seq(hello.max_seq);
+    if (&stream)
+        .write_all(format!("WELCOME {epoch}\n").as_bytes())
+        .is_err()
+    {
+        link.kill("registration reply failed");
+        shared.members.lock().detach(&link);
+        return;
+    }
+    log::info!(
+        "slave {} registered from {} (epoch {epoch})",
+        link.id,
+        link.peer
+    );
+    let sync_shared = Arc::clone(shared);
+    let sync_link = Arc::clone(&link);
+    let _ = std::thread::Builder::new()
+        .name(format!("sync-{}", link.id))
+        .spawn(move || catch_up(&sync_shared, &sync_link));
+    read_replies(shared, &link, &mut reader);
+    link.kill("connection closed");
+    shared.members.lock().detach(&link);
+}
+
+fn read_replies(shared: &Shared, link: &Link, reader: &mut LineReader<TcpStream>) {
+    while let Ok(Some(line)) = reader.read_line() {
+        link.last_heard_us.store(shared.now_us(), Ordering::Release);
+        match Reply::parse(line) {
+            Ok(Reply { rid, outcome }) => {
+                if outcome == Outcome::Pong {
+                    link.on_pong(rid);
+                }
+                link.deliver(rid, outcome);
+            }
+            Err(e) => {
+                link.kill(&format!("sent a malformed reply: {e}"));
+                return;
+            }
+        }
+    }
+}
+
+/// Copies every committed key to a slave that just registered, then lets it serve reads.
+fn catch_up(shared: &Arc<Shared>, link: &Arc<Link>) {
+    let started = Instant::now();
+    let epoch = shared.epoch();
+    // A heartbeat first, so the slave's read lease is in place when it starts serving.
+    let ping = shared.rid();
+    link.record_ping(ping, shared.now_us());
+    link.send(ping, epoch, &Command::Ping, None);
+    let keys = shared
+        .index
+        .lock()
+        .select(|s| s.committed.0 != Stamp::default());
+    let (tx, rx) = unbounded();
+    let mut in_flight = std::collections::HashMap::new();
+    let mut iter = keys.into_iter();
+    let stall = shared.config.ack_timeout * super::WRITE_DEADLINE_ACK_TIMEOUTS;
+    let mut sent = 0usize;
+    loop {
+        while in_flight.len() < SYNC_WINDOW {
+            let Some((key, state)) = iter.next() else {
+                break;
+            };
+            let (stamp, value) = state.committed;
+            let command = match value {
+                Some(v) => Command::Set {
+                    stamp,
+                    key: key.clone(),
+                    value: v.to_vec(),
+                },
+                None => Command::Del {
+                    stamp,
+                    key: key.clone(),
+                },
+            };
+            let rid = shared.rid();
+            if !link.send(rid, epoch, &command, Some(&tx)) {
+                return;
+            }
+            in_flight.insert(rid, (key, stamp));
+            sent += 1;
+        }
+        if in_flight.is_empty() {
+            break;
+        }
+        match rx.recv_timeout(stall) {
+            Ok(ack) => {
+                if let Some((key, stamp)) = in_flight.remove(&ack.rid) {
+                    match ack.outcome {
+                        Outcome::Ok(_) => {
+                            shared.index.lock().add_holders(&key, stamp, 1 << link.slot)
+                        }
+                        Outcome::Fenced(newer) => return shared.step_down(newer),
+                        other => {
+                            link.kill(&format!("catch-up write failed: {other:?}"));
+                            return;
+                        }
+                    }
+                }
+            }
+            Err(_) => {
+                link.kill("catch-up stalled");
+                return;
+            }
+        }
+    }
+    if link.is_alive() {
+        link.set_synced();
+        log::info!(
+            "slave {} caught up: {sent} keys in {:?}",
+            link.id,
+            started.elapsed()
+        );
+    }
+}
+
+/// The heartbeat thread: pings every slave each interval, and disconnects a slave that has
+/// been silent for [`HEARTBEAT_MISSES`] intervals (it will reconnect and be caught up).
+pub fn heartbeat_loop(shared: &Arc<Shared>) {
+    let interval = shared.config.heartbeat;
+    let silence_limit = (interval * HEARTBEAT_MISSES).as_micros() as u64;
+    loop {
+        std::thread::sleep(interval);
+        let links = shared.members.lock().live_links();
+        let epoch = shared.epoch();
+        for link in links {
+            let now = shared.now_us();
+            let silent = now.saturating_sub(link.last_heard_us.load(Ordering::Acquire));
+            if silent > silence_limit {
+                link.kill(&format!("silent for {} ms", silent / 1000));
+                continue;
+            }
+            let rid = shared.rid();
+            link.record_ping(rid, now);
+            link.send(rid, epoch, &Command::Ping, None);
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The slave: stores versioned values in memory and answers its master.
+//!
+//! A slave connects to the primary master, else to the backup, registers with its id, and then
+//! answers every request on that connection, in order, tagged with the request's id. It keeps
+//! its store across reconnections (only a restart empties it). Connection attempts back off
+//! exponentially with jitter up to a cap, forever; every change of state is logged.
+//!
+//! Fencing: the slave remembers the newest epoch it has accepted and refuses (`FENCED`) any
+//! request from an older one, so a deposed master can neither complete a write nor read. It
+//! joins a newer epoch only after the read lease it gave the current epoch's master (renewed by
+//! every `PING`) has run out, so that master's reads stay correct until it notices.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use crate::framing::{LineError, LineReader};
+use crate::peer::{Command, Hello, Outcome, Reply, Request, Stamp, LEASE};
+use crate::store::Store;
+use crate::{Error, Result};
+
+/// First pause after a failed connection round.
+pub const BACKOFF_INITIAL: Duration = Duration::from_millis(50);
+
+/// Longest pause between connection rounds.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// How long connecting and registering may take before the master is considered unreachable.
+/// A paused master accepts the TCP connection in its kernel but never answers.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// A master silent for this long (it pings every 100 ms by default) is considered hung; the
+/// slave drops the connection and looks for a master again.
+pub const MASTER_SILENCE_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// A slave's configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The member id.
+    pub id: String,
+    /// The primary master.
+    pub master: String,
+    /// The backup master, if any.
+    pub backup: Option<String>,
+}
+
+/// The default slave id: `slave-<hostname>`, stable across restarts on one host, so a slave
+/// restarted without `--id` comes back as the same member instead of adding one. Run several
+/// slaves on one host with distinct `--id`s.
+pub fn default_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string());
+    let clean: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(crate::peer::MAX_ID - 6)
+        .collect();
+    format!("slave-{clean}")
+}
+
+/// Everything a slave keeps across connections.
+struct Node {
+    config: Config,
+    store: Store,
+    /// The newest epoch accepted.
+    epoch: u64,
+    /// The read lease given: to which epoch, until when.
+    lease: Option<(u64, Instant)>,
+}
+
+/// How a session with a master ended.
+enum End {
+    /// Could not connect or register; try the other master.
+    Unreachable(String),
+    /// Was registered, then the connection ended.
+    Lost(String),
+}
+
+/// Runs a slave forever.
+pub fn run(config: Config) -> ! {
+    let mut node = Node {
+        config,
+        store: Store::new(),
+        epoch: 0,
+        lease: None,
+    };
+    let mut backoff = BACKOFF_INITIAL;
+    let mut servers = vec![node.config.master.clone()];
+    servers.extend(node.config.backup.clone());
+    let mut which = 0;
+    loop {
+        let mut registered = false;
+        for _ in 0..servers.len() {
+            let addr = servers[which].clone();
+            match node.session(&addr) {
+                End::Lost(why) => {
+                    log::warn!("lost master {addr}: {why}");
+                    registered = true;
+                    break;
+                }
+                End::Unreachable(why) => {
+                    log::info!("master {addr} unavailable: {why}");
+                    which = (which + 1) % servers.len();
+                }
+            }
+        }
+        if registered {
+            backoff = BACKOFF_INITIAL;
+            // Try the same server first again: a broken connection is often brief, and a
+            // superseded primary answers NOTPRIMARY quickly.
+            continue;
+        }
+        let pause = jitter(backoff);
+        log::info!("no master reachable; retrying in {} ms", pause.as_millis());
+        thread::sleep(pause);
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// A random duration between half and all of `d`, so many slaves do not retry in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let ms = d.as_millis().max(2) as u64;
+    Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms))
+}
+
+impl Node {
+    fn session(&mut self, addr: &str) -> End {
+        let (stream, mut reader) = match self.register(addr) {
+            Ok(s) => s,
+            Err(e) => return End::Unreachable(e.to_string()),
+        };
+        log::info!(
+            "registered with {addr} as {} (epoch {}, {} keys held)",
+            self.config.id,
+            self.epoch,
+            self.store.len()
+        );
+        let mut out = Vec::with_capacity(4096);
+        loop {
+            let line = match reader.read_line() {
+                Ok(Some(line)) => line,
+                Ok(None) => return End::Lost("connection closed".into()),
+                Err(LineError::TooLong) => return End::Lost("message too long".into()),
+                Err(LineError::Io(e)) if crate::client::is_timeout(&e) => {
+                    return End::Lost(format!(
+                        "silent for {} ms",
+                        MASTER_SILENCE_TIMEOUT.as_millis()
+                    ))
+                }
+                Err(LineError::Io(e)) => return End::Lost(e.to_string()),
+            };
+            let reply = match Request::parse(line) {
+                Ok(request) => Reply {
+                    rid: request.rid,
+                    outcome: self.handle(request.epoch, request.command),
+                },
+                Err(e) => {
+                    // The id may be unreadable; answer with id 0 so the master logs it.
+                    let rid = line
+                        .split(|&b| b == b' ')
+                        .next()
+                        .and_then(|f| std::str::from_utf8(f).ok()?.parse().ok());
+                    Reply {
+                        rid: rid.unwrap_or(0),
+                        outcome: Outcome::Err(e),
+                    }
+                }
+            };
+            reply.encode_into(&mut out);
+            if !reader.has_buffered_line() {
+                if let Err(e) = (&stream).write_all(&out) {
+                    return End::Lost(e.to_string());
+                }
+                out.clear();
+            }
+        }
+    }
+
+    /// Connects and registers: `SLAVE <id> <epoch> <max-seq>`, answered by `WELCOME <epoch>`.
+    fn register(&mut self, addr: &str) -> Result<(TcpStream, LineReader<TcpStream>)> {
+        let sockaddr: SocketAddr = addr
+            .to_socket_addrs()
+            .map_err(|e| Error::Config(format!("bad address {addr}: {e}")))?
+            .next()
+            .ok_or_else(|| Error::Config(format!("{addr} resolves to nothing")))?;
+        let stream = TcpStream::connect_timeout(&sockaddr, HANDSHAKE_TIMEOUT)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        let hello = Hello {
+            id: self.config.id.clone(),
+            epoch: self.epoch,
+            max_seq: self.store.max_seq(),
+        };
+        (&stream).write_all(format!("{}\n", hello.encode()).as_bytes())?;
+        let mut reader = LineReader::new(stream.try_clone()?);
+        let line = match reader.read_line() {
+            Ok(Some(line)) => String::from_utf8_lossy(line).into_owned(),
+            Ok(None) => return Err(Error::Unavailable("closed during registration".into())),
+            Err(LineError::Io(e)) if crate::client::is_timeout(&e) => {
+                return Err(Error::Timeout("no answer to registration".into()))
+            }
+            Err(LineError::Io(e)) => return Err(Error::Io(e)),
+            Err(LineError::TooLong) => {
+                return Err(Error::Protocol("registration reply too long".into()))
+            }
+        };
+        let epoch: u64 = match line
+            .strip_prefix("WELCOME ")
+            .and_then(|e| e.trim().parse().ok())
+        {
+            Some(e) => e,
+            None => return Err(Error::Unavailable(format!("refused: {line}"))),
+        };
+        if epoch < self.epoch {
+            return Err(Error::Unavailable(format!(
+                "its epoch {epoch} is older than the accepted {}; it has been superseded",
+                self.epoch
+            )));
+        }
+        self.join_epoch(epoch);
+        stream.set_read_timeout(Some(MASTER_SILENCE_TIMEOUT))?;
+        Ok((stream, reader))
+    }
+
+    /// Accepts `epoch`, first waiting out a live lease given to another epoch's master.
+    fn join_epoch(&mut self, epoch: u64) {
+        if epoch <= self.epoch {
+            return;
+        }
+        if let Some(wait) = self.lease_blocking(epoch) {
+            log::info!(
+                "waiting {} ms for the lease of epoch {} to expire before joining epoch {epoch}",
+                wait.as_millis(),
+                self.epoch
+            );
+            thread::sleep(wait);
+        }
+        log::info!("accepted epoch {epoch} (was {})", self.epoch);
+        self.epoch = epoch;
+        self.lease = None;
+    }
+
+    /// How long a lease given to another epoch still runs.
+    fn lease_blocking(&self, epoch: u64) -> Option<Duration> {
+        match self.lease {
+            Some((e, until)) if e != epoch => until.checked_duration_since(Instant::now()),
+            _ => None,
+        }
+    }
+
+    fn handle(&mut self, epoch: u64, command: Command) -> Outcome {
+        if epoch < self.epoch {
+            return Outcome::Fenced(self.epoch);
+        }
+        if epoch > self.epoch {
+            if let Some(wait) = self.lease_blocking(epoch) {
+                return Outcome::Wait(wait.as_millis() as u64 + 1);
+            }
+            self.join_epoch(epoch);
+        }
+        match command {
+            Command::Set { stamp, key, value } => {
+                Outcome::Ok(self.store.apply(&key, stamp, Some(value)))
+            }
+            Command::Del { stamp, key } => Outcome::Ok(self.store.apply(&key, stamp, None)),
+            Command::Get { key } => match self.store.get(&key) {
+                Some(e) => match &e.value {
+                    Some(v) => Outcome::Value(e.stamp, v.clone()),
+                    None => Outcome::Tomb(e.stamp),
+                },
+                None => Outcome::None,
+            },
+            Command::Ping => {
+                self.lease = Some((epoch, Instant::now() + LEASE));
+                Outcome::Pong
+            }
+            Command::Epoch => Outcome::Ok(Stamp::default()),
+        }
+    }
+}
