@@ -29,12 +29,8 @@ pub const MAX_LATENCY_US: u64 = 60_000_000;
 pub const HISTOGRAM_SIGFIG: u8 = 3;
 
 /// The percentiles written for reads and for writes, as (column suffix, quantile).
-pub const PERCENTILES: [(&str, f64); 4] = [
-    ("p50", 0.50),
-    ("p95", 0.95),
-    ("p99", 0.99),
-    ("p999", 0.999),
-];
+pub const PERCENTILES: [(&str, f64); 4] =
+    [("p50", 0.50), ("p95", 0.95), ("p99", 0.99), ("p999", 0.999)];
 
 /// The kind of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -451,7 +447,10 @@ pub fn row_fields(bucket: &Bucket, ctx: &RowContext) -> Fields {
         ("error_count".into(), Cell::Int(bucket.errors())),
         ("read_latency_us".into(), bucket.reads.mean_us().into()),
         ("write_latency_us".into(), bucket.writes.mean_us().into()),
-        ("throughput_rps".into(), Cell::Float(bucket.success() as f64)),
+        (
+            "throughput_rps".into(),
+            Cell::Float(bucket.success() as f64),
+        ),
         ("read_count".into(), Cell::Int(bucket.reads.count)),
         ("write_count".into(), Cell::Int(bucket.writes.count)),
         ("elapsed_s".into(), Cell::Int(ctx.elapsed_s)),

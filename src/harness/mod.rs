@@ -69,9 +69,19 @@ pub const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// one row's `slave_count` empty, while a slow one delays the progress line.
 pub const STATS_POLL_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// How long after the end of a second its progress line is printed: client threads send a
+/// second's counts when their next request completes, which with the default think time is
+/// well within this.
+pub const PROGRESS_LAG: Duration = Duration::from_millis(300);
+
 /// Extra time, beyond one request deadline and two connection attempts, that the client
 /// threads get to finish after the end of the run before their last buckets are given up.
 pub const JOIN_GRACE: Duration = Duration::from_secs(1);
+
+/// Connections the master must accept beyond the clients' and the slaves' (the harness's
+/// `STATS` reader, a backup, an operator's `dsm-client`). Above the master's default limit the
+/// harness raises `--max-connections` so it never measures its own refused connections.
+pub const CONNECTION_HEADROOM: usize = 16;
 
 /// Bytes of each value that are made new for every write; the rest of the value is random
 /// once per client, which keeps big values cheap to make.
@@ -131,10 +141,8 @@ impl WorkDir {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let path = std::env::temp_dir().join(format!(
-            "dsm-harness-{}-{nanos:09}",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("dsm-harness-{}-{nanos:09}", std::process::id()));
         fs::create_dir_all(&path)?;
         Ok(WorkDir { path, keep: false })
     }
@@ -152,7 +160,10 @@ impl Drop for WorkDir {
 /// creating the directory if needed.
 fn prepare_out(out: &Path, files: &[&str], overwrite: bool) -> Result<()> {
     fs::create_dir_all(out).map_err(|e| {
-        Error::Config(format!("cannot create output directory {}: {e}", out.display()))
+        Error::Config(format!(
+            "cannot create output directory {}: {e}",
+            out.display()
+        ))
     })?;
     let existing: Vec<&str> = files
         .iter()
@@ -182,7 +193,12 @@ fn write_file(path: &Path, data: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, data)
         .and_then(|()| fs::rename(&tmp, path))
-        .map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))))
+        .map_err(|e| {
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", path.display()),
+            ))
+        })
 }
 
 /// Everything a client thread needs.
@@ -249,7 +265,8 @@ pub fn classify(op: Op, reply: &Result<Reply>) -> Outcome {
 const ALPHANUMERIC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
 fn client_thread(id: usize, clients: usize, plan: Arc<LoadPlan>, tx: Sender<Bucket>) {
-    let mut rng = StdRng::seed_from_u64(plan.seed ^ (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng =
+        StdRng::seed_from_u64(plan.seed ^ (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut pool: Vec<Client> = (0..plan.conns)
         .map(|_| {
             let mut c = Client::new(&plan.master, plan.backup.as_deref());
@@ -262,7 +279,9 @@ fn client_thread(id: usize, clients: usize, plan: Arc<LoadPlan>, tx: Sender<Buck
         .collect();
     let mut recorder = Recorder::new(tx);
     // Open loop: clients are spread evenly over one interval so their requests interleave.
-    let mut intended = plan.interval.map(|i| plan.start + i.mul_f64(id as f64 / clients as f64));
+    let mut intended = plan
+        .interval
+        .map(|i| plan.start + i.mul_f64(id as f64 / clients as f64));
     let mut next_conn = 0;
     loop {
         if plan.stopping() || Instant::now() >= plan.end {
@@ -373,6 +392,10 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport> {
         None => {
             let dir = workdir.insert(WorkDir::create()?);
             let mut master_args = Vec::new();
+            let needed = cfg.clients * cfg.conns_per_client + cfg.slaves + CONNECTION_HEADROOM;
+            if needed > crate::master::DEFAULT_MAX_CONNECTIONS {
+                master_args.extend(["--max-connections".to_string(), needed.to_string()]);
+            }
             if let Some(f) = &cfg.fsync {
                 master_args.extend(["--fsync".to_string(), f.clone()]);
             }
@@ -386,7 +409,10 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport> {
                 dir.keep = true;
                 e
             })?;
-            let addrs = (c.master_addr().to_string(), c.backup_addr().map(str::to_string));
+            let addrs = (
+                c.master_addr().to_string(),
+                c.backup_addr().map(str::to_string),
+            );
             if !cfg.quiet {
                 eprintln!(
                     "dsm-harness: started primary {}{}, {} slaves (logs in {})",
@@ -456,6 +482,17 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport> {
         }
     };
 
+    // The progress line of a second is printed a little after it ends, once the client threads
+    // have moved on to the next second and sent its buckets.
+    let mut pending_progress: Option<(u64, Option<u64>)> = None;
+    let print_progress = |timeline: &Timeline, (second, slaves): (u64, Option<u64>)| {
+        if !cfg.quiet {
+            eprintln!(
+                "{}",
+                progress_line(cfg, second, timeline.get(second), slaves)
+            );
+        }
+    };
     for k in 1..=total_s {
         let tick = start + Duration::from_secs(k);
         loop {
@@ -463,11 +500,16 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport> {
             if signal::interrupted() {
                 stop.store(true, Ordering::SeqCst);
                 return Err(Error::Unavailable(
-                    "interrupted: the load and the cluster were stopped; no results written"
-                        .into(),
+                    "interrupted: the load and the cluster were stopped; no results written".into(),
                 ));
             }
             let now = Instant::now();
+            if let Some(p) = pending_progress {
+                if now >= start + Duration::from_secs(p.0 + 1) + PROGRESS_LAG {
+                    print_progress(&timeline, p);
+                    pending_progress = None;
+                }
+            }
             if let Some(&(at, what)) = faults.first() {
                 let due = start + Duration::from_secs_f64(cfg.warmup_s as f64 + at);
                 if now >= due {
@@ -489,13 +531,10 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport> {
         let snap = poll(&mut stats_client);
         let slaves_now = snap.as_ref().and_then(|s| s.slaves);
         snapshots.set(k as usize, snap);
-        drain(&mut timeline, &rx);
-        if !cfg.quiet {
-            eprintln!(
-                "{}",
-                progress_line(cfg, k - 1, timeline.get(k - 1), slaves_now)
-            );
+        if let Some(p) = pending_progress.take() {
+            print_progress(&timeline, p);
         }
+        pending_progress = Some((k - 1, slaves_now));
     }
 
     // Stop the clients; a thread blocked in a request gets its deadline plus two connection
@@ -507,12 +546,17 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport> {
             Ok(b) => timeline.add(b),
             Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {
-                log::warn!("some client threads did not stop in time; their last requests are not counted");
+                log::warn!(
+                    "some client threads did not stop in time; their last requests are not counted"
+                );
                 break;
             }
         }
     }
     drop(cluster);
+    if let Some(p) = pending_progress {
+        print_progress(&timeline, p);
+    }
 
     let report = build_report(cfg, seed, start_unix, &timeline, &snapshots, events);
     write_run_files(&report)?;
@@ -521,7 +565,8 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport> {
 
 /// Carries out a fault on the cluster the harness started.
 fn inject(cluster: Option<&mut Cluster>, what: &str) -> Result<String> {
-    let c = cluster.ok_or_else(|| Error::Config("faults need a cluster the harness starts".into()))?;
+    let c =
+        cluster.ok_or_else(|| Error::Config("faults need a cluster the harness starts".into()))?;
     Ok(match what {
         "primary" => {
             c.master.kill();
@@ -564,7 +609,12 @@ fn build_report(
         .collect();
     let total = timeline.measured_total();
     let slaves = snapshots.totals(w, w + d);
-    let registered = snapshots.0.get(w as usize).cloned().flatten().and_then(|s| s.slaves);
+    let registered = snapshots
+        .0
+        .get(w as usize)
+        .cloned()
+        .flatten()
+        .and_then(|s| s.slaves);
     let mut s: Fields = vec![
         ("started_at".into(), Cell::Float(start_unix)),
         ("client_count".into(), Cell::Int(cfg.clients as u64)),
@@ -576,7 +626,10 @@ fn build_report(
             },
         ),
         ("registered_slaves".into(), registered.into()),
-        ("conns_per_client".into(), Cell::Int(cfg.conns_per_client as u64)),
+        (
+            "conns_per_client".into(),
+            Cell::Int(cfg.conns_per_client as u64),
+        ),
         ("keys".into(), Cell::Int(cfg.keys)),
         ("write_pct".into(), Cell::Int(u64::from(cfg.write_pct))),
         ("value_size".into(), Cell::Int(cfg.value_size as u64)),
@@ -613,8 +666,14 @@ fn build_report(
         ("write_latency_us".into(), total.writes.mean_us().into()),
     ];
     push_percentiles(&mut s, &total);
-    s.push(("read_error_count".into(), Cell::Int(total.reads.error_count())));
-    s.push(("write_error_count".into(), Cell::Int(total.writes.error_count())));
+    s.push((
+        "read_error_count".into(),
+        Cell::Int(total.reads.error_count()),
+    ));
+    s.push((
+        "write_error_count".into(),
+        Cell::Int(total.writes.error_count()),
+    ));
     for (kind, n) in ErrorKind::ALL.iter().zip(total.errors_by_kind()) {
         s.push((format!("errors.{}", kind.name()), Cell::Int(n)));
     }
@@ -656,7 +715,10 @@ fn write_run_files(r: &RunReport) -> Result<()> {
         .collect();
     write_file(
         &out.join("slaves.csv"),
-        &write_csv(&slave_rows, &["slave_id", "requests", "keys", "requests_pct"])?,
+        &write_csv(
+            &slave_rows,
+            &["slave_id", "requests", "keys", "requests_pct"],
+        )?,
     )?;
     let event_rows: Vec<Fields> = r
         .events
@@ -668,7 +730,10 @@ fn write_run_files(r: &RunReport) -> Result<()> {
             ]
         })
         .collect();
-    write_file(&out.join("events.csv"), &write_csv(&event_rows, &["at_s", "event"])?)?;
+    write_file(
+        &out.join("events.csv"),
+        &write_csv(&event_rows, &["at_s", "event"])?,
+    )?;
     Ok(())
 }
 
@@ -897,14 +962,22 @@ mod tests {
                 Err(Error::Unavailable("no server".into())),
                 e(ErrorKind::Connect),
             ),
-            (Op::Read, Err(Error::Timeout("t".into())), e(ErrorKind::Deadline)),
+            (
+                Op::Read,
+                Err(Error::Timeout("t".into())),
+                e(ErrorKind::Deadline),
+            ),
             (Op::Write, io(), e(ErrorKind::Io)),
             (
                 Op::Read,
                 Err(Error::Io(std::io::ErrorKind::WouldBlock.into())),
                 e(ErrorKind::Deadline),
             ),
-            (Op::Read, Err(Error::Protocol("bad".into())), e(ErrorKind::Unexpected)),
+            (
+                Op::Read,
+                Err(Error::Protocol("bad".into())),
+                e(ErrorKind::Unexpected),
+            ),
         ];
         for (op, reply, want) in cases {
             assert_eq!(classify(op, &reply), want, "{op:?} {reply:?}");
@@ -919,9 +992,15 @@ mod tests {
         let msg = prepare_out(dir.path(), &RUN_FILES, false)
             .unwrap_err()
             .to_string();
-        assert!(msg.contains("--overwrite") && msg.contains("metrics.csv"), "{msg}");
+        assert!(
+            msg.contains("--overwrite") && msg.contains("metrics.csv"),
+            "{msg}"
+        );
         prepare_out(dir.path(), &RUN_FILES, true).unwrap();
-        assert!(!dir.path().join("metrics.csv").exists(), "old file removed before the run");
+        assert!(
+            !dir.path().join("metrics.csv").exists(),
+            "old file removed before the run"
+        );
     }
 
     #[test]

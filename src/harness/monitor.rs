@@ -30,9 +30,7 @@ pub struct SlaveId(pub String);
 impl SlaveId {
     fn key(&self) -> (&str, u64, usize, &str) {
         let s = self.0.as_str();
-        let digits_at = s
-            .rfind(|c: char| !c.is_ascii_digit())
-            .map_or(0, |i| i + 1);
+        let digits_at = s.rfind(|c: char| !c.is_ascii_digit()).map_or(0, |i| i + 1);
         let (prefix, digits) = s.split_at(digits_at);
         (prefix, digits.parse().unwrap_or(0), digits.len(), s)
     }
@@ -141,7 +139,10 @@ impl Snapshots {
         let (a, b) = (self.at(second), self.at(second + 1));
         ids.iter()
             .map(|id| {
-                let d = match (a.and_then(|s| s.requests(id)), b.and_then(|s| s.requests(id))) {
+                let d = match (
+                    a.and_then(|s| s.requests(id)),
+                    b.and_then(|s| s.requests(id)),
+                ) {
                     (Some(x), Some(y)) => Some(counter_delta(x, y)),
                     _ => None,
                 };
