@@ -1,8 +1,659 @@
-//! Plots.
+//! The plots in `results/`, drawn from the CSV files the harness writes, so `make plots`
+//! redraws every picture from measured data and nothing else.
+//!
+//! | PNG | drawn from |
+//! | --- | --- |
+//! | `load_distribution.png` | `load_distribution/slaves.csv` (requests and keys per slave) |
+//! | `plots_by_slave_count/{throughput_rps,read_latency_us,write_latency_us}_vs_slave_count.png` | `by_slave_count.csv` |
+//! | `plots_by_client_count/{...}_vs_client_count.png` | `by_client_count.csv` |
+//! | `failover_timeline.png` | `failover/metrics.csv` and `failover/events.csv` |
+//!
+//! Text is rendered by plotters' `ab_glyph` backend with DejaVu Sans, bundled in
+//! `assets/fonts/` (its licence beside it), so no system font is needed. A missing cell (a
+//! latency in a second without a success) leaves a gap: it is never drawn as zero.
 
 use std::path::{Path, PathBuf};
+use std::sync::Once;
 
-/// Draws every plot whose data is under `out`.
-pub fn plot_all(_out: &Path) -> crate::Result<Vec<(PathBuf, String)>> {
-    Ok(Vec::new())
+use plotters::coord::combinators::{BindKeyPoints, LogCoord};
+use plotters::coord::ranged1d::{AsRangedCoord, Ranged, ValueFormatter};
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use crate::harness::SweepAxis;
+use crate::{Error, Result};
+
+/// DejaVu Sans (Bitstream Vera licence, see `assets/fonts/DejaVuSans-LICENSE.txt`).
+static FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+
+/// The font family name every plot uses; registered from [`FONT`].
+const FAMILY: &str = "sans-serif";
+
+/// Size of every PNG, in pixels.
+pub const PLOT_SIZE: (u32, u32) = (1200, 700);
+
+/// Title font size, in pixels.
+const TITLE_SIZE: u32 = 30;
+
+/// Axis description and legend font size, in pixels.
+const LABEL_SIZE: u32 = 20;
+
+/// Tick label font size, in pixels.
+const TICK_SIZE: u32 = 16;
+
+/// Headroom above the highest value on a y axis, as a factor, so the top point is not cut.
+const Y_HEADROOM: f64 = 1.12;
+
+static REGISTER: Once = Once::new();
+
+fn register_font() -> Result<()> {
+    let mut ok = true;
+    REGISTER.call_once(|| {
+        ok = plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok();
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config("the bundled font does not load".into()))
+    }
+}
+
+fn draw_err<E: std::fmt::Debug>(path: &Path) -> impl FnOnce(E) -> Error + '_ {
+    move |e| {
+        Error::Io(std::io::Error::other(format!(
+            "drawing {}: {e:?}",
+            path.display()
+        )))
+    }
+}
+
+/// A CSV file read into memory, with its columns found by name.
+#[derive(Debug, Clone)]
+pub struct Table {
+    path: PathBuf,
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// Reads a CSV file with a header line.
+    pub fn read(path: &Path) -> Result<Table> {
+        let mut r = csv::Reader::from_path(path).map_err(|e| csv_err(path, e))?;
+        let headers = r
+            .headers()
+            .map_err(|e| csv_err(path, e))?
+            .iter()
+            .map(str::to_string)
+            .collect();
+        let mut rows = Vec::new();
+        for rec in r.records() {
+            let rec = rec.map_err(|e| csv_err(path, e))?;
+            rows.push(rec.iter().map(str::to_string).collect());
+        }
+        Ok(Table {
+            path: path.to_path_buf(),
+            headers,
+            rows,
+        })
+    }
+
+    /// Rows of data.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// True without rows of data.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    fn index(&self, name: &str) -> Result<usize> {
+        self.headers
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| Error::Config(format!("{} has no column {name}", self.path.display())))
+    }
+
+    /// The text of a column.
+    pub fn text(&self, name: &str) -> Result<Vec<String>> {
+        let i = self.index(name)?;
+        Ok(self
+            .rows
+            .iter()
+            .map(|r| r.get(i).cloned().unwrap_or_default())
+            .collect())
+    }
+
+    /// A numeric column; empty or unparsable cells are `None`.
+    pub fn numbers(&self, name: &str) -> Result<Vec<Option<f64>>> {
+        Ok(self
+            .text(name)?
+            .iter()
+            .map(|t| t.trim().parse::<f64>().ok().filter(|v| v.is_finite()))
+            .collect())
+    }
+
+    /// The column names starting with `prefix`, in file order.
+    pub fn columns_with_prefix(&self, prefix: &str) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|h| h.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+}
+
+fn csv_err(path: &Path, e: csv::Error) -> Error {
+    Error::Config(format!("cannot read {}: {e}", path.display()))
+}
+
+/// One line on a chart.
+struct Series {
+    label: String,
+    color: RGBColor,
+    points: Vec<(f64, Option<f64>)>,
+    dashed: bool,
+}
+
+const C_MEAN: RGBColor = RGBColor(31, 119, 180);
+const C_P50: RGBColor = RGBColor(44, 160, 44);
+const C_P99: RGBColor = RGBColor(214, 39, 40);
+const C_ERR: RGBColor = RGBColor(214, 39, 40);
+const C_KEYS: RGBColor = RGBColor(255, 127, 14);
+const C_GRID: RGBColor = RGBColor(225, 225, 225);
+
+fn max_of<'a>(values: impl Iterator<Item = &'a Option<f64>>) -> f64 {
+    values.flatten().fold(0.0_f64, |m, v| m.max(*v))
+}
+
+/// Splits a series at its missing points, so a gap stays a gap.
+fn segments(points: &[(f64, Option<f64>)]) -> Vec<Vec<(f64, f64)>> {
+    let mut out = vec![Vec::new()];
+    for (x, y) in points {
+        match y {
+            Some(y) => out.last_mut().map_or((), |s| s.push((*x, *y))),
+            None => out.push(Vec::new()),
+        }
+    }
+    out.retain(|s| !s.is_empty());
+    out
+}
+
+/// Draws a line chart with points and a legend.
+#[allow(clippy::too_many_arguments)]
+fn line_chart<XR>(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    x_range: XR,
+    series: &[Series],
+    x_ticks: usize,
+) -> Result<()>
+where
+    XR: AsRangedCoord<Value = f64>,
+    XR::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let err = draw_err(path);
+    let y_max =
+        (max_of(series.iter().flat_map(|s| s.points.iter().map(|p| &p.1))) * Y_HEADROOM).max(1.0);
+    let root = BitMapBackend::new(path, PLOT_SIZE).into_drawing_area();
+    let result = (|| {
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, (FAMILY, TITLE_SIZE))
+            .margin(20)
+            .x_label_area_size(60)
+            .y_label_area_size(100)
+            .build_cartesian_2d(x_range, 0f64..y_max)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .x_labels(x_ticks)
+            .y_labels(10)
+            .light_line_style(C_GRID)
+            .axis_desc_style((FAMILY, LABEL_SIZE))
+            .label_style((FAMILY, TICK_SIZE))
+            .x_label_formatter(&|v| format_number(*v))
+            .y_label_formatter(&|v| format_number(*v))
+            .draw()?;
+        for s in series {
+            let style = s.color.stroke_width(3);
+            let mut first = true;
+            for seg in segments(&s.points) {
+                let drawn = if s.dashed {
+                    chart.draw_series(DashedLineSeries::new(seg.clone(), 10, 6, style))?
+                } else {
+                    chart.draw_series(LineSeries::new(seg.clone(), style))?
+                };
+                if first {
+                    let color = s.color;
+                    drawn.label(s.label.as_str()).legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
+                    });
+                    first = false;
+                }
+                chart.draw_series(
+                    seg.iter()
+                        .map(|&(x, y)| Circle::new((x, y), 4, s.color.filled())),
+                )?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .label_font((FAMILY, LABEL_SIZE))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()
+    })();
+    result.map_err(err)
+}
+
+/// `12345.6` as `12346`, `2.5` as `2.5`: tick labels without noise.
+fn format_number(v: f64) -> String {
+    if v.abs() >= 100.0 || v == v.trunc() {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// Draws the three plots of a sweep from its summary CSV (`by_slave_count.csv` or
+/// `by_client_count.csv`) into `dir`, and returns their paths.
+pub fn plot_sweep(csv: &Path, axis: SweepAxis, dir: &Path) -> Result<Vec<PathBuf>> {
+    register_font()?;
+    let t = Table::read(csv)?;
+    if t.is_empty() {
+        return Err(Error::Config(format!("{} has no rows", csv.display())));
+    }
+    std::fs::create_dir_all(dir)?;
+    let (x_col, x_desc, x_name) = match axis {
+        SweepAxis::Slaves => ("slave_count", "slaves (count)", "slave count"),
+        SweepAxis::Clients => (
+            "client_count",
+            "client threads (count, log scale)",
+            "client count",
+        ),
+    };
+    let xs: Vec<f64> = t
+        .numbers(x_col)?
+        .into_iter()
+        .map(|x| x.unwrap_or(0.0))
+        .collect();
+    let col = |name: &str| -> Result<Vec<(f64, Option<f64>)>> {
+        Ok(xs.iter().copied().zip(t.numbers(name)?).collect())
+    };
+    let suffix = match axis {
+        SweepAxis::Slaves => "slave_count",
+        SweepAxis::Clients => "client_count",
+    };
+    let mut written = Vec::new();
+    let mut charts: Vec<(String, String, String, Vec<Series>)> = vec![(
+        format!("throughput_rps_vs_{suffix}.png"),
+        format!("Throughput vs {x_name} (successful requests, mean over the run)"),
+        "requests per second".to_string(),
+        vec![
+            Series {
+                label: "successes/s".into(),
+                color: C_MEAN,
+                points: col("throughput_rps")?,
+                dashed: false,
+            },
+            Series {
+                label: "errors/s".into(),
+                color: C_ERR,
+                points: col("error_rps")?,
+                dashed: true,
+            },
+        ],
+    )];
+    for (op, title) in [("read", "Read"), ("write", "Write")] {
+        charts.push((
+            format!("{op}_latency_us_vs_{suffix}.png"),
+            format!("{title} latency vs {x_name} (successful requests)"),
+            "latency (µs)".to_string(),
+            vec![
+                Series {
+                    label: "mean".into(),
+                    color: C_MEAN,
+                    points: col(&format!("{op}_latency_us"))?,
+                    dashed: false,
+                },
+                Series {
+                    label: "p50".into(),
+                    color: C_P50,
+                    points: col(&format!("{op}_p50_us"))?,
+                    dashed: false,
+                },
+                Series {
+                    label: "p99".into(),
+                    color: C_P99,
+                    points: col(&format!("{op}_p99_us"))?,
+                    dashed: false,
+                },
+            ],
+        ));
+    }
+    let x_min = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let x_max = xs.iter().copied().fold(0.0_f64, f64::max);
+    for (file, title, y_desc, series) in charts {
+        let path = dir.join(file);
+        match axis {
+            SweepAxis::Slaves => {
+                let lo = (x_min - 0.5).max(0.0);
+                let hi = x_max + 0.5;
+                // Whole numbers only: one tick per slave count in the range.
+                let ticks = (hi - lo).round().clamp(2.0, 20.0) as usize;
+                line_chart(&path, &title, x_desc, &y_desc, lo..hi, &series, ticks)?;
+            }
+            SweepAxis::Clients => {
+                let lo = (x_min / 1.3).max(0.5);
+                let hi = x_max * 1.3;
+                // Ticks exactly at the measured client counts, without a minor grid.
+                let coord: LogCoord<f64> = (lo..hi).log_scale().into();
+                let x = coord.with_key_points(xs.clone());
+                line_chart(&path, &title, x_desc, &y_desc, x, &series, xs.len())?;
+            }
+        }
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// Draws `load_distribution.png` from a run's `slaves.csv`: requests served per slave in the
+/// measured window (left) and keys held at the end (right).
+pub fn plot_load_distribution(slaves_csv: &Path, png: &Path) -> Result<()> {
+    register_font()?;
+    let t = Table::read(slaves_csv)?;
+    if t.is_empty() {
+        return Err(Error::Config(format!(
+            "{} has no slaves (the master did not report per-slave counts)",
+            slaves_csv.display()
+        )));
+    }
+    let ids = t.text("slave_id")?;
+    let requests = t.numbers("requests")?;
+    let keys = t.numbers("keys")?;
+    let total: f64 = requests.iter().flatten().sum();
+    let err = draw_err(png);
+    let root = BitMapBackend::new(png, PLOT_SIZE).into_drawing_area();
+    let result = (|| {
+        root.fill(&WHITE)?;
+        let root = root.titled(
+            "Load distribution across slaves (measured by the master)",
+            (FAMILY, TITLE_SIZE),
+        )?;
+        let panels = root.split_evenly((1, 2));
+        let specs = [
+            (
+                &panels[0],
+                "Requests served (measured window)",
+                "requests",
+                &requests,
+                C_MEAN,
+            ),
+            (&panels[1], "Keys held at the end", "keys", &keys, C_KEYS),
+        ];
+        for (area, caption, y_desc, values, color) in specs {
+            let n = ids.len();
+            let y_max = (max_of(values.iter()) * Y_HEADROOM).max(1.0);
+            let mut chart = ChartBuilder::on(area)
+                .caption(caption, (FAMILY, LABEL_SIZE + 2))
+                .margin(20)
+                .x_label_area_size(50)
+                .y_label_area_size(90)
+                .build_cartesian_2d((0..n.saturating_sub(1)).into_segmented(), 0f64..y_max)?;
+            let ids_for_labels = ids.clone();
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .light_line_style(C_GRID)
+                .x_desc("slave id")
+                .y_desc(y_desc)
+                .axis_desc_style((FAMILY, LABEL_SIZE))
+                .label_style((FAMILY, TICK_SIZE))
+                .x_labels(n.max(1))
+                .x_label_formatter(&move |v| match v {
+                    SegmentValue::CenterOf(i) => {
+                        ids_for_labels.get(*i).cloned().unwrap_or_default()
+                    }
+                    _ => String::new(),
+                })
+                .y_label_formatter(&|v| format_number(*v))
+                .draw()?;
+            chart
+                .draw_series(values.iter().enumerate().map(|(i, v)| {
+                    let v = v.unwrap_or(0.0);
+                    let mut bar = Rectangle::new(
+                        [
+                            (SegmentValue::Exact(i), 0.0),
+                            (SegmentValue::Exact(i + 1), v),
+                        ],
+                        color.filled(),
+                    );
+                    bar.set_margin(0, 0, 12, 12);
+                    bar
+                }))?
+                .label(if y_desc == "requests" {
+                    format!("requests ({} in all)", format_number(total))
+                } else {
+                    "keys".to_string()
+                })
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 6), (x + 16, y + 6)], color.filled())
+                });
+            // The share of each slave, written above its bar.
+            if y_desc == "requests" && total > 0.0 {
+                chart.draw_series(values.iter().enumerate().filter_map(|(i, v)| {
+                    v.map(|v| {
+                        Text::new(
+                            format!("{:.1}%", 100.0 * v / total),
+                            (SegmentValue::CenterOf(i), v + y_max * 0.02),
+                            (FAMILY, TICK_SIZE).into_font().color(&BLACK),
+                        )
+                    })
+                }))?;
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .label_font((FAMILY, LABEL_SIZE))
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()?;
+        }
+        root.present()
+    })();
+    result.map_err(err)
+}
+
+/// Draws `failover_timeline.png` from a run's `metrics.csv` and `events.csv`: successful
+/// requests and errors per second, with each injected fault marked.
+pub fn plot_failover(metrics_csv: &Path, events_csv: Option<&Path>, png: &Path) -> Result<()> {
+    register_font()?;
+    let t = Table::read(metrics_csv)?;
+    if t.is_empty() {
+        return Err(Error::Config(format!(
+            "{} has no rows",
+            metrics_csv.display()
+        )));
+    }
+    let xs: Vec<f64> = t
+        .numbers("elapsed_s")?
+        .into_iter()
+        .map(|x| x.unwrap_or(0.0))
+        .collect();
+    let ok: Vec<(f64, Option<f64>)> = xs
+        .iter()
+        .copied()
+        .zip(t.numbers("throughput_rps")?)
+        .collect();
+    let errs: Vec<(f64, Option<f64>)> = xs.iter().copied().zip(t.numbers("error_count")?).collect();
+    let events: Vec<(f64, String)> = match events_csv.filter(|p| p.exists()) {
+        Some(p) => {
+            let e = Table::read(p)?;
+            e.numbers("at_s")?
+                .into_iter()
+                .zip(e.text("event")?)
+                .filter_map(|(at, what)| at.map(|a| (a, what)))
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    let x_max = xs.iter().copied().fold(0.0_f64, f64::max) + 1.0;
+    let err = draw_err(png);
+    let root = BitMapBackend::new(png, PLOT_SIZE).into_drawing_area();
+    let result = (|| {
+        root.fill(&WHITE)?;
+        let root = root.titled(
+            "Failover timeline: requests per second across a kill of the primary",
+            (FAMILY, TITLE_SIZE),
+        )?;
+        let (top, bottom) = root.split_vertically(PLOT_SIZE.1 * 55 / 100);
+        let panels = [
+            (
+                &top,
+                "successful requests per second",
+                &ok,
+                C_MEAN,
+                "successes/s",
+            ),
+            (&bottom, "errors per second", &errs, C_ERR, "errors/s"),
+        ];
+        for (i, (area, y_desc, points, color, label)) in panels.into_iter().enumerate() {
+            let y_max = (max_of(points.iter().map(|p| &p.1)) * Y_HEADROOM).max(1.0);
+            let mut chart = ChartBuilder::on(area)
+                .margin(15)
+                .x_label_area_size(if i == 1 { 55 } else { 30 })
+                .y_label_area_size(100)
+                .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
+            chart
+                .configure_mesh()
+                .light_line_style(C_GRID)
+                .x_desc(if i == 1 {
+                    "seconds since the end of the warm-up"
+                } else {
+                    ""
+                })
+                .y_desc(y_desc)
+                .axis_desc_style((FAMILY, LABEL_SIZE))
+                .label_style((FAMILY, TICK_SIZE))
+                .x_label_formatter(&|v| format_number(*v))
+                .y_label_formatter(&|v| format_number(*v))
+                .draw()?;
+            // Each second's count is drawn at the middle of its second.
+            let shifted: Vec<(f64, Option<f64>)> =
+                points.iter().map(|(x, y)| (x + 0.5, *y)).collect();
+            let mut first = true;
+            for seg in segments(&shifted) {
+                let s = chart.draw_series(LineSeries::new(seg.clone(), color.stroke_width(3)))?;
+                if first {
+                    s.label(label).legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
+                    });
+                    first = false;
+                }
+                chart.draw_series(
+                    seg.iter()
+                        .map(|&(x, y)| Circle::new((x, y), 3, color.filled())),
+                )?;
+            }
+            for (at, what) in &events {
+                let s = chart.draw_series(DashedLineSeries::new(
+                    vec![(*at, 0.0), (*at, y_max)],
+                    8,
+                    6,
+                    BLACK.stroke_width(2),
+                ))?;
+                if i == 0 {
+                    let what = what.clone();
+                    s.label(format!("{what} at {at:.1} s")).legend(|(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 24, y)], BLACK.stroke_width(2))
+                    });
+                }
+            }
+            chart
+                .configure_series_labels()
+                .position(if i == 0 {
+                    SeriesLabelPosition::LowerLeft
+                } else {
+                    SeriesLabelPosition::UpperLeft
+                })
+                .label_font((FAMILY, LABEL_SIZE - 2))
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()?;
+        }
+        root.present()
+    })();
+    result.map_err(err)
+}
+
+/// Draws every plot whose data exists under `out` (see the module doc), and says for each
+/// PNG whether it was drawn or why not.
+pub fn plot_all(out: &Path) -> Result<Vec<(PathBuf, String)>> {
+    let mut done = Vec::new();
+    for (axis, dir) in [
+        (SweepAxis::Slaves, "plots_by_slave_count"),
+        (SweepAxis::Clients, "plots_by_client_count"),
+    ] {
+        let csv = out.join(format!("{}.csv", axis.name()));
+        if csv.exists() {
+            for p in plot_sweep(&csv, axis, &out.join(dir))? {
+                done.push((p, format!("drawn from {}", csv.display())));
+            }
+        } else {
+            done.push((out.join(dir), format!("skipped: no {}", csv.display())));
+        }
+    }
+    let slaves = out.join("load_distribution").join("slaves.csv");
+    let png = out.join("load_distribution.png");
+    if slaves.exists() {
+        plot_load_distribution(&slaves, &png)?;
+        done.push((png, format!("drawn from {}", slaves.display())));
+    } else {
+        done.push((png, format!("skipped: no {}", slaves.display())));
+    }
+    let metrics = out.join("failover").join("metrics.csv");
+    let png = out.join("failover_timeline.png");
+    if metrics.exists() {
+        let events = out.join("failover").join("events.csv");
+        plot_failover(&metrics, Some(&events), &png)?;
+        done.push((png, format!("drawn from {}", metrics.display())));
+    } else {
+        done.push((png, format!("skipped: no {}", metrics.display())));
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_split_series() {
+        let s = segments(&[
+            (0.0, Some(1.0)),
+            (1.0, None),
+            (2.0, Some(3.0)),
+            (3.0, Some(4.0)),
+        ]);
+        assert_eq!(s, vec![vec![(0.0, 1.0)], vec![(2.0, 3.0), (3.0, 4.0)]]);
+        assert!(segments(&[(0.0, None)]).is_empty());
+    }
+
+    #[test]
+    fn tick_labels_are_short() {
+        assert_eq!(format_number(12345.6), "12346");
+        assert_eq!(format_number(2.5), "2.5");
+        assert_eq!(format_number(3.0), "3");
+    }
+
+    #[test]
+    fn the_bundled_font_loads() {
+        register_font().unwrap();
+    }
 }
