@@ -405,10 +405,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport> {
                 master_args,
                 echo: cfg.echo,
             };
-            let c = Cluster::start(&cc, &dir.path).map_err(|e| {
-                dir.keep = true;
-                e
-            })?;
+            let c = Cluster::start(&cc, &dir.path).inspect_err(|_| dir.keep = true)?;
             let addrs = (
                 c.master_addr().to_string(),
                 c.backup_addr().map(str::to_string),

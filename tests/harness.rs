@@ -1,0 +1,308 @@
+//! The harness end to end: against a real cluster it starts itself, against a master that is
+//! not there, across a kill of the primary, and the plots drawn from given CSVs.
+//!
+//! Every run binds ephemeral ports and writes into a temporary directory; the harness waits
+//! for the slaves to register (never a fixed sleep) and kills its cluster when it returns.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use dsm::harness::config::RunConfig;
+use dsm::harness::metrics::BASE_COLUMNS;
+use dsm::harness::{self, RUN_FILES};
+use dsm::plot::{self, Table, PLOT_SIZE};
+
+/// A short run: 1 s of warm-up, 3 measured seconds, full load from two clients.
+fn short_run(out: &Path) -> RunConfig {
+    RunConfig {
+        clients: 2,
+        conns_per_client: 2,
+        slaves: 3,
+        warmup_s: 1,
+        duration_s: 3,
+        think: Duration::ZERO,
+        seed: Some(7),
+        out: out.to_path_buf(),
+        quiet: true,
+        no_backup: true,
+        ..RunConfig::default()
+    }
+}
+
+fn int(t: &Table, col: &str) -> Vec<u64> {
+    t.numbers(col)
+        .unwrap()
+        .into_iter()
+        .map(|v| v.unwrap_or_else(|| panic!("{col} has an empty cell")) as u64)
+        .collect()
+}
+
+fn header(path: &Path) -> Vec<String> {
+    let text = fs::read_to_string(path).unwrap();
+    text.lines()
+        .next()
+        .unwrap()
+        .split(',')
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every row: total = success + error = reads + writes.
+fn assert_counts_add_up(t: &Table) {
+    let (total, ok, err) = (
+        int(t, "total_requests"),
+        int(t, "success_count"),
+        int(t, "error_count"),
+    );
+    let (reads, writes) = (int(t, "read_count"), int(t, "write_count"));
+    for i in 0..t.len() {
+        assert_eq!(total[i], ok[i] + err[i], "row {i}: total = success + error");
+        assert_eq!(
+            total[i],
+            reads[i] + writes[i],
+            "row {i}: total = reads + writes"
+        );
+    }
+}
+
+#[test]
+fn a_run_against_a_real_cluster_writes_honest_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let report = harness::run(&short_run(&out)).unwrap();
+    for f in RUN_FILES {
+        assert!(out.join(f).exists(), "{f} written");
+    }
+
+    // The documented columns, the original ones first.
+    let cols = header(&out.join("metrics.csv"));
+    assert_eq!(&cols[..BASE_COLUMNS.len()], &BASE_COLUMNS);
+    for c in [
+        "elapsed_s",
+        "read_p50_us",
+        "read_p95_us",
+        "read_p99_us",
+        "read_p999_us",
+        "write_p50_us",
+        "write_p95_us",
+        "write_p99_us",
+        "write_p999_us",
+        "slave_requests.s1",
+        "slave_requests.s2",
+        "slave_requests.s3",
+    ] {
+        assert!(cols.iter().any(|h| h == c), "{c} in {cols:?}");
+    }
+
+    // One row per measured second, none from the warm-up.
+    let t = Table::read(&out.join("metrics.csv")).unwrap();
+    assert_eq!(t.len(), 3);
+    assert_eq!(int(&t, "elapsed_s"), vec![0, 1, 2]);
+    let started = report.get("started_at").cloned();
+    let Some(harness::metrics::Cell::Float(started)) = started else {
+        panic!("started_at missing")
+    };
+    let first_ts = t.numbers("timestamp").unwrap()[0].unwrap();
+    assert!(
+        (first_ts - (started + 1.0)).abs() < 0.01,
+        "the first row starts after the 1 s warm-up"
+    );
+    assert_counts_add_up(&t);
+    assert_eq!(int(&t, "slave_count"), vec![3, 3, 3], "registered slaves");
+    assert_eq!(int(&t, "client_count"), vec![2, 2, 2]);
+    let ok: u64 = int(&t, "success_count").iter().sum();
+    assert!(ok > 0, "a healthy cluster answers");
+
+    // The rows add up to the summary.
+    let total: u64 = int(&t, "total_requests").iter().sum();
+    assert_eq!(report.total.total(), total);
+    assert_eq!(report.total.success(), ok);
+
+    // metrics.json has the same fields, one object per row.
+    let json = fs::read_to_string(out.join("metrics.json")).unwrap();
+    assert_eq!(json.matches("\"timestamp\": ").count(), 3);
+    for c in &cols {
+        assert!(json.contains(&format!("\"{c}\": ")), "{c} in metrics.json");
+    }
+    let summary = fs::read_to_string(out.join("summary.json")).unwrap();
+    assert!(summary.contains("\"throughput_rps\": "), "{summary}");
+
+    // Per-slave counts, measured by the master, over the measured window only.
+    let s = Table::read(&out.join("slaves.csv")).unwrap();
+    assert_eq!(
+        s.text("slave_id").unwrap(),
+        vec!["s1".to_string(), "s2".into(), "s3".into()]
+    );
+    let served: u64 = int(&s, "requests").iter().sum();
+    let per_second: u64 = ["s1", "s2", "s3"]
+        .iter()
+        .map(|id| int(&t, &format!("slave_requests.{id}")).iter().sum::<u64>())
+        .sum();
+    assert_eq!(served, per_second, "totals are the sum of the rows");
+    assert!(served > 0);
+
+    // A second run into the same directory is refused, not mixed in.
+    let err = harness::run(&short_run(&out)).unwrap_err().to_string();
+    assert!(err.contains("--overwrite"), "{err}");
+}
+
+#[test]
+fn a_master_that_is_not_there_gives_errors_never_successes() {
+    let dir = tempfile::tempdir().unwrap();
+    // Bind then drop a listener so the port is very likely closed.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg = RunConfig {
+        master: Some(addr.to_string()),
+        duration_s: 2,
+        ..short_run(dir.path())
+    };
+    let report = harness::run(&cfg).unwrap();
+    let t = Table::read(&dir.path().join("metrics.csv")).unwrap();
+    assert_eq!(t.len(), 2);
+    assert_counts_add_up(&t);
+    assert_eq!(int(&t, "success_count"), vec![0, 0]);
+    assert!(int(&t, "error_count").iter().all(|&e| e > 0));
+    assert!(t
+        .numbers("read_latency_us")
+        .unwrap()
+        .iter()
+        .all(Option::is_none));
+    assert!(t
+        .numbers("write_p99_us")
+        .unwrap()
+        .iter()
+        .all(Option::is_none));
+    assert!(t
+        .numbers("slave_count")
+        .unwrap()
+        .iter()
+        .all(Option::is_none));
+    assert_eq!(report.total.success(), 0);
+    assert!(report.slaves.is_empty());
+}
+
+#[test]
+fn killing_the_primary_without_a_backup_ends_the_successes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RunConfig {
+        kill_primary_at: Some(1.0),
+        ..short_run(dir.path())
+    };
+    let report = harness::run(&cfg).unwrap();
+    assert_eq!(report.events.len(), 1);
+    assert!(report.events[0].what.contains("killed primary"));
+    assert!(report.events[0].at_s >= 1.0);
+    let t = Table::read(&dir.path().join("metrics.csv")).unwrap();
+    assert_counts_add_up(&t);
+    let ok = int(&t, "success_count");
+    assert!(ok[0] > 0, "before the kill");
+    assert_eq!(ok[2], 0, "nothing can succeed once the only master is dead");
+    assert!(int(&t, "error_count")[2] > 0);
+    let e = Table::read(&dir.path().join("events.csv")).unwrap();
+    assert_eq!(e.len(), 1);
+}
+
+const BY_SLAVES: &str = "\
+slave_count,client_count,throughput_rps,error_rps,read_latency_us,read_p50_us,read_p99_us,write_latency_us,write_p50_us,write_p99_us
+1,5,29000.5,0,168.5,149,478,177.7,157,480
+3,5,20748,0,221.3,198,602,283.5,258,720
+5,5,17849.3,1.5,264.6,253,626,312.5,297,770
+";
+
+const BY_CLIENTS: &str = "\
+slave_count,client_count,throughput_rps,error_rps,read_latency_us,read_p50_us,read_p99_us,write_latency_us,write_p50_us,write_p99_us
+3,1,14000,0,60,50,110,90,80,200
+3,2,18000,0,90,80,200,130,120,300
+3,50,25000,0,,,,900,700,6000
+";
+
+const SLAVES: &str = "\
+slave_id,requests,keys,requests_pct
+s1,380,279,21.0
+s2,378,283,21.0
+s3,336,260,18.6
+";
+
+const FAILOVER: &str = "\
+elapsed_s,throughput_rps,error_count
+0,480,0
+1,485,0
+2,240,70
+3,0,140
+4,310,12
+5,470,0
+";
+
+const EVENTS: &str = "\
+at_s,event
+2.03,killed primary 127.0.0.1:40000
+";
+
+/// The width and height in a PNG's IHDR chunk, after checking the signature.
+fn png_size(path: &Path) -> (u32, u32) {
+    let bytes = fs::read(path).unwrap();
+    assert!(
+        bytes.len() > 10_000,
+        "{} is {} bytes",
+        path.display(),
+        bytes.len()
+    );
+    assert_eq!(
+        &bytes[..8],
+        b"\x89PNG\r\n\x1a\n",
+        "{} is a PNG",
+        path.display()
+    );
+    assert_eq!(&bytes[12..16], b"IHDR");
+    let be = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    (be(16), be(20))
+}
+
+#[test]
+fn plots_from_given_csvs_are_valid_pngs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::create_dir_all(d.join("load_distribution")).unwrap();
+    fs::create_dir_all(d.join("failover")).unwrap();
+    fs::write(d.join("by_slave_count.csv"), BY_SLAVES).unwrap();
+    fs::write(d.join("by_client_count.csv"), BY_CLIENTS).unwrap();
+    fs::write(d.join("load_distribution/slaves.csv"), SLAVES).unwrap();
+    fs::write(d.join("failover/metrics.csv"), FAILOVER).unwrap();
+    fs::write(d.join("failover/events.csv"), EVENTS).unwrap();
+
+    let drawn = plot::plot_all(d).unwrap();
+    let mut expected: HashSet<String> = HashSet::new();
+    for (dir, axis) in [
+        ("plots_by_slave_count", "slave_count"),
+        ("plots_by_client_count", "client_count"),
+    ] {
+        for m in ["throughput_rps", "read_latency_us", "write_latency_us"] {
+            expected.insert(format!("{dir}/{m}_vs_{axis}.png"));
+        }
+    }
+    expected.insert("load_distribution.png".into());
+    expected.insert("failover_timeline.png".into());
+    for name in &expected {
+        let p = d.join(name);
+        assert!(
+            drawn
+                .iter()
+                .any(|(q, how)| q == &p && how.starts_with("drawn")),
+            "{name} drawn: {drawn:?}"
+        );
+        assert_eq!(png_size(&p), PLOT_SIZE, "{name}");
+    }
+}
+
+#[test]
+fn plot_all_skips_what_has_no_data_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let drawn = plot::plot_all(dir.path()).unwrap();
+    assert_eq!(drawn.len(), 4);
+    assert!(drawn.iter().all(|(_, how)| how.starts_with("skipped")));
+}
