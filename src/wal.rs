@@ -59,17 +59,12 @@ pub fn decode(line: &[u8]) -> std::result::Result<(u64, Record), String> {
     let rec = match op {
         "SET" => {
             let (k, v) = rest.split_once(' ').ok_or("no value")?;
-            Record::Set {
-                key: k.into(),
-                value: crate::escape::unescape(v.as_bytes()).ok_or("esc")?,
-            }
+            Record::Set { key: k.into(), value: crate::escape::unescape(v.as_bytes()).ok_or("esc")? }
         }
         "DEL" => Record::Del { key: rest.into() },
         "MEMBER" => Record::Member { id: rest.into() },
         "REMOVE" => Record::Remove { id: rest.into() },
-        "EPOCH" => Record::Epoch {
-            epoch: rest.parse().map_err(|_| "bad epoch")?,
-        },
+        "EPOCH" => Record::Epoch { epoch: rest.parse().map_err(|_| "bad epoch")? },
         _ => return Err("bad op".into()),
     };
     Ok((seq, rec))
@@ -81,11 +76,7 @@ pub struct Wal {
 }
 
 impl Wal {
-    pub fn open(
-        path: &Path,
-        _fsync: Fsync,
-        mut apply: impl FnMut(u64, Record) -> Result<()>,
-    ) -> Result<Wal> {
+    pub fn open(path: &Path, _fsync: Fsync, mut apply: impl FnMut(u64, Record) -> Result<()>) -> Result<Wal> {
         let mut last = 0;
         if let Ok(f) = File::open(path) {
             for line in BufReader::new(f).split(b'\n') {
@@ -96,10 +87,7 @@ impl Wal {
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         let len = file.metadata()?.len();
-        Ok(Wal {
-            path: path.to_path_buf(),
-            inner: Mutex::new((file, last, len)),
-        })
+        Ok(Wal { path: path.to_path_buf(), inner: Mutex::new((file, last, len)) })
     }
 
     pub fn append(&self, record: &Record) -> Result<u64> {
