@@ -185,6 +185,14 @@ impl Node {
     /// comes back on the same address.
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
+        // A server first started on port 0 comes back on the port it got.
+        if let Some(addr) = self.addr {
+            if let Some(i) = self.args.iter().position(|a| a == "--listen") {
+                if let Some(listen) = self.args.get_mut(i + 1) {
+                    *listen = addr.to_string();
+                }
+            }
+        }
         let wait = self.addr.is_some();
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
