@@ -32,8 +32,7 @@ client: build
 	$(BIN)/dsm-client --master $(PRIMARY) --backup $(BACKUP)
 
 test:
-	$(CARGO) test --all-targets
-	$(CARGO) test --doc
+	$(CARGO) test
 
 lint:
 	$(CARGO) fmt --check
