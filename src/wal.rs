@@ -1141,3 +1141,781 @@ fn push_u64(out: &mut Vec<u8>, mut n: u64) {
     }
     out.extend_from_slice(&digits[i..]);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn set(key: &str, value: &[u8]) -> Record {
+        Record::Set {
+            key: key.to_string(),
+            value: value.to_vec(),
+        }
+    }
+
+    fn line(seq: u64, record: &Record) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(seq, record, &mut out);
+        out
+    }
+
+    /// A mix of every record type, with awkward values.
+    fn sample_records() -> Vec<Record> {
+        vec![
+            Record::Member {
+                id: "s1".to_string(),
+            },
+            set("k", b"v"),
+            set("k", b""),
+            set("wörld", b" spaced  value "),
+            set("bin", &(0..=255u8).collect::<Vec<_>>()),
+            Record::Del {
+                key: "k".to_string(),
+            },
+            Record::Epoch { epoch: 7 },
+            Record::Remove {
+                id: "s1".to_string(),
+            },
+            set("x", b"\\n is not a newline"),
+        ]
+    }
+
+    /// Replays `path` with a fresh `Wal` and returns its records.
+    fn replay(path: &Path) -> Result<Vec<(u64, Record)>> {
+        let mut records = Vec::new();
+        let wal = Wal::open(path, Fsync::Never, |seq, record| {
+            records.push((seq, record));
+            Ok(())
+        })?;
+        drop(wal);
+        Ok(records)
+    }
+
+    fn open_empty(path: &Path, fsync: Fsync) -> Wal {
+        Wal::open(path, fsync, |_, _| Ok(())).expect("open")
+    }
+
+    fn expect_corrupt(result: Result<Vec<(u64, Record)>>, needles: &[&str]) {
+        match result {
+            Err(Error::Corrupt(message)) => {
+                for needle in needles {
+                    assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+                }
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn wal_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Wal>();
+        check::<Follower>();
+    }
+
+    #[test]
+    fn encodes_the_documented_text() {
+        assert_eq!(line(5, &set("k", b"")), b"5 SET k \n");
+        assert_eq!(line(6, &set("k", b"a b\n")), b"6 SET k a b\\n\n");
+        assert_eq!(
+            line(
+                0,
+                &Record::Del {
+                    key: "k".to_string()
+                }
+            ),
+            b"0 DEL k\n"
+        );
+        assert_eq!(
+            line(
+                9,
+                &Record::Member {
+                    id: "s-1".to_string()
+                }
+            ),
+            b"9 MEMBER s-1\n"
+        );
+        assert_eq!(
+            line(
+                10,
+                &Record::Remove {
+                    id: "s-1".to_string()
+                }
+            ),
+            b"10 REMOVE s-1\n"
+        );
+        assert_eq!(
+            line(u64::MAX, &Record::Epoch { epoch: u64::MAX }),
+            b"18446744073709551615 EPOCH 18446744073709551615\n"
+        );
+    }
+
+    #[test]
+    fn round_trips_every_record_type() {
+        let mut records = sample_records();
+        records.push(Record::Epoch { epoch: 0 });
+        records.push(Record::Epoch { epoch: u64::MAX });
+        records.push(set(&"k".repeat(crate::protocol::MAX_KEY), b"x"));
+        records.push(Record::Member {
+            id: "a".repeat(crate::peer::MAX_ID),
+        });
+        for (i, record) in records.iter().enumerate() {
+            for seq in [0, i as u64 + 1, u64::MAX] {
+                let encoded = line(seq, record);
+                let (text, newline) = encoded.split_at(encoded.len() - 1);
+                assert_eq!(newline, b"\n");
+                assert!(
+                    !text.iter().any(|&b| b < 0x20 || b == 0x7f),
+                    "control byte in {text:?}"
+                );
+                assert_eq!(decode(text), Ok((seq, record.clone())), "{record:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn decode_rejects_every_malformed_form() {
+        let long_key = format!("1 DEL {}", "k".repeat(crate::protocol::MAX_KEY + 1));
+        let cases: &[(&[u8], &str)] = &[
+            (b"", "sequence number"),
+            (b"SET k v", "sequence number"),
+            (b"x SET k v", "sequence number"),
+            (b"-1 SET k v", "sequence number"),
+            (b"+1 SET k v", "sequence number"),
+            (b"01 SET k v", "sequence number"),
+            (b"18446744073709551616 SET k v", "too large"),
+            (b" 1 SET k v", "sequence number"),
+            (b"1", "missing operation"),
+            (b"1 ", "unknown operation"),
+            (b"1  SET k v", "unknown operation"),
+            (b"1 FOO k v", "unknown operation"),
+            (b"1 set k v", "unknown operation"),
+            (b"1 SET", "SET needs a key"),
+            (b"1 SET k", "SET needs a space and a value"),
+            (b"1 SET  v", "empty key"),
+            (b"1 SET k\x01 v", "control"),
+            (b"1 SET \xff v", "UTF-8"),
+            (b"1 SET k \\q", "escaped"),
+            (b"1 SET k a\\", "escaped"),
+            (b"1 SET k \\x4", "escaped"),
+            (b"1 SET k a\x01b", "escaped"),
+            (b"1 SET k v\r", "escaped"),
+            (b"1 DEL", "DEL needs one argument"),
+            (b"1 DEL ", "empty key"),
+            (b"1 DEL  k", "more follow"),
+            (b"1 DEL k ", "more follow"),
+            (b"1 DEL k v", "more follow"),
+            (long_key.as_bytes(), "too long"),
+            (b"1 MEMBER", "MEMBER needs one argument"),
+            (b"1 MEMBER s1 s2", "more follow"),
+            (b"1 MEMBER s/1", "invalid slave id"),
+            (b"1 MEMBER ", "slave id"),
+            (b"1 REMOVE", "REMOVE needs one argument"),
+            (b"1 REMOVE s1 ", "more follow"),
+            (b"1 REMOVE s 1", "more follow"),
+            (b"1 EPOCH", "EPOCH needs one argument"),
+            (b"1 EPOCH x", "bad epoch"),
+            (b"1 EPOCH 01", "bad epoch"),
+            (b"1 EPOCH 1 2", "more follow"),
+            (b"1 EPOCH 99999999999999999999", "too large"),
+        ];
+        for (text, needle) in cases {
+            match decode(text) {
+                Ok(parsed) => panic!("{:?} decoded to {parsed:?}", String::from_utf8_lossy(text)),
+                Err(e) => assert!(
+                    e.contains(needle),
+                    "{:?}: error {e:?} lacks {needle:?}",
+                    String::from_utf8_lossy(text)
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn replay_restores_records_in_order_and_seqs_continue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal");
+        let records = sample_records();
+        {
+            let wal = open_empty(&path, Fsync::Never);
+            assert_eq!(wal.path(), path);
+            assert_eq!((wal.last_seq(), wal.bytes()), (0, 0));
+            for (i, record) in records.iter().enumerate() {
+                assert_eq!(wal.append(record).expect("append"), i as u64 + 1);
+            }
+            assert_eq!(wal.last_seq(), records.len() as u64);
+            assert_eq!(wal.bytes(), fs::metadata(&path).expect("stat").len());
+        }
+        let replayed = replay(&path).expect("replay");
+        let expected: Vec<_> = (1..).zip(records.iter().cloned()).collect();
+        assert_eq!(replayed, expected);
+
+        let wal = open_empty(&path, Fsync::Never);
+        assert_eq!(wal.last_seq(), records.len() as u64);
+        let next = wal.append(&set("after", b"reopen")).expect("append");
+        assert_eq!(next, records.len() as u64 + 1);
+        wal.advance_seq(100);
+        wal.advance_seq(50); // never lowers
+        assert_eq!(wal.last_seq(), 100);
+        assert_eq!(wal.append(&set("a", b"b")).expect("append"), 101);
+        drop(wal);
+        let seqs: Vec<u64> = replay(&path)
+            .expect("replay")
+            .iter()
+            .map(|(s, _)| *s)
+            .collect();
+        assert_eq!(seqs[seqs.len() - 2..], [next, 101]);
+    }
+
+    #[test]
+    fn apply_errors_stop_the_replay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal");
+        fs::write(&path, b"1 SET a b\n2 SET c d\n").expect("write");
+        let mut seen = 0;
+        let result = Wal::open(&path, Fsync::Never, |_, _| {
+            seen += 1;
+            Err(Error::Config("stop".to_string()))
+        });
+        assert!(matches!(result, Err(Error::Config(_))));
+        assert_eq!(seen, 1);
+    }
+
+    #[test]
+    fn append_refuses_records_it_could_not_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal");
+        let wal = open_empty(&path, Fsync::Never);
+        for bad in [
+            set("a b", b"v"),
+            set("", b"v"),
+            Record::Del {
+                key: "k\n".to_string(),
+            },
+            Record::Member {
+                id: "s 1".to_string(),
+            },
+            Record::Remove { id: String::new() },
+        ] {
+            assert!(
+                matches!(wal.append(&bad), Err(Error::Protocol(_))),
+                "{bad:?}"
+            );
+        }
+        assert_eq!((wal.last_seq(), wal.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn survives_a_cut_at_every_byte_of_the_last_three_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let full_path = dir.path().join("full");
+        let records = sample_records();
+        let mut ends = Vec::new(); // end offset of each record's line
+        let mut text = Vec::new();
+        for (i, record) in records.iter().enumerate() {
+            encode(i as u64 + 1, record, &mut text);
+            ends.push(text.len());
+        }
+        fs::write(&full_path, &text).expect("write");
+        assert_eq!(
+            replay(&full_path).expect("replay").len(),
+            records.len(),
+            "the uncut log replays"
+        );
+        let path = dir.path().join("cut");
+        let first_cut = ends[records.len() - 4];
+        for cut in first_cut..=text.len() {
+            fs::write(&path, &text[..cut]).expect("write");
+            let survivors = ends.iter().filter(|&&end| end <= cut).count();
+            let clean_len = if survivors == 0 {
+                0
+            } else {
+                ends[survivors - 1]
+            };
+            let mut replayed = Vec::new();
+            let wal = Wal::open(&path, Fsync::Never, |seq, record| {
+                replayed.push((seq, record));
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+            let expected: Vec<_> = (1..).zip(records[..survivors].iter().cloned()).collect();
+            assert_eq!(replayed, expected, "cut at {cut}");
+            let on_disk = fs::read(&path).expect("read");
+            assert_eq!(
+                on_disk,
+                text[..clean_len],
+                "cut at {cut}: not a clean prefix"
+            );
+            assert_eq!(wal.bytes(), clean_len as u64);
+            let seq = wal.append(&set("new", b"after the cut")).expect("append");
+            assert_eq!(seq, survivors as u64 + 1, "cut at {cut}");
+            drop(wal);
+            let again = replay(&path).unwrap_or_else(|e| panic!("cut at {cut}, reopen: {e}"));
+            assert_eq!(again.len(), survivors + 1, "cut at {cut}");
+            assert_eq!(again[survivors], (seq, set("new", b"after the cut")));
+        }
+    }
+
+    #[test]
+    fn a_torn_tail_of_nul_bytes_or_garbage_is_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal");
+        for tail in [&[0u8; 4096][..], b"\xff\xfe garbage", b"3 SET k v"] {
+            let mut text = b"1 SET a b\n2 DEL a\n".to_vec();
+            text.extend_from_slice(tail);
+            fs::write(&path, &text).expect("write");
+            assert_eq!(replay(&path).expect("replay").len(), 2);
+            assert_eq!(fs::read(&path).expect("read"), b"1 SET a b\n2 DEL a\n");
+        }
+    }
+
+    #[test]
+    fn a_complete_bad_line_is_corrupt_wherever_it_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal");
+        let cases: &[(&[u8], &[&str])] = &[
+            // A damaged middle line, named by number and offset.
+            (
+                b"1 SET a b\n2 SET c d\n3 SXT e f\n4 DEL a\n",
+                &["line 3", "byte offset 20", "unknown operation"],
+            ),
+            // A complete last line is not a torn one: it was written whole.
+            (b"1 SET a b\n2 BAD\n", &["line 2", "byte offset 10"]),
+            (b"1 SET a b\n\0\0\0\n", &["line 2"]),
+            (b"1 SET a b\n\n2 SET a c\n", &["line 2"]),
+            // Sequence numbers must strictly increase.
+            (
+                b"1 SET a b\n3 SET a c\n3 SET a d\n",
+                &["line 3", "byte offset 20", "does not increase"],
+            ),
+            (b"5 SET a b\n4 SET a c\n", &["line 2", "does not increase"]),
+        ];
+        for (text, needles) in cases {
+            fs::write(&path, text).expect("write");
+            expect_corrupt(replay(&path), needles);
+            assert_eq!(
+                fs::read(&path).expect("read"),
+                *text,
+                "a corrupt log must be left as it is"
+            );
+        }
+    }
+
+    /// Appends `per_thread` records from each of `threads` threads at once and checks that the
+    /// file holds every one exactly once, in seq order.
+    fn hammer(fsync: Fsync, threads: usize, per_thread: usize) -> Stats {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal");
+        let wal = Arc::new(open_empty(&path, fsync));
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let wal = Arc::clone(&wal);
+                thread::spawn(move || {
+                    let mut seqs = Vec::new();
+                    for i in 0..per_thread {
+                        let record = set(&format!("t{t}"), format!("{i}").as_bytes());
+                        seqs.push(wal.append(&record).expect("append"));
+                    }
+                    seqs
+                })
+            })
+            .collect();
+        let mut owner = std::collections::HashMap::new();
+        for (t, handle) in handles.into_iter().enumerate() {
+            let seqs = handle.join().expect("thread");
+            assert!(
+                seqs.windows(2).all(|w| w[0] < w[1]),
+                "a thread's seqs go back"
+            );
+            for (i, seq) in seqs.into_iter().enumerate() {
+                assert!(owner.insert(seq, (t, i)).is_none(), "seq {seq} given twice");
+            }
+        }
+        let stats = wal.stats();
+        let total = threads * per_thread;
+        assert_eq!(wal.last_seq(), total as u64);
+        assert_eq!(wal.bytes(), fs::metadata(&path).expect("stat").len());
+        drop(wal);
+        // Replay checks that the file's seqs strictly increase; here check that each line is
+        // the record its seq was returned for.
+        let replayed = replay(&path).expect("replay");
+        assert_eq!(replayed.len(), total);
+        let unique: HashSet<u64> = replayed.iter().map(|(s, _)| *s).collect();
+        assert_eq!(unique.len(), total);
+        for (seq, record) in replayed {
+            let (t, i) = owner[&seq];
+            assert_eq!(record, set(&format!("t{t}"), format!("{i}").as_bytes()));
+        }
+        assert_eq!(stats.appends, total as u64);
+        stats
+    }
+
+    #[test]
+    fn group_commit_shares_writes_and_syncs() {
+        let stats = hammer(Fsync::Always, 8, 500);
+        assert!(
+            stats.writes < stats.appends,
+            "no batching: {stats:?} (8 threads waiting on fdatasync should share writes)"
+        );
+        assert_eq!(stats.syncs, stats.writes);
+    }
+
+    #[test]
+    fn concurrent_appends_without_fsync_keep_file_order() {
+        let stats = hammer(Fsync::Never, 8, 500);
+        assert_eq!(stats.syncs, 0);
+        assert!(stats.writes <= stats.appends);
+    }
+
+    #[test]
+    fn a_failed_write_is_an_error_for_every_appender_never_a_panic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal");
+        let wal = Arc::new(open_empty(&path, Fsync::Never));
+        wal.append(&set("a", b"b")).expect("append");
+        // Swap in a file on which write(2) fails with ENOSPC and truncation is impossible.
+        match OpenOptions::new().append(true).open("/dev/full") {
+            Ok(full) => wal.shared.state.lock().file = Arc::new(full),
+            Err(_) => return, // no /dev/full here; nothing to test
+        }
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let wal = Arc::clone(&wal);
+                thread::spawn(move || {
+                    (0..10)
+                        .map(|_| wal.append(&set("k", b"v")))
+                        .filter(|r| matches!(r, Err(Error::Io(_))))
+                        .count()
+                })
+            })
+            .collect();
+        let failures: usize = handles
+            .into_iter()
+            .map(|h| h.join().expect("no panic"))
+            .sum();
+        assert_eq!(failures, 40);
+        assert!(wal.shared.state.lock().failures.is_empty(), "errors leaked");
+        // The failed batch could not be rolled back, so the log stays closed to appends.
+        let Err(Error::Io(e)) = wal.append(&set("k", b"v")) else {
+            panic!("append after a failed rollback succeeded");
+        };
+        assert!(e.to_string().contains("restart"), "{e}");
+        assert!(wal.rewrite(&mut std::iter::empty()).is_err());
+    }
+
+    #[test]
+    fn rewrite_replaces_the_log_atomically_and_seqs_continue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal");
+        let wal = open_empty(&path, Fsync::Never);
+        for i in 0..10 {
+            wal.append(&set("old", format!("{i}").as_bytes()))
+                .expect("append");
+        }
+        let entries = vec![
+            (3, set("a", b"x y")),
+            (
+                50,
+                Record::Member {
+                    id: "s1".to_string(),
+                },
+            ),
+            (60, Record::Epoch { epoch: 2 }),
+        ];
+        wal.rewrite(&mut entries.clone().into_iter())
+            .expect("rewrite");
+        let mut expected_text = Vec::new();
+        for (seq, record) in &entries {
+            encode(*seq, record, &mut expected_text);
+        }
+        assert_eq!(fs::read(&path).expect("read"), expected_text);
+        assert_eq!(wal.bytes(), expected_text.len() as u64);
+        assert_eq!(wal.last_seq(), 60);
+        assert_eq!(wal.append(&set("b", b"c")).expect("append"), 61);
+
+        // A rewrite with entries below last_seq keeps seqs going up.
+        wal.rewrite(&mut vec![(5, set("a", b"z"))].into_iter())
+            .expect("rewrite");
+        assert_eq!(wal.last_seq(), 61);
+        assert_eq!(wal.append(&set("b", b"d")).expect("append"), 62);
+        drop(wal);
+        assert_eq!(
+            replay(&path).expect("replay"),
+            vec![(5, set("a", b"z")), (62, set("b", b"d"))]
+        );
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from("wal")]);
+    }
+
+    #[test]
+    fn a_failed_rewrite_leaves_the_old_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal");
+        let wal = open_empty(&path, Fsync::Never);
+        wal.append(&set("keep", b"me")).expect("append");
+        let before = fs::read(&path).expect("read");
+        let out_of_order = vec![(5, set("a", b"1")), (5, set("a", b"2"))];
+        assert!(matches!(
+            wal.rewrite(&mut out_of_order.into_iter()),
+            Err(Error::Corrupt(_))
+        ));
+        let unreadable = vec![(5, set("a b", b"1"))];
+        assert!(matches!(
+            wal.rewrite(&mut unreadable.into_iter()),
+            Err(Error::Protocol(_))
+        ));
+        assert_eq!(fs::read(&path).expect("read"), before);
+        assert!(!dir.path().join("wal.rewrite").exists());
+        assert_eq!(wal.append(&set("still", b"works")).expect("append"), 2);
+        drop(wal);
+        assert_eq!(replay(&path).expect("replay").len(), 2);
+    }
+
+    #[test]
+    fn everysec_syncs_in_the_background_and_stops_on_drop() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal");
+        let wal = open_empty(&path, Fsync::Everysec);
+        wal.append(&set("a", b"b")).expect("append");
+        assert_eq!(wal.stats().syncs, 0, "everysec must not sync in append");
+        let deadline = Instant::now() + FSYNC_INTERVAL * 3;
+        while wal.stats().syncs == 0 {
+            assert!(Instant::now() < deadline, "no background sync");
+            thread::sleep(Duration::from_millis(20));
+        }
+        // Dropping wakes the thread at once instead of after the interval.
+        let started = Instant::now();
+        drop(wal);
+        assert!(started.elapsed() < FSYNC_INTERVAL / 2);
+    }
+
+    /// A follower plus the records it applied and how many times it was reset.
+    struct Watch {
+        follower: Follower,
+        records: Vec<(u64, Record)>,
+        resets: usize,
+    }
+
+    impl Watch {
+        fn new(path: &Path) -> Watch {
+            Watch {
+                follower: Follower::new(path),
+                records: Vec::new(),
+                resets: 0,
+            }
+        }
+
+        fn poll(&mut self) -> Result<Poll> {
+            // Both callbacks touch the records, as a caller's reset and apply both touch its
+            // state, so they share them through a RefCell.
+            let records = std::cell::RefCell::new(std::mem::take(&mut self.records));
+            let mut resets = 0;
+            let result = self.follower.poll(
+                &mut || {
+                    resets += 1;
+                    records.borrow_mut().clear();
+                },
+                &mut |seq, record| records.borrow_mut().push((seq, record)),
+            );
+            self.records = records.into_inner();
+            self.resets += resets;
+            result
+        }
+    }
+
+    fn append_bytes(path: &Path, bytes: &[u8]) {
+        let mut file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .expect("open");
+        file.write_all(bytes).expect("write");
+    }
+
+    #[test]
+    fn follower_waits_for_a_partial_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal");
+        let mut watch = Watch::new(&path);
+        append_bytes(&path, b"1 SET a x\n2 SET b y");
+        assert_eq!(watch.poll().expect("poll"), Poll::Applied(1));
+        assert_eq!(watch.follower.last_seq(), 1);
+        assert_eq!(watch.follower.lag_bytes(), 9);
+        assert_eq!(watch.poll().expect("poll"), Poll::Applied(0));
+        append_bytes(&path, b"y");
+        assert_eq!(watch.poll().expect("poll"), Poll::Applied(0));
+        append_bytes(&path, b"\n3 DEL a\n");
+        assert_eq!(watch.poll().expect("poll"), Poll::Applied(2));
+        assert_eq!(watch.follower.lag_bytes(), 0);
+        assert_eq!(watch.follower.last_seq(), 3);
+        assert_eq!(
+            watch.records,
+            vec![
+                (1, set("a", b"x")),
+                (2, set("b", b"yy")),
+                (
+                    3,
+                    Record::Del {
+                        key: "a".to_string()
+                    }
+                )
+            ]
+        );
+        assert_eq!(watch.resets, 0);
+    }
+
+    #[test]
+    fn follower_is_not_fooled_by_a_truncated_torn_tail() {
+        // The primary crashes mid-append, restarts (truncating the torn line) and appends more:
+        // the bytes seen before the restart must not be glued to the new line.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal");
+        let mut watch = Watch::new(&path);
+        append_bytes(&path, b"1 SET a x\n2 SET b tor");
+        assert_eq!(watch.poll().expect("poll"), Poll::Applied(1));
+        drop(open_empty(&path, Fsync::Never));
+        let wal = open_empty(&path, Fsync::Never);
+        wal.append(&set("c", b"z")).expect("append");
+        assert_eq!(watch.poll().expect("poll"), Poll::Applied(1));
+        assert_eq!(
+            watch.records,
+            vec![(1, set("a", b"x")), (2, set("c", b"z"))]
+        );
+    }
+
+    #[test]
+    fn follower_picks_up_many_concurrent_appends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal");
+        let wal = Arc::new(open_empty(&path, Fsync::Never));
+        let mut watch = Watch::new(&path);
+        let done = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..2)
+            .map(|t| {
+                let wal = Arc::clone(&wal);
+                thread::spawn(move || {
+                    for i in 0..1000 {
+                        let value = format!("value {i} of writer {t}");
+                        wal.append(&set("k", value.as_bytes())).expect("append");
+                    }
+                })
+            })
+            .collect();
+        let stopper = {
+            let done = Arc::clone(&done);
+            thread::spawn(move || {
+                for w in writers {
+                    w.join().expect("writer");
+                }
+                done.store(true, Ordering::SeqCst);
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let finished = done.load(Ordering::SeqCst);
+            assert!(matches!(watch.poll().expect("poll"), Poll::Applied(_)));
+            if finished {
+                break;
+            }
+            assert!(Instant::now() < deadline, "writers did not finish");
+            thread::yield_now();
+        }
+        stopper.join().expect("stopper");
+        assert_eq!(watch.records.len(), 2000);
+        assert!(watch.records.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(watch.follower.last_seq(), 2000);
+        assert_eq!(watch.follower.lag_bytes(), 0);
+    }
+
+    #[test]
+    fn follower_reloads_a_replaced_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal");
+        let wal = open_empty(&path, Fsync::Never);
+        for i in 0..3 {
+            wal.append(&set("k", format!("{i}").as_bytes()))
+                .expect("append");
+        }
+        let mut watch = Watch::new(&path);
+        assert_eq!(watch.poll().expect("poll"), Poll::Applied(3));
+
+        // By hand: a new file renamed over the old one, even a longer one.
+        let other = dir.path().join("other");
+        fs::write(&other, b"7 SET x 1\n8 SET y 2\n9 SET z 3\n10 SET w 4\n").expect("write");
+        fs::rename(&other, &path).expect("rename");
+        assert_eq!(watch.poll().expect("poll"), Poll::Reloaded(4));
+        assert_eq!(watch.resets, 1);
+        assert_eq!(watch.records[0], (7, set("x", b"1")));
+        assert_eq!(watch.follower.last_seq(), 10);
+
+        // Through Wal::rewrite, as compaction does it.
+        wal.rewrite(&mut vec![(20, set("only", b"one"))].into_iter())
+            .expect("rewrite");
+        assert_eq!(watch.poll().expect("poll"), Poll::Reloaded(1));
+        assert_eq!(watch.records, vec![(20, set("only", b"one"))]);
+        wal.append(&set("next", b"!")).expect("append");
+        assert_eq!(watch.poll().expect("poll"), Poll::Applied(1));
+        assert_eq!(watch.resets, 2);
+    }
+
+    #[test]
+    fn follower_reloads_a_truncated_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal");
+        append_bytes(&path, b"1 SET a 1\n2 SET b 2\n3 SET c 3\n");
+        let mut watch = Watch::new(&path);
+        assert_eq!(watch.poll().expect("poll"), Poll::Applied(3));
+        // Shorter than what was consumed.
+        fs::write(&path, b"1 SET z 9\n").expect("write");
+        assert_eq!(watch.poll().expect("poll"), Poll::Reloaded(1));
+        assert_eq!(watch.records, vec![(1, set("z", b"9"))]);
+        // Rewritten in place, longer, with no line end where the last consumed line ended.
+        fs::write(&path, b"5 SET long-key long-value\n6 DEL long-key\n").expect("write");
+        assert_eq!(watch.poll().expect("poll"), Poll::Reloaded(2));
+        assert_eq!(watch.resets, 2);
+        assert_eq!(watch.follower.last_seq(), 6);
+    }
+
+    #[test]
+    fn follower_waits_for_a_missing_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal");
+        let mut watch = Watch::new(&path);
+        assert_eq!(watch.poll().expect("poll"), Poll::Applied(0));
+        assert_eq!(
+            (watch.follower.last_seq(), watch.follower.lag_bytes()),
+            (0, 0)
+        );
+        let wal = open_empty(&path, Fsync::Never);
+        assert_eq!(watch.poll().expect("poll"), Poll::Applied(0));
+        wal.append(&set("a", b"b")).expect("append");
+        assert_eq!(watch.poll().expect("poll"), Poll::Applied(1));
+        assert_eq!(watch.resets, 0);
+    }
+
+    #[test]
+    fn follower_reports_a_bad_line_and_stops_there() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal");
+        append_bytes(&path, b"1 SET a 1\n2 SET b 2\n");
+        let mut watch = Watch::new(&path);
+        assert_eq!(watch.poll().expect("poll"), Poll::Applied(2));
+        append_bytes(&path, b"3 SET c 3\n2 SET d 4\n5 SET e 5\n");
+        for _ in 0..2 {
+            match watch.poll() {
+                Err(Error::Corrupt(m)) => {
+                    assert!(m.contains("line 4") && m.contains("byte offset 30"), "{m}")
+                }
+                other => panic!("expected Corrupt, got {other:?}"),
+            }
+        }
+        assert_eq!(watch.records.len(), 3);
+        assert_eq!(watch.follower.last_seq(), 3);
+        assert_eq!(watch.follower.lag_bytes(), 20);
+    }
+}
