@@ -40,7 +40,7 @@
 //!   (`5 SET k \n`).
 //! - Every line, the last one included, ends with one `\n` (`0x0a`); there is no `\r`.
 //!
-//! For example, a slave joining, then a write, an overwrite with an empty value, a delete, a new
+//! For example, a slave joining, then a write, an overwrite with an empty value (its line ends in a space), a delete, a new
 //! epoch after a takeover (its first seq jumps past everything the new master knew) and a write
 //! of `two words\n`:
 //!
@@ -474,11 +474,23 @@ impl Wal {
         let file = Arc::clone(&st.file);
         let size = st.size;
         let sync = shared.fsync == Fsync::Always;
-        st.writing = true;
-        let outcome = MutexGuard::unlocked(st, || write_batch(&file, &buf, size, sync));
-        st.writing = false;
+        let outcome = match st.broken.clone() {
+            // These appends queued up behind the failure that broke the log; writing them after
+            // a partial batch that could not be cut off would bury it in the middle of the file.
+            Some(why) => Err(WriteFailure {
+                error: io::Error::other(format!("it refuses appends since {why}")),
+                written: false,
+                broken: None,
+            }),
+            None => {
+                st.writing = true;
+                let outcome = MutexGuard::unlocked(st, || write_batch(&file, &buf, size, sync));
+                st.writing = false;
+                st.stats.writes += 1;
+                outcome
+            }
+        };
         st.done_batch = batch;
-        st.stats.writes += 1;
         let result = match outcome {
             Ok(()) => {
                 st.size += buf.len() as u64;
@@ -553,7 +565,7 @@ impl Wal {
     /// rename, fsync dir); used for failback state transfer and compaction. Seqs must increase;
     /// afterwards last_seq() >= the last entry's seq.
     ///
-    /// Appends block while it runs. Entries whose seqs do not increase are [`Error::Corrupt`],
+    /// Appends block while it runs, so `entries` must not call back into this `Wal`. Entries whose seqs do not increase are [`Error::Corrupt`],
     /// an invalid key or id is [`Error::Protocol`]; on any error before the rename the old log
     /// is left as it was. If only the final directory sync fails, the new log is already in
     /// place (and in use) and the error says so.
@@ -1603,6 +1615,57 @@ mod tests {
         };
         assert!(e.to_string().contains("restart"), "{e}");
         assert!(wal.rewrite(&mut std::iter::empty()).is_err());
+    }
+
+    #[test]
+    fn appends_queued_behind_a_breaking_failure_are_not_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal");
+        let wal = Arc::new(open_empty(&path, Fsync::Never));
+        wal.append(&set("a", b"b")).expect("append");
+        let before = fs::read(&path).expect("read");
+        // Pretend a leader took a batch and is writing it, so the appenders queue their lines
+        // for the next batch and wait.
+        let fake_batch = {
+            let mut st = wal.shared.state.lock();
+            st.writing = true;
+            st.next_batch += 1;
+            st.next_batch - 1
+        };
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                let wal = Arc::clone(&wal);
+                thread::spawn(move || wal.append(&set("k", b"v")))
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while wal.stats().appends < 4 {
+            assert!(Instant::now() < deadline, "appenders did not queue");
+            thread::yield_now();
+        }
+        // That leader's write fails and cannot be rolled back.
+        {
+            let mut st = wal.shared.state.lock();
+            st.broken = Some("a test failure".to_string());
+            st.writing = false;
+            st.done_batch = fake_batch;
+        }
+        wal.shared.batch_done.notify_all();
+        for handle in handles {
+            let result = handle.join().expect("no panic");
+            assert!(matches!(result, Err(Error::Io(_))), "{result:?}");
+        }
+        assert_eq!(fs::read(&path).expect("read"), before);
+        assert!(wal.shared.state.lock().failures.is_empty(), "errors leaked");
+    }
+
+    #[test]
+    fn fsync_names_match_the_command_line() {
+        use clap::ValueEnum;
+        for fsync in Fsync::value_variants() {
+            assert_eq!(Fsync::from_str(&fsync.to_string(), false), Ok(*fsync));
+        }
+        assert_eq!(Fsync::default(), Fsync::Everysec);
     }
 
     #[test]
