@@ -49,10 +49,7 @@ fn main() -> ExitCode {
 fn one_shot(client: &mut Client, cmd: Cmd) -> ExitCode {
     let request = match cmd {
         Cmd::Read { key } => Request::Read { key },
-        Cmd::Write { key, value } => Request::Write {
-            key,
-            value: value.into_bytes(),
-        },
+        Cmd::Write { key, value } => Request::Write { key, value: value.into_bytes() },
         Cmd::Delete { key } => Request::Delete { key },
         Cmd::Stats => Request::Stats,
     };

@@ -33,9 +33,5 @@ fn main() -> std::process::ExitCode {
         eprintln!("error: --id: {e}");
         return std::process::ExitCode::from(2);
     }
-    slave::run(Config {
-        id,
-        master: args.master,
-        backup: (args.backup != "none").then_some(args.backup),
-    })
+    slave::run(Config { id, master: args.master, backup: (args.backup != "none").then_some(args.backup) })
 }

@@ -33,11 +33,7 @@ pub enum Event {
     /// Connected to this server.
     Connected(String),
     /// The server at the first address failed or refused; moved on to the second.
-    FailedOver {
-        from: String,
-        to: String,
-        why: String,
-    },
+    FailedOver { from: String, to: String, why: String },
 }
 
 /// A connection to a dsm master, with failover between the primary and the backup.
@@ -62,13 +58,7 @@ impl Client {
     pub fn new(master: &str, backup: Option<&str>) -> Client {
         let mut servers = vec![master.to_string()];
         servers.extend(backup.map(str::to_string));
-        Client {
-            servers,
-            preferred: 0,
-            conn: None,
-            timeout: DEFAULT_REQUEST_TIMEOUT,
-            events: Vec::new(),
-        }
+        Client { servers, preferred: 0, conn: None, timeout: DEFAULT_REQUEST_TIMEOUT, events: Vec::new() }
     }
 
     /// Sets how long a request waits for its reply.
@@ -101,11 +91,7 @@ impl Client {
             match Conn::open(&addr, self.timeout) {
                 Ok(conn) => {
                     if let Some((from, why)) = failures.last().cloned() {
-                        self.events.push(Event::FailedOver {
-                            from,
-                            to: addr.clone(),
-                            why,
-                        });
+                        self.events.push(Event::FailedOver { from, to: addr.clone(), why });
                     }
                     self.events.push(Event::Connected(addr));
                     self.preferred = idx;
@@ -116,10 +102,7 @@ impl Client {
             }
         }
         let tried: Vec<String> = failures.iter().map(|(a, e)| format!("{a}: {e}")).collect();
-        Err(Error::Unavailable(format!(
-            "no server reachable ({})",
-            tried.join("; ")
-        )))
+        Err(Error::Unavailable(format!("no server reachable ({})", tried.join("; "))))
     }
 
     /// Sends a request and returns the server's reply. `ERR NOTPRIMARY` is followed to the
@@ -142,15 +125,10 @@ impl Client {
                     redirects += 1;
                     let from = self.connected_to().unwrap_or_default().to_string();
                     self.disconnect_and_prefer_other();
-                    self.connect().map_err(|e| {
-                        Error::Unavailable(format!("{from} is not the primary, and {e}"))
-                    })?;
+                    self.connect()
+                        .map_err(|e| Error::Unavailable(format!("{from} is not the primary, and {e}")))?;
                     if let Some(Event::Connected(to)) = self.events.last().cloned() {
-                        self.events.push(Event::FailedOver {
-                            from,
-                            to,
-                            why: "not the primary".into(),
-                        });
+                        self.events.push(Event::FailedOver { from, to, why: "not the primary".into() });
                     }
                 }
                 _ => return Ok(reply),
@@ -160,17 +138,12 @@ impl Client {
 
     /// `WRITE key value`: the version on success.
     pub fn write(&mut self, key: &str, value: &[u8]) -> Result<Reply> {
-        self.request(&Request::Write {
-            key: key.to_string(),
-            value: value.to_vec(),
-        })
+        self.request(&Request::Write { key: key.to_string(), value: value.to_vec() })
     }
 
     /// `READ key`.
     pub fn read(&mut self, key: &str) -> Result<Reply> {
-        self.request(&Request::Read {
-            key: key.to_string(),
-        })
+        self.request(&Request::Read { key: key.to_string() })
     }
 
     /// `STATS` as name/value pairs.
@@ -178,9 +151,7 @@ impl Client {
         match self.request(&Request::Stats)? {
             Reply::Table { rows, .. } => Ok(rows),
             Reply::Err(e) => Err(Error::Protocol(format!("STATS failed: {e}"))),
-            other => Err(Error::Protocol(format!(
-                "unexpected reply to STATS: {other:?}"
-            ))),
+            other => Err(Error::Protocol(format!("unexpected reply to STATS: {other:?}"))),
         }
     }
 
@@ -193,10 +164,7 @@ impl Client {
     }
 
     fn exchange(&mut self, request: &Request) -> Result<Reply> {
-        let conn = self
-            .conn
-            .as_mut()
-            .ok_or_else(|| Error::Unavailable("not connected".into()))?;
+        let conn = self.conn.as_mut().ok_or_else(|| Error::Unavailable("not connected".into()))?;
         conn.out.clear();
         encode_request(request, &mut conn.out);
         conn.stream.write_all(&conn.out)?;
@@ -206,10 +174,8 @@ impl Client {
 
 impl Conn {
     fn open(addr: &str, timeout: Duration) -> Result<Conn> {
-        let sockaddrs: Vec<SocketAddr> = addr
-            .to_socket_addrs()
-            .map_err(|e| Error::Config(format!("bad address {addr}: {e}")))?
-            .collect();
+        let sockaddrs: Vec<SocketAddr> =
+            addr.to_socket_addrs().map_err(|e| Error::Config(format!("bad address {addr}: {e}")))?.collect();
         let mut last = None;
         for sa in sockaddrs {
             match TcpStream::connect_timeout(&sa, CONNECT_TIMEOUT) {
@@ -217,19 +183,12 @@ impl Conn {
                     stream.set_nodelay(true)?;
                     stream.set_read_timeout(Some(timeout))?;
                     let reader = LineReader::new(stream.try_clone()?);
-                    return Ok(Conn {
-                        addr: addr.to_string(),
-                        stream,
-                        reader,
-                        out: Vec::new(),
-                    });
+                    return Ok(Conn { addr: addr.to_string(), stream, reader, out: Vec::new() });
                 }
                 Err(e) => last = Some(e),
             }
         }
-        Err(last
-            .map(Error::Io)
-            .unwrap_or_else(|| Error::Config(format!("{addr} resolves to nothing"))))
+        Err(last.map(Error::Io).unwrap_or_else(|| Error::Config(format!("{addr} resolves to nothing"))))
     }
 
     fn read_reply(&mut self) -> Result<Reply> {
@@ -243,10 +202,7 @@ impl Conn {
                         break;
                     }
                     let row = parse_table_row(&line).ok_or_else(|| {
-                        Error::Protocol(format!(
-                            "bad table row: {}",
-                            String::from_utf8_lossy(&line)
-                        ))
+                        Error::Protocol(format!("bad table row: {}", String::from_utf8_lossy(&line)))
                     })?;
                     rows.push(row);
                 }
@@ -263,10 +219,9 @@ impl Conn {
                 format!("{} closed the connection", self.addr),
             ))),
             Err(LineError::TooLong) => Err(Error::Protocol("reply line too long".into())),
-            Err(LineError::Io(e)) if is_timeout(&e) => Err(Error::Timeout(format!(
-                "no reply from {} in time",
-                self.addr
-            ))),
+            Err(LineError::Io(e)) if is_timeout(&e) => {
+                Err(Error::Timeout(format!("no reply from {} in time", self.addr)))
+            }
             Err(LineError::Io(e)) => Err(Error::Io(e)),
         }
     }
@@ -274,10 +229,7 @@ impl Conn {
 
 /// True for the errors a socket read timeout produces.
 pub fn is_timeout(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-    )
+    matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
 }
 
 /// Appends the wire form of a request (what a user would type), `\n` included.
@@ -317,14 +269,8 @@ mod tests {
     #[test]
     fn encoded_requests_parse_back() {
         let requests = [
-            Request::Write {
-                key: "k".into(),
-                value: b"a b ".to_vec(),
-            },
-            Request::Write {
-                key: "k".into(),
-                value: Vec::new(),
-            },
+            Request::Write { key: "k".into(), value: b"a b ".to_vec() },
+            Request::Write { key: "k".into(), value: Vec::new() },
             Request::Read { key: "k".into() },
             Request::Delete { key: "k".into() },
             Request::Remove { id: "s1".into() },
@@ -344,10 +290,7 @@ mod tests {
     #[test]
     fn no_server_is_a_clear_error() {
         // Bind then drop a listener so the port is very likely closed.
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let mut c = Client::new(&addr.to_string(), None);
         match c.request(&Request::Ping) {
             Err(Error::Unavailable(msg)) => assert!(msg.contains("no server reachable"), "{msg}"),

@@ -119,11 +119,7 @@ impl Node {
             if let Ok(addr) = rx.recv_timeout(POLL_INTERVAL) {
                 return Ok(addr);
             }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 return Err(Error::Unavailable(format!(
                     "{} exited with {status} before listening; see {}",
                     self.name,
@@ -131,18 +127,14 @@ impl Node {
                 )));
             }
             if Instant::now() > deadline {
-                return Err(Error::Timeout(format!(
-                    "{} did not start listening",
-                    self.name
-                )));
+                return Err(Error::Timeout(format!("{} did not start listening", self.name)));
             }
         }
     }
 
     /// The address the process printed in `listening on ADDR`.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+        self.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
     /// The process id, while running.
@@ -179,9 +171,7 @@ impl Node {
     }
 
     fn signal(&self, sig: libc::c_int) -> Result<()> {
-        let pid = self
-            .pid()
-            .ok_or_else(|| Error::Unavailable(format!("{} is not running", self.name)))?;
+        let pid = self.pid().ok_or_else(|| Error::Unavailable(format!("{} is not running", self.name)))?;
         // SAFETY: kill(2) with a pid we spawned and have not reaped; no memory is shared.
         let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
         if rc == 0 {
@@ -195,6 +185,14 @@ impl Node {
     /// comes back on the same address.
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
+        // A server first started on port 0 comes back on the port it got.
+        if let Some(addr) = self.addr {
+            if let Some(i) = self.args.iter().position(|a| a == "--listen") {
+                if let Some(listen) = self.args.get_mut(i + 1) {
+                    *listen = addr.to_string();
+                }
+            }
+        }
         let wait = self.addr.is_some();
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -238,10 +236,7 @@ fn copy_output(
         let Ok(line) = line else { break };
         let text = String::from_utf8_lossy(&line);
         if let Some(tx) = &ready {
-            if let Some(addr) = text
-                .strip_prefix("listening on ")
-                .and_then(|a| a.trim().parse().ok())
-            {
+            if let Some(addr) = text.strip_prefix("listening on ").and_then(|a| a.trim().parse().ok()) {
                 let _ = tx.send(addr);
                 ready = None;
             }
@@ -269,11 +264,7 @@ pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bo
 pub fn stat(addr: &str, name: &str) -> Option<String> {
     let mut c = Client::new(addr, None);
     c.set_timeout(Duration::from_secs(2));
-    c.stats()
-        .ok()?
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v)
+    c.stats().ok()?.into_iter().find(|(n, _)| n == name).map(|(_, v)| v)
 }
 
 /// How long the slaves of a freshly started cluster may take to register with the master.

@@ -50,13 +50,7 @@ impl<R: Read> LineReader<R> {
 
     /// A reader that refuses lines longer than `limit` bytes.
     pub fn with_limit(inner: R, limit: usize) -> Self {
-        LineReader {
-            inner,
-            buf: Vec::with_capacity(READ_CHUNK),
-            start: 0,
-            scanned: 0,
-            limit,
-        }
+        LineReader { inner, buf: Vec::with_capacity(READ_CHUNK), start: 0, scanned: 0, limit }
     }
 
     /// The next line without its terminator, or `None` at a clean end of stream. A final line
@@ -159,12 +153,8 @@ mod tests {
     fn splits_lf_and_crlf_in_any_chunking() {
         for chunk in [1, 2, 3, 7, 1000] {
             let got = lines(b"a b\r\n\r\nc\nd\r\r\n", chunk, 100);
-            let want: Vec<Result<Vec<u8>, String>> = vec![
-                Ok(b"a b".to_vec()),
-                Ok(vec![]),
-                Ok(b"c".to_vec()),
-                Ok(b"d\r".to_vec()),
-            ];
+            let want: Vec<Result<Vec<u8>, String>> =
+                vec![Ok(b"a b".to_vec()), Ok(vec![]), Ok(b"c".to_vec()), Ok(b"d\r".to_vec())];
             assert_eq!(got, want, "chunk {chunk}");
         }
     }

@@ -87,11 +87,7 @@ pub struct Hello {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Store `value` under `key` unless a newer stamp is stored.
-    Set {
-        stamp: Stamp,
-        key: String,
-        value: Vec<u8>,
-    },
+    Set { stamp: Stamp, key: String, value: Vec<u8> },
     /// Store a tombstone under `key` unless a newer stamp is stored.
     Del { stamp: Stamp, key: String },
     /// Return what is stored under `key`.
@@ -148,10 +144,7 @@ pub fn parse_slave_id(id: &[u8]) -> Result<String, String> {
     if id.is_empty() || id.len() > MAX_ID {
         return Err(format!("slave id must be 1 to {MAX_ID} bytes"));
     }
-    if !id
-        .iter()
-        .all(|&b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-    {
+    if !id.iter().all(|&b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) {
         return Err(format!(
             "invalid slave id '{}': use letters, digits, '-', '_', '.', ':'",
             truncate_for_display(id)
@@ -170,11 +163,9 @@ impl Hello {
     pub fn parse(line: &[u8]) -> Result<Hello, String> {
         let fields = fields(line);
         match fields.as_slice() {
-            [word, id, epoch, max_seq] if word.eq_ignore_ascii_case(b"SLAVE") => Ok(Hello {
-                id: parse_slave_id(id)?,
-                epoch: number(epoch)?,
-                max_seq: number(max_seq)?,
-            }),
+            [word, id, epoch, max_seq] if word.eq_ignore_ascii_case(b"SLAVE") => {
+                Ok(Hello { id: parse_slave_id(id)?, epoch: number(epoch)?, max_seq: number(max_seq)? })
+            }
             _ => Err("expected: SLAVE <id> <epoch> <max-seq>".to_string()),
         }
     }
@@ -209,32 +200,20 @@ impl Request {
                 }
             }
             b"DEL" => match fields(rest.unwrap_or(b"")).as_slice() {
-                [e, s, key] => Command::Del {
-                    stamp: Stamp::new(number(e)?, number(s)?),
-                    key: parse_key(key)?,
-                },
+                [e, s, key] => {
+                    Command::Del { stamp: Stamp::new(number(e)?, number(s)?), key: parse_key(key)? }
+                }
                 _ => return Err("expected: DEL <epoch> <seq> <key>".into()),
             },
             b"GET" => match fields(rest.unwrap_or(b"")).as_slice() {
-                [key] => Command::Get {
-                    key: parse_key(key)?,
-                },
+                [key] => Command::Get { key: parse_key(key)? },
                 _ => return Err("expected: GET <key>".into()),
             },
             b"PING" if rest.is_none() => Command::Ping,
             b"EPOCH" if rest.is_none() => Command::Epoch,
-            _ => {
-                return Err(format!(
-                    "unknown slave command '{}'",
-                    truncate_for_display(verb)
-                ))
-            }
+            _ => return Err(format!("unknown slave command '{}'", truncate_for_display(verb))),
         };
-        Ok(Request {
-            rid,
-            epoch,
-            command,
-        })
+        Ok(Request { rid, epoch, command })
     }
 }
 
@@ -313,21 +292,14 @@ impl Reply {
                 String::from_utf8_lossy(&escape::unescape(rest.unwrap_or(b"")).unwrap_or_default())
                     .into_owned(),
             ),
-            _ => {
-                return Err(format!(
-                    "unknown slave reply '{}'",
-                    truncate_for_display(verb)
-                ))
-            }
+            _ => return Err(format!("unknown slave reply '{}'", truncate_for_display(verb))),
         };
         Ok(Reply { rid, outcome })
     }
 }
 
 fn fields(line: &[u8]) -> Vec<&[u8]> {
-    line.split(|&b| b == b' ')
-        .filter(|f| !f.is_empty())
-        .collect()
+    line.split(|&b| b == b' ').filter(|f| !f.is_empty()).collect()
 }
 
 fn number(field: &[u8]) -> Result<u64, String> {
@@ -359,29 +331,14 @@ mod tests {
     fn requests_round_trip() {
         let s = Stamp::new(2, 41);
         for command in [
-            Command::Set {
-                stamp: s,
-                key: "k".into(),
-                value: b"a b\nc\\\x00".to_vec(),
-            },
-            Command::Set {
-                stamp: s,
-                key: "k".into(),
-                value: Vec::new(),
-            },
-            Command::Del {
-                stamp: s,
-                key: "k".into(),
-            },
+            Command::Set { stamp: s, key: "k".into(), value: b"a b\nc\\\x00".to_vec() },
+            Command::Set { stamp: s, key: "k".into(), value: Vec::new() },
+            Command::Del { stamp: s, key: "k".into() },
             Command::Get { key: "k".into() },
             Command::Ping,
             Command::Epoch,
         ] {
-            round_trip_request(Request {
-                rid: 9,
-                epoch: 3,
-                command,
-            });
+            round_trip_request(Request { rid: 9, epoch: 3, command });
         }
     }
 
@@ -399,10 +356,7 @@ mod tests {
             Outcome::Wait(250),
             Outcome::Err("bad\nthing".into()),
         ] {
-            round_trip_reply(Reply {
-                rid: u64::MAX,
-                outcome,
-            });
+            round_trip_reply(Reply { rid: u64::MAX, outcome });
         }
     }
 
@@ -420,34 +374,16 @@ mod tests {
             b"1 1 GET a b",
             b"1 1 FROB",
         ] {
-            assert!(
-                Request::parse(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+            assert!(Request::parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
-        for bad in [
-            &b"1"[..],
-            b"1 OK 1",
-            b"1 VALUE 1 2",
-            b"1 FENCED x",
-            b"1 NOPE",
-        ] {
-            assert!(
-                Reply::parse(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+        for bad in [&b"1"[..], b"1 OK 1", b"1 VALUE 1 2", b"1 FENCED x", b"1 NOPE"] {
+            assert!(Reply::parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
     }
 
     #[test]
     fn hello_round_trips_and_checks_ids() {
-        let h = Hello {
-            id: "s-1.a:b_c".into(),
-            epoch: 3,
-            max_seq: 10,
-        };
+        let h = Hello { id: "s-1.a:b_c".into(), epoch: 3, max_seq: 10 };
         assert_eq!(Hello::parse(h.encode().as_bytes()).unwrap(), h);
         assert!(Hello::parse(b"SLAVE bad/id 1 1").is_err());
         assert!(Hello::parse(b"SLAVE a 1").is_err());

@@ -63,10 +63,7 @@ pub enum Reply {
     /// `BYE` (the answer to `QUIT`).
     Bye,
     /// `STAT <name> <value>` lines (or `MEMBER` lines), then `END`.
-    Table {
-        tag: &'static str,
-        rows: Vec<(String, String)>,
-    },
+    Table { tag: &'static str, rows: Vec<(String, String)> },
     /// `ERR <kind...>`.
     Err(ErrorReply),
 }
@@ -155,20 +152,13 @@ impl Reply {
             b"VALUE" => {
                 let (version, value) = split_word(rest_opt);
                 let version = parse_u64(text_or_err(version)?)?;
-                let value =
-                    value.ok_or_else(|| format!("VALUE without a value: {}", lossy(line)))?;
-                Ok(Reply::Value {
-                    version,
-                    value: value.to_vec(),
-                })
+                let value = value.ok_or_else(|| format!("VALUE without a value: {}", lossy(line)))?;
+                Ok(Reply::Value { version, value: value.to_vec() })
             }
             b"NOT_FOUND" => Ok(Reply::NotFound),
             b"PONG" => Ok(Reply::Pong),
             b"BYE" => Ok(Reply::Bye),
-            b"END" => Ok(Reply::Table {
-                tag: "STAT",
-                rows: Vec::new(),
-            }),
+            b"END" => Ok(Reply::Table { tag: "STAT", rows: Vec::new() }),
             b"STAT" | b"MEMBER" => {
                 let tag = if word == b"STAT" { "STAT" } else { "MEMBER" };
                 let mut rows = Vec::new();
@@ -224,10 +214,7 @@ impl Request {
         let name = String::from_utf8_lossy(word).to_lowercase();
         let args = |n: usize| -> Result<Vec<&[u8]>, String> {
             let fields: Vec<&[u8]> = match rest {
-                Some(r) => r
-                    .split(|b| b.is_ascii_whitespace())
-                    .filter(|f| !f.is_empty())
-                    .collect(),
+                Some(r) => r.split(|b| b.is_ascii_whitespace()).filter(|f| !f.is_empty()).collect(),
                 None => Vec::new(),
             };
             if fields.len() == n {
@@ -240,24 +227,14 @@ impl Request {
             b"WRITE" | b"SET" | b"PUT" => {
                 let rest = rest.ok_or_else(|| format!("wrong number of arguments for '{name}'"))?;
                 let (key, value) = split_word(rest);
-                let value =
-                    value.ok_or_else(|| format!("wrong number of arguments for '{name}'"))?;
-                Ok(Request::Write {
-                    key: parse_key(key)?,
-                    value: value.to_vec(),
-                })
+                let value = value.ok_or_else(|| format!("wrong number of arguments for '{name}'"))?;
+                Ok(Request::Write { key: parse_key(key)?, value: value.to_vec() })
             }
-            b"READ" | b"GET" => Ok(Request::Read {
-                key: parse_key(args(1)?[0])?,
-            }),
-            b"DELETE" | b"DEL" => Ok(Request::Delete {
-                key: parse_key(args(1)?[0])?,
-            }),
+            b"READ" | b"GET" => Ok(Request::Read { key: parse_key(args(1)?[0])? }),
+            b"DELETE" | b"DEL" => Ok(Request::Delete { key: parse_key(args(1)?[0])? }),
             b"REMOVE" => {
                 let id = args(1)?[0];
-                Ok(Request::Remove {
-                    id: crate::peer::parse_slave_id(id)?,
-                })
+                Ok(Request::Remove { id: crate::peer::parse_slave_id(id)? })
             }
             b"PING" => args(0).map(|_| Request::Ping),
             b"STATS" => args(0).map(|_| Request::Stats),
@@ -298,8 +275,7 @@ pub(crate) fn split_word(line: &[u8]) -> (&[u8], Option<&[u8]>) {
 }
 
 fn parse_u64(text: &str) -> Result<u64, String> {
-    text.parse()
-        .map_err(|_| format!("expected a number, got {text:?}"))
+    text.parse().map_err(|_| format!("expected a number, got {text:?}"))
 }
 
 fn lossy(b: &[u8]) -> String {
@@ -310,10 +286,8 @@ fn lossy(b: &[u8]) -> String {
 pub fn truncate_for_display(b: &[u8]) -> String {
     const SHOWN: usize = 40;
     let shown = &b[..b.len().min(SHOWN)];
-    let mut s: String = String::from_utf8_lossy(shown)
-        .chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
+    let mut s: String =
+        String::from_utf8_lossy(shown).chars().map(|c| if c.is_control() { '?' } else { c }).collect();
     if b.len() > SHOWN {
         s.push_str("...");
     }
@@ -334,10 +308,7 @@ mod tests {
 
     #[test]
     fn parses_every_command_and_alias() {
-        let w = |k: &str, v: &str| Request::Write {
-            key: k.into(),
-            value: v.into(),
-        };
+        let w = |k: &str, v: &str| Request::Write { key: k.into(), value: v.into() };
         assert_eq!(ok("WRITE k v"), w("k", "v"));
         assert_eq!(ok("set k hello world "), w("k", "hello world "));
         assert_eq!(ok("Put k "), w("k", ""));
@@ -375,10 +346,7 @@ mod tests {
             (b"READ a\x01b", "key contains whitespace or control bytes"),
             (b"WRITE a\tb v", "key contains whitespace or control bytes"),
             (b"READ \xff\xfe", "key is not valid UTF-8"),
-            (
-                "READ a\u{a0}b".as_bytes(),
-                "key contains whitespace or control bytes",
-            ),
+            ("READ a\u{a0}b".as_bytes(), "key contains whitespace or control bytes"),
         ];
         for (line, want) in cases {
             assert_eq!(&err(line), want, "{:?}", String::from_utf8_lossy(line));
@@ -392,14 +360,8 @@ mod tests {
     fn replies_round_trip() {
         let replies = [
             Reply::Ok(7),
-            Reply::Value {
-                version: 3,
-                value: b"a b  c".to_vec(),
-            },
-            Reply::Value {
-                version: 3,
-                value: Vec::new(),
-            },
+            Reply::Value { version: 3, value: b"a b  c".to_vec() },
+            Reply::Value { version: 3, value: Vec::new() },
             Reply::NotFound,
             Reply::Pong,
             Reply::Bye,
@@ -418,15 +380,9 @@ mod tests {
 
     #[test]
     fn encodes_tables() {
-        let t = Reply::Table {
-            tag: "STAT",
-            rows: vec![("role".into(), "primary".into())],
-        };
+        let t = Reply::Table { tag: "STAT", rows: vec![("role".into(), "primary".into())] };
         assert_eq!(t.encode(), b"STAT role primary\r\nEND\r\n");
-        assert_eq!(
-            parse_table_row(b"STAT role primary"),
-            Some(("role".into(), "primary".into()))
-        );
+        assert_eq!(parse_table_row(b"STAT role primary"), Some(("role".into(), "primary".into())));
         assert_eq!(parse_table_row(b"END"), None);
     }
 

@@ -58,13 +58,7 @@ pub fn default_id() -> String {
         .unwrap_or_else(|| "localhost".to_string());
     let clean: String = host
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' })
         .take(crate::peer::MAX_ID - 6)
         .collect();
     format!("slave-{clean}")
@@ -90,12 +84,7 @@ enum End {
 
 /// Runs a slave forever.
 pub fn run(config: Config) -> ! {
-    let mut node = Node {
-        config,
-        store: Store::new(),
-        epoch: 0,
-        lease: None,
-    };
+    let mut node = Node { config, store: Store::new(), epoch: 0, lease: None };
     let mut backoff = BACKOFF_INITIAL;
     let mut servers = vec![node.config.master.clone()];
     servers.extend(node.config.backup.clone());
@@ -154,28 +143,21 @@ impl Node {
                 Ok(None) => return End::Lost("connection closed".into()),
                 Err(LineError::TooLong) => return End::Lost("message too long".into()),
                 Err(LineError::Io(e)) if crate::client::is_timeout(&e) => {
-                    return End::Lost(format!(
-                        "silent for {} ms",
-                        MASTER_SILENCE_TIMEOUT.as_millis()
-                    ))
+                    return End::Lost(format!("silent for {} ms", MASTER_SILENCE_TIMEOUT.as_millis()))
                 }
                 Err(LineError::Io(e)) => return End::Lost(e.to_string()),
             };
             let reply = match Request::parse(line) {
-                Ok(request) => Reply {
-                    rid: request.rid,
-                    outcome: self.handle(request.epoch, request.command),
-                },
+                Ok(request) => {
+                    Reply { rid: request.rid, outcome: self.handle(request.epoch, request.command) }
+                }
                 Err(e) => {
                     // The id may be unreadable; answer with id 0 so the master logs it.
                     let rid = line
                         .split(|&b| b == b' ')
                         .next()
                         .and_then(|f| std::str::from_utf8(f).ok()?.parse().ok());
-                    Reply {
-                        rid: rid.unwrap_or(0),
-                        outcome: Outcome::Err(e),
-                    }
+                    Reply { rid: rid.unwrap_or(0), outcome: Outcome::Err(e) }
                 }
             };
             reply.encode_into(&mut out);
@@ -198,11 +180,7 @@ impl Node {
         let stream = TcpStream::connect_timeout(&sockaddr, HANDSHAKE_TIMEOUT)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
-        let hello = Hello {
-            id: self.config.id.clone(),
-            epoch: self.epoch,
-            max_seq: self.store.max_seq(),
-        };
+        let hello = Hello { id: self.config.id.clone(), epoch: self.epoch, max_seq: self.store.max_seq() };
         (&stream).write_all(format!("{}\n", hello.encode()).as_bytes())?;
         let mut reader = LineReader::new(stream.try_clone()?);
         let line = match reader.read_line() {
@@ -212,14 +190,9 @@ impl Node {
                 return Err(Error::Timeout("no answer to registration".into()))
             }
             Err(LineError::Io(e)) => return Err(Error::Io(e)),
-            Err(LineError::TooLong) => {
-                return Err(Error::Protocol("registration reply too long".into()))
-            }
+            Err(LineError::TooLong) => return Err(Error::Protocol("registration reply too long".into())),
         };
-        let epoch: u64 = match line
-            .strip_prefix("WELCOME ")
-            .and_then(|e| e.trim().parse().ok())
-        {
+        let epoch: u64 = match line.strip_prefix("WELCOME ").and_then(|e| e.trim().parse().ok()) {
             Some(e) => e,
             None => return Err(Error::Unavailable(format!("refused: {line}"))),
         };
@@ -271,9 +244,7 @@ impl Node {
             self.join_epoch(epoch);
         }
         match command {
-            Command::Set { stamp, key, value } => {
-                Outcome::Ok(self.store.apply(&key, stamp, Some(value)))
-            }
+            Command::Set { stamp, key, value } => Outcome::Ok(self.store.apply(&key, stamp, Some(value))),
             Command::Del { stamp, key } => Outcome::Ok(self.store.apply(&key, stamp, None)),
             Command::Get { key } => match self.store.get(&key) {
                 Some(e) => match &e.value {

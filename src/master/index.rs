@@ -42,14 +42,7 @@ impl Index {
     /// but nobody is known to hold it yet.
     pub fn replay(&mut self, key: &str, stamp: Stamp, value: Value) {
         let entry = (stamp, value);
-        self.map.insert(
-            key.to_string(),
-            KeyState {
-                latest: entry.clone(),
-                committed: entry,
-                holders: 0,
-            },
-        );
+        self.map.insert(key.to_string(), KeyState { latest: entry.clone(), committed: entry, holders: 0 });
     }
 
     /// Records a write that was just logged.
@@ -61,11 +54,7 @@ impl Index {
                 let none = (Stamp::default(), None);
                 self.map.insert(
                     key.to_string(),
-                    KeyState {
-                        latest: (stamp, value),
-                        committed: none,
-                        holders: 0,
-                    },
+                    KeyState { latest: (stamp, value), committed: none, holders: 0 },
                 );
             }
         }
@@ -121,10 +110,7 @@ impl Index {
 
     /// Number of keys with a committed value (tombstones and never-committed keys excluded).
     pub fn live_keys(&self) -> usize {
-        self.map
-            .values()
-            .filter(|s| s.committed.1.is_some())
-            .count()
+        self.map.values().filter(|s| s.committed.1.is_some()).count()
     }
 
     /// How many keys each slot holds (for STATS).
@@ -143,11 +129,7 @@ impl Index {
 
     /// Keys for which `pred` holds, with their state (for repair scans and catch-up).
     pub fn select(&self, mut pred: impl FnMut(&KeyState) -> bool) -> Vec<(String, KeyState)> {
-        self.map
-            .iter()
-            .filter(|(_, s)| pred(s))
-            .map(|(k, s)| (k.clone(), s.clone()))
-            .collect()
+        self.map.iter().filter(|(_, s)| pred(s)).map(|(k, s)| (k.clone(), s.clone())).collect()
     }
 
     /// Number of keys (including tombstones).

@@ -53,10 +53,7 @@ pub struct Link {
 impl Link {
     /// A link over `stream` (its write half is used; the caller reads from a clone).
     pub fn new(id: String, slot: usize, stream: TcpStream, now_us: u64) -> Link {
-        let peer = stream
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
         Link {
             id,
             slot,
@@ -82,10 +79,8 @@ impl Link {
     pub fn on_pong(&self, rid: u64) {
         let (ping_rid, sent_us) = *self.last_ping.lock();
         if rid == ping_rid {
-            let trusted =
-                crate::peer::LEASE.as_micros() as u64 * crate::peer::LEASE_TRUSTED_PERCENT / 100;
-            self.lease_until_us
-                .fetch_max(sent_us + trusted, Ordering::AcqRel);
+            let trusted = crate::peer::LEASE.as_micros() as u64 * crate::peer::LEASE_TRUSTED_PERCENT / 100;
+            self.lease_until_us.fetch_max(sent_us + trusted, Ordering::AcqRel);
         }
     }
 
@@ -106,13 +101,7 @@ impl Link {
 
     /// Sends a request. If `reply_to` is given, the reply (or the link's death) is delivered
     /// there. Returns false if the link is dead or the send failed (the link is then killed).
-    pub fn send(
-        &self,
-        rid: u64,
-        epoch: u64,
-        command: &Command,
-        reply_to: Option<&Sender<Ack>>,
-    ) -> bool {
+    pub fn send(&self, rid: u64, epoch: u64, command: &Command, reply_to: Option<&Sender<Ack>>) -> bool {
         let mut body = Vec::with_capacity(64);
         encode_body(epoch, command, &mut body);
         self.send_body(rid, &body, reply_to)
@@ -148,11 +137,7 @@ impl Link {
     /// Delivers a reply read from the socket to whoever waits for it.
     pub fn deliver(&self, rid: u64, outcome: Outcome) {
         if let Some(tx) = self.pending.lock().remove(&rid) {
-            let _ = tx.send(Ack {
-                slot: self.slot,
-                rid,
-                outcome,
-            });
+            let _ = tx.send(Ack { slot: self.slot, rid, outcome });
         }
     }
 
@@ -165,11 +150,8 @@ impl Link {
         }
         let pending: Vec<(u64, Sender<Ack>)> = self.pending.lock().drain().collect();
         for (rid, tx) in pending {
-            let _ = tx.send(Ack {
-                slot: self.slot,
-                rid,
-                outcome: Outcome::Err(format!("slave down: {why}")),
-            });
+            let _ =
+                tx.send(Ack { slot: self.slot, rid, outcome: Outcome::Err(format!("slave down: {why}")) });
         }
     }
 }

@@ -40,9 +40,7 @@ impl Members {
 
     /// The slot of `id`, if it is a member.
     pub fn slot_of(&self, id: &str) -> Option<usize> {
-        self.slots
-            .iter()
-            .position(|m| m.as_ref().is_some_and(|m| m.id == id))
+        self.slots.iter().position(|m| m.as_ref().is_some_and(|m| m.id == id))
     }
 
     /// Adds a member and returns its slot; `None` if the cluster is full.
@@ -50,10 +48,7 @@ impl Members {
         if let Some(slot) = self.slot_of(id) {
             return Some(slot);
         }
-        let member = Member {
-            id: id.to_string(),
-            link: None,
-        };
+        let member = Member { id: id.to_string(), link: None };
         if let Some(slot) = self.slots.iter().position(Option::is_none) {
             self.slots[slot] = Some(member);
             return Some(slot);
@@ -88,21 +83,15 @@ impl Members {
 
     /// Connected links, alive ones only.
     pub fn live_links(&self) -> Vec<Arc<Link>> {
-        self.slots
-            .iter()
-            .flatten()
-            .filter_map(|m| m.link.clone())
-            .filter(|l| l.is_alive())
-            .collect()
+        self.slots.iter().flatten().filter_map(|m| m.link.clone()).filter(|l| l.is_alive()).collect()
     }
 
-    /// Every member with its slot.
+    /// Every member with its slot, sorted by id.
     pub fn all(&self) -> Vec<(usize, Member)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, m)| m.clone().map(|m| (i, m)))
-            .collect()
+        let mut all: Vec<(usize, Member)> =
+            self.slots.iter().enumerate().filter_map(|(i, m)| m.clone().map(|m| (i, m))).collect();
+        all.sort_by(|a, b| a.1.id.cmp(&b.1.id));
+        all
     }
 }
 

@@ -203,11 +203,7 @@ impl Shared {
     }
 
     fn not_primary(&self) -> Reply {
-        let to = self
-            .config
-            .backup
-            .clone()
-            .unwrap_or_else(|| "unknown".to_string());
+        let to = self.config.backup.clone().unwrap_or_else(|| "unknown".to_string());
         Reply::Err(ErrorReply::NotPrimary(to))
     }
 }
@@ -229,9 +225,7 @@ impl Master {
         let wal = Wal::open(&config.wal, config.fsync, |seq, record| {
             records += 1;
             match record {
-                Record::Set { key, value } => {
-                    index.replay(&key, Stamp::new(epoch, seq), Some(value.into()))
-                }
+                Record::Set { key, value } => index.replay(&key, Stamp::new(epoch, seq), Some(value.into())),
                 Record::Del { key } => index.replay(&key, Stamp::new(epoch, seq), None),
                 Record::Member { id } => {
                     members
@@ -283,13 +277,9 @@ impl Master {
     /// Serves forever.
     pub fn run(self) -> Result<()> {
         let shared = Arc::clone(&self.shared);
-        thread::Builder::new()
-            .name("heartbeat".into())
-            .spawn(move || slaves::heartbeat_loop(&shared))?;
+        thread::Builder::new().name("heartbeat".into()).spawn(move || slaves::heartbeat_loop(&shared))?;
         let shared = Arc::clone(&self.shared);
-        thread::Builder::new()
-            .name("repair".into())
-            .spawn(move || ops::repair_loop(&shared))?;
+        thread::Builder::new().name("repair".into()).spawn(move || ops::repair_loop(&shared))?;
         for stream in self.listener.incoming() {
             let stream = match stream {
                 Ok(s) => s,

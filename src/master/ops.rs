@@ -53,16 +53,10 @@ fn quorum_links(shared: &Shared, synced_only: bool) -> Result<(Vec<Arc<Link>>, u
     let members = shared.members.lock();
     let count = members.count();
     let need = majority(count).ok_or("no slave has registered yet")?;
-    let live: Vec<Arc<Link>> = members
-        .live_links()
-        .into_iter()
-        .filter(|l| !synced_only || l.is_synced())
-        .collect();
+    let live: Vec<Arc<Link>> =
+        members.live_links().into_iter().filter(|l| !synced_only || l.is_synced()).collect();
     if live.len() < need {
-        return Err(format!(
-            "{} of {count} members connected, {need} needed",
-            live.len()
-        ));
+        return Err(format!("{} of {count} members connected, {need} needed", live.len()));
     }
     Ok((live, need))
 }
@@ -73,10 +67,7 @@ fn write(shared: &Arc<Shared>, key: String, value: Value) -> Reply {
         Err(why) => return Reply::Err(ErrorReply::Unavailable(why)),
     };
     let record = match &value {
-        Some(v) => Record::Set {
-            key: key.clone(),
-            value: v.to_vec(),
-        },
+        Some(v) => Record::Set { key: key.clone(), value: v.to_vec() },
         None => Record::Del { key: key.clone() },
     };
     let epoch = shared.epoch();
@@ -91,10 +82,7 @@ fn write(shared: &Arc<Shared>, key: String, value: Value) -> Reply {
     shared.index.lock().logged(&key, stamp, value.clone());
     let command = match record {
         Record::Set { key, value } => Command::Set { stamp, key, value },
-        _ => Command::Del {
-            stamp,
-            key: key.clone(),
-        },
+        _ => Command::Del { stamp, key: key.clone() },
     };
     let deadline = Instant::now() + shared.config.ack_timeout * WRITE_DEADLINE_ACK_TIMEOUTS;
     match replicate(shared, links, need, epoch, &command, deadline) {
@@ -120,11 +108,7 @@ fn write(shared: &Arc<Shared>, key: String, value: Value) -> Reply {
 }
 
 fn delete(shared: &Arc<Shared>, key: String) -> Reply {
-    let exists = shared
-        .index
-        .lock()
-        .get(&key)
-        .is_some_and(|s| s.committed.1.is_some());
+    let exists = shared.index.lock().get(&key).is_some_and(|s| s.committed.1.is_some());
     if !exists {
         return Reply::NotFound;
     }
@@ -166,12 +150,7 @@ fn replicate(
         if outstanding.is_empty() {
             break Replicated::Short(acked);
         }
-        let due = outstanding
-            .iter()
-            .map(|o| o.2)
-            .min()
-            .unwrap_or(deadline)
-            .min(deadline);
+        let due = outstanding.iter().map(|o| o.2).min().unwrap_or(deadline).min(deadline);
         match rx.recv_deadline(due) {
             Ok(ack) => {
                 let Some(pos) = outstanding.iter().position(|o| o.1 == ack.rid) else {
@@ -198,10 +177,7 @@ fn replicate(
                     }
                     let link = &candidates[i];
                     link.forget(rid);
-                    link.kill(&format!(
-                        "no acknowledgement within {} ms",
-                        ack_timeout.as_millis()
-                    ));
+                    link.kill(&format!("no acknowledgement within {} ms", ack_timeout.as_millis()));
                     false
                 });
             }
@@ -224,10 +200,7 @@ fn read(shared: &Arc<Shared>, key: &str) -> Reply {
         Err(why) => return Reply::Err(ErrorReply::Unavailable(why)),
     };
     let now = shared.now_us();
-    let leased = links
-        .iter()
-        .filter(|l| l.lease_until_us.load(Ordering::Acquire) > now)
-        .count();
+    let leased = links.iter().filter(|l| l.lease_until_us.load(Ordering::Acquire) > now).count();
     if leased < need {
         return Reply::Err(ErrorReply::Unavailable(format!(
             "read lease held from {leased} members, {need} needed"
@@ -239,14 +212,9 @@ fn read(shared: &Arc<Shared>, key: &str) -> Reply {
         shared.stats.reads.fetch_add(1, Ordering::Relaxed);
         return Reply::NotFound;
     }
-    let mut holders: Vec<&Arc<Link>> = links
-        .iter()
-        .filter(|l| state.holders & (1 << l.slot) != 0)
-        .collect();
+    let mut holders: Vec<&Arc<Link>> = links.iter().filter(|l| state.holders & (1 << l.slot) != 0).collect();
     holders.shuffle(&mut rand::thread_rng());
-    let command = Command::Get {
-        key: key.to_string(),
-    };
+    let command = Command::Get { key: key.to_string() };
     let epoch = shared.epoch();
     for link in holders {
         let (tx, rx) = unbounded();
@@ -258,10 +226,7 @@ fn read(shared: &Arc<Shared>, key: &str) -> Reply {
             Ok(ack) => match ack.outcome {
                 Outcome::Value(s, v) if s == committed => {
                     shared.stats.reads.fetch_add(1, Ordering::Relaxed);
-                    return Reply::Value {
-                        version: s.seq,
-                        value: v,
-                    };
+                    return Reply::Value { version: s.seq, value: v };
                 }
                 Outcome::Value(s, _) | Outcome::Tomb(s) if s >= committed => {
                     shared.stats.reads.fetch_add(1, Ordering::Relaxed);
@@ -296,18 +261,9 @@ fn read(shared: &Arc<Shared>, key: &str) -> Reply {
 
 /// Asks `links` for `key`, records who holds the committed copy, and queues a repair if fewer
 /// than a majority do.
-fn survey(
-    shared: &Shared,
-    key: &str,
-    state: &KeyState,
-    links: &[Arc<Link>],
-    need: usize,
-    epoch: u64,
-) {
+fn survey(shared: &Shared, key: &str, state: &KeyState, links: &[Arc<Link>], need: usize, epoch: u64) {
     let (tx, rx) = unbounded();
-    let command = Command::Get {
-        key: key.to_string(),
-    };
+    let command = Command::Get { key: key.to_string() };
     let mut asked = Vec::new();
     for link in links {
         let rid = shared.rid();
@@ -332,10 +288,7 @@ fn survey(
     for (link, rid) in asked {
         link.forget(rid);
     }
-    shared
-        .index
-        .lock()
-        .add_holders(key, state.committed.0, holders);
+    shared.index.lock().add_holders(key, state.committed.0, holders);
     if (holders.count_ones() as usize) < need {
         shared.repair_queue.lock().insert(key.to_string());
     }
@@ -343,10 +296,7 @@ fn survey(
 
 fn committed_reply(state: &KeyState) -> Reply {
     match &state.committed.1 {
-        Some(v) => Reply::Value {
-            version: state.committed.0.seq,
-            value: v.to_vec(),
-        },
+        Some(v) => Reply::Value { version: state.committed.0.seq, value: v.to_vec() },
         None => Reply::NotFound,
     }
 }
@@ -357,9 +307,7 @@ fn remove_member(shared: &Arc<Shared>, id: &str) -> Reply {
         return Reply::invalid(format!("no member '{id}'"));
     };
     if members.live_links().iter().any(|l| l.slot == slot) {
-        return Reply::invalid(format!(
-            "slave '{id}' is connected; stop it before removing it"
-        ));
+        return Reply::invalid(format!("slave '{id}' is connected; stop it before removing it"));
     }
     let seq = match shared.wal.append(&Record::Remove { id: id.to_string() }) {
         Ok(seq) => seq,
@@ -367,10 +315,7 @@ fn remove_member(shared: &Arc<Shared>, id: &str) -> Reply {
     };
     members.remove(id);
     shared.index.lock().forget_slot(slot);
-    log::info!(
-        "member {id} removed by an operator (now {} members)",
-        members.count()
-    );
+    log::info!("member {id} removed by an operator (now {} members)", members.count());
     Reply::Ok(seq)
 }
 
@@ -380,10 +325,7 @@ fn stats(shared: &Arc<Shared>) -> Reply {
         let index = shared.index.lock();
         (index.live_keys(), index.keys_per_slot())
     };
-    let live = members
-        .iter()
-        .filter(|(_, m)| m.link.as_ref().is_some_and(|l| l.is_synced()))
-        .count();
+    let live = members.iter().filter(|(_, m)| m.link.as_ref().is_some_and(|l| l.is_synced())).count();
     let s = &shared.stats;
     let mut rows = vec![
         ("role", shared.role().name().to_string()),
@@ -397,19 +339,13 @@ fn stats(shared: &Arc<Shared>) -> Reply {
         ("errors", s.errors.load(Ordering::Relaxed).to_string()),
         ("wal_bytes", shared.wal.bytes().to_string()),
         ("uptime_s", (shared.now_us() / 1_000_000).to_string()),
-        (
-            "connections",
-            shared.connections.load(Ordering::Relaxed).to_string(),
-        ),
+        ("connections", shared.connections.load(Ordering::Relaxed).to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect::<Vec<_>>();
     for (slot, m) in &members {
-        let requests = m
-            .link
-            .as_ref()
-            .map_or(0, |l| l.requests.load(Ordering::Relaxed));
+        let requests = m.link.as_ref().map_or(0, |l| l.requests.load(Ordering::Relaxed));
         rows.push((format!("slave.{}.state", m.id), member_state(m).to_string()));
         rows.push((format!("slave.{}.requests", m.id), requests.to_string()));
         rows.push((format!("slave.{}.keys", m.id), per_slot[*slot].to_string()));
@@ -433,10 +369,7 @@ fn members_table(shared: &Arc<Shared>) -> Reply {
         .iter()
         .map(|(_, m)| (m.id.clone(), member_state(m).to_string()))
         .collect();
-    Reply::Table {
-        tag: "MEMBER",
-        rows,
-    }
+    Reply::Table { tag: "MEMBER", rows }
 }
 
 /// The repair thread: completes writes that timed out, and copies keys that have fewer live
@@ -466,31 +399,14 @@ fn repair_timed_out(shared: &Arc<Shared>, links: &[Arc<Link>], need: usize) {
         };
         let (stamp, value) = state.latest.clone();
         let command = match &value {
-            Some(v) => Command::Set {
-                stamp,
-                key: key.clone(),
-                value: v.to_vec(),
-            },
-            None => Command::Del {
-                stamp,
-                key: key.clone(),
-            },
+            Some(v) => Command::Set { stamp, key: key.clone(), value: v.to_vec() },
+            None => Command::Del { stamp, key: key.clone() },
         };
         let deadline = Instant::now() + shared.config.ack_timeout * WRITE_DEADLINE_ACK_TIMEOUTS;
-        match replicate(
-            shared,
-            links.to_vec(),
-            need,
-            shared.epoch(),
-            &command,
-            deadline,
-        ) {
+        match replicate(shared, links.to_vec(), need, shared.epoch(), &command, deadline) {
             Replicated::Quorum(acked) => {
                 if shared.index.lock().commit(&key, stamp, value, acked) {
-                    log::info!(
-                        "repair completed the write of '{key}' at version {}",
-                        stamp.seq
-                    );
+                    log::info!("repair completed the write of '{key}' at version {}", stamp.seq);
                 }
             }
             Replicated::Short(_) => {
@@ -512,29 +428,16 @@ fn repair_under_replicated(shared: &Arc<Shared>, links: &[Arc<Link>], need: usiz
     if weak.is_empty() {
         return;
     }
-    log::info!(
-        "re-replicating {} keys with fewer than {need} live copies",
-        weak.len()
-    );
+    log::info!("re-replicating {} keys with fewer than {need} live copies", weak.len());
     let epoch = shared.epoch();
     for (key, state) in weak {
         let (stamp, value) = state.committed;
         let command = match &value {
-            Some(v) => Command::Set {
-                stamp,
-                key: key.clone(),
-                value: v.to_vec(),
-            },
-            None => Command::Del {
-                stamp,
-                key: key.clone(),
-            },
+            Some(v) => Command::Set { stamp, key: key.clone(), value: v.to_vec() },
+            None => Command::Del { stamp, key: key.clone() },
         };
-        let missing: Vec<Arc<Link>> = links
-            .iter()
-            .filter(|l| state.holders & (1 << l.slot) == 0)
-            .cloned()
-            .collect();
+        let missing: Vec<Arc<Link>> =
+            links.iter().filter(|l| state.holders & (1 << l.slot) == 0).cloned().collect();
         let have = (state.holders & live_mask).count_ones() as usize;
         let deadline = Instant::now() + shared.config.ack_timeout;
         match replicate(shared, missing, need - have, epoch, &command, deadline) {

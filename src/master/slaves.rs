@@ -17,22 +17,13 @@ use crate::wal::Record;
 
 /// Registers a slave and then reads its replies until the connection ends. Runs on the
 /// connection's thread.
-pub fn serve_slave(
-    shared: &Arc<Shared>,
-    stream: TcpStream,
-    mut reader: LineReader<TcpStream>,
-    hello: Hello,
-) {
+pub fn serve_slave(shared: &Arc<Shared>, stream: TcpStream, mut reader: LineReader<TcpStream>, hello: Hello) {
     let refuse = |why: String| {
         log::warn!("refused slave {}: {why}", hello.id);
         let _ = (&stream).write_all(format!("ERR {why}\n").as_bytes());
     };
     if shared.role() != Role::Primary {
-        let to = shared
-            .config
-            .backup
-            .clone()
-            .unwrap_or_else(|| "unknown".into());
+        let to = shared.config.backup.clone().unwrap_or_else(|| "unknown".into());
         return refuse(format!("NOTPRIMARY {to}"));
     }
     let epoch = shared.epoch();
@@ -49,14 +40,9 @@ pub fn serve_slave(
             Some(slot) => slot,
             None => {
                 let Some(slot) = members.add(&hello.id) else {
-                    return refuse(format!(
-                        "cluster full ({} members)",
-                        super::members::MAX_MEMBERS
-                    ));
+                    return refuse(format!("cluster full ({} members)", super::members::MAX_MEMBERS));
                 };
-                if let Err(e) = shared.wal.append(&Record::Member {
-                    id: hello.id.clone(),
-                }) {
+                if let Err(e) = shared.wal.append(&Record::Member { id: hello.id.clone() }) {
                     members.remove(&hello.id);
                     return refuse(format!("cannot log the new member: {e}"));
                 }
@@ -67,12 +53,7 @@ pub fn serve_slave(
         let Ok(write_half) = stream.try_clone() else {
             return;
         };
-        let link = Arc::new(Link::new(
-            hello.id.clone(),
-            slot,
-            write_half,
-            shared.now_us(),
-        ));
+        let link = Arc::new(Link::new(hello.id.clone(), slot, write_half, shared.now_us()));
         if let Some(old) = members.attach(slot, Arc::clone(&link)) {
             old.kill("the slave registered again on a new connection");
         }
@@ -83,19 +64,12 @@ pub fn serve_slave(
     // A slave that holds writes the log lost (an OS crash with --fsync never) must never see
     // their versions reused.
     shared.wal.advance_seq(hello.max_seq);
-    if (&stream)
-        .write_all(format!("WELCOME {epoch}\n").as_bytes())
-        .is_err()
-    {
+    if (&stream).write_all(format!("WELCOME {epoch}\n").as_bytes()).is_err() {
         link.kill("registration reply failed");
         shared.members.lock().detach(&link);
         return;
     }
-    log::info!(
-        "slave {} registered from {} (epoch {epoch})",
-        link.id,
-        link.peer
-    );
+    log::info!("slave {} registered from {} (epoch {epoch})", link.id, link.peer);
     let sync_shared = Arc::clone(shared);
     let sync_link = Arc::clone(&link);
     let _ = std::thread::Builder::new()
@@ -132,10 +106,7 @@ fn catch_up(shared: &Arc<Shared>, link: &Arc<Link>) {
     let ping = shared.rid();
     link.record_ping(ping, shared.now_us());
     link.send(ping, epoch, &Command::Ping, None);
-    let keys = shared
-        .index
-        .lock()
-        .select(|s| s.committed.0 != Stamp::default());
+    let keys = shared.index.lock().select(|s| s.committed.0 != Stamp::default());
     let (tx, rx) = unbounded();
     let mut in_flight = std::collections::HashMap::new();
     let mut iter = keys.into_iter();
@@ -148,15 +119,8 @@ fn catch_up(shared: &Arc<Shared>, link: &Arc<Link>) {
             };
             let (stamp, value) = state.committed;
             let command = match value {
-                Some(v) => Command::Set {
-                    stamp,
-                    key: key.clone(),
-                    value: v.to_vec(),
-                },
-                None => Command::Del {
-                    stamp,
-                    key: key.clone(),
-                },
+                Some(v) => Command::Set { stamp, key: key.clone(), value: v.to_vec() },
+                None => Command::Del { stamp, key: key.clone() },
             };
             let rid = shared.rid();
             if !link.send(rid, epoch, &command, Some(&tx)) {
@@ -172,9 +136,7 @@ fn catch_up(shared: &Arc<Shared>, link: &Arc<Link>) {
             Ok(ack) => {
                 if let Some((key, stamp)) = in_flight.remove(&ack.rid) {
                     match ack.outcome {
-                        Outcome::Ok(_) => {
-                            shared.index.lock().add_holders(&key, stamp, 1 << link.slot)
-                        }
+                        Outcome::Ok(_) => shared.index.lock().add_holders(&key, stamp, 1 << link.slot),
                         Outcome::Fenced(newer) => return shared.step_down(newer),
                         other => {
                             link.kill(&format!("catch-up write failed: {other:?}"));
@@ -191,11 +153,7 @@ fn catch_up(shared: &Arc<Shared>, link: &Arc<Link>) {
     }
     if link.is_alive() {
         link.set_synced();
-        log::info!(
-            "slave {} caught up: {sent} keys in {:?}",
-            link.id,
-            started.elapsed()
-        );
+        log::info!("slave {} caught up: {sent} keys in {:?}", link.id, started.elapsed());
     }
 }
 

@@ -1,0 +1,163 @@
+//! Closed-loop benchmark of a real cluster on loopback: one master, three slaves, N client
+//! threads each with one blocking connection. Writes, reads, and a 30% write mix, at 1 and 10
+//! connections; prints ops/s and p50/p99 latency, the median of several runs.
+//!
+//! `cargo bench --bench cluster` (or `make bench`). `DSM_BENCH_SECS` and `DSM_BENCH_RUNS`
+//! change the length and number of runs.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use dsm::client::Client;
+use dsm::cluster::{stat, wait_for, Node};
+use dsm::protocol::Reply;
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+
+const KEYS: usize = 1000;
+const VALUE: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+struct Cluster {
+    master: Node,
+    _slaves: Vec<Node>,
+    _dir: tempfile::TempDir,
+}
+
+fn start(fsync: &str) -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = |n: &str| match n {
+        "m" => PathBuf::from(env!("CARGO_BIN_EXE_dsm-master")),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_dsm-slave")),
+    };
+    let wal = dir.path().join("kv.log").display().to_string();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--wal",
+        &wal,
+        "--backup",
+        "none",
+        "--fsync",
+        fsync,
+        "--log-level",
+        "warn",
+    ];
+    let master = Node::start(
+        "master",
+        &bin("m"),
+        args.iter().map(|s| s.to_string()).collect(),
+        dir.path(),
+        false,
+        true,
+    )
+    .unwrap();
+    let addr = master.addr().to_string();
+    let slaves = (1..=3)
+        .map(|i| {
+            let args =
+                ["--id", &format!("s{i}"), "--master", &addr, "--backup", "none", "--log-level", "warn"];
+            Node::start(
+                &format!("s{i}"),
+                &bin("s"),
+                args.iter().map(|s| s.to_string()).collect(),
+                dir.path(),
+                false,
+                false,
+            )
+            .unwrap()
+        })
+        .collect();
+    wait_for("3 slaves", Duration::from_secs(30), || stat(&addr, "slaves").as_deref() == Some("3")).unwrap();
+    Cluster { master, _slaves: slaves, _dir: dir }
+}
+
+struct RunResult {
+    ops_per_sec: f64,
+    p50_us: u64,
+    p99_us: u64,
+    errors: u64,
+}
+
+fn run(addr: &str, conns: usize, write_pct: u32, secs: f64) -> RunResult {
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..conns)
+        .map(|t| {
+            let (addr, stop) = (addr.to_string(), Arc::clone(&stop));
+            thread::spawn(move || {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(t as u64);
+                let mut hist = Histogram::<u64>::new(3).unwrap();
+                let mut c = Client::new(&addr, None);
+                let (mut ops, mut errors) = (0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("key{}", rng.gen_range(0..KEYS));
+                    let started = Instant::now();
+                    let reply =
+                        if rng.gen_range(0..100) < write_pct { c.write(&key, VALUE) } else { c.read(&key) };
+                    match reply {
+                        Ok(Reply::Ok(_) | Reply::Value { .. } | Reply::NotFound) => {
+                            hist.record(started.elapsed().as_micros() as u64).unwrap();
+                            ops += 1;
+                        }
+                        _ => errors += 1,
+                    }
+                }
+                (ops, errors, hist)
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    thread::sleep(Duration::from_secs_f64(secs));
+    stop.store(true, Ordering::Relaxed);
+    let mut hist = Histogram::<u64>::new(3).unwrap();
+    let (mut ops, mut errors) = (0, 0);
+    for h in handles {
+        let (o, e, hh) = h.join().unwrap();
+        ops += o;
+        errors += e;
+        hist.add(hh).unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    RunResult {
+        ops_per_sec: ops as f64 / elapsed,
+        p50_us: hist.value_at_quantile(0.5),
+        p99_us: hist.value_at_quantile(0.99),
+        errors,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let secs: f64 = std::env::var("DSM_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(3.0);
+    let runs: usize = std::env::var("DSM_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let fsync = std::env::var("DSM_BENCH_FSYNC").unwrap_or_else(|_| "everysec".into());
+    // `cargo bench` passes --bench; under `cargo test --all-targets` this is a no-op.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let cluster = start(&fsync);
+    let addr = cluster.master.addr().to_string();
+    // Fill the key space so reads find values.
+    run(&addr, 4, 100, 1.0);
+    println!("dsm cluster benchmark: 3 slaves, fsync {fsync}, {runs} runs of {secs} s each, medians");
+    println!(
+        "{:<12} {:>6} {:>12} {:>9} {:>9} {:>7}",
+        "workload", "conns", "ops/s", "p50 us", "p99 us", "errors"
+    );
+    for (name, write_pct) in [("writes", 100), ("reads", 0), ("mix-30%w", 30)] {
+        for conns in [1, 10] {
+            let results: Vec<RunResult> = (0..runs).map(|_| run(&addr, conns, write_pct, secs)).collect();
+            let ops = median(results.iter().map(|r| r.ops_per_sec).collect());
+            let p50 = median(results.iter().map(|r| r.p50_us as f64).collect());
+            let p99 = median(results.iter().map(|r| r.p99_us as f64).collect());
+            let errors: u64 = results.iter().map(|r| r.errors).sum();
+            println!("{name:<12} {conns:>6} {ops:>12.0} {p50:>9.0} {p99:>9.0} {errors:>7}");
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The cluster under failure: real processes, killed and paused.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{must_read, must_write, TestCluster, READY};
+use dsm::cluster::{stat, wait_for};
+use dsm::protocol::{ErrorReply, Reply};
+
+fn writes_and_reads_with(n: usize) {
+    let c = TestCluster::start(n);
+    let mut client = c.client();
+    let mut last = 0;
+    for i in 0..50 {
+        let v = must_write(&mut client, &format!("key{}", i % 10), &format!("value {i}"));
+        assert!(v > last);
+        last = v;
+    }
+    for k in 0..10 {
+        assert_eq!(must_read(&mut client, &format!("key{k}")), Some(format!("value {}", 40 + k)));
+    }
+    assert_eq!(stat(&c.addr(), "members"), Some(n.to_string()));
+}
+
+#[test]
+fn one_slave() {
+    writes_and_reads_with(1);
+}
+
+#[test]
+fn three_slaves() {
+    writes_and_reads_with(3);
+}
+
+#[test]
+fn five_slaves() {
+    writes_and_reads_with(5);
+}
+
+#[test]
+fn kill_one_slave_of_three_loses_no_acknowledged_write() {
+    let mut c = TestCluster::start(3);
+    let mut client = c.client();
+    let mut acked = Vec::new();
+    for i in 0..100 {
+        let key = format!("k{i}");
+        must_write(&mut client, &key, &format!("v{i}"));
+        acked.push(key);
+        if i == 50 {
+            c.slaves[0].kill();
+        }
+    }
+    // Writes go on with two of three, and every acknowledged write is readable.
+    for (i, key) in acked.iter().enumerate() {
+        assert_eq!(must_read(&mut client, key), Some(format!("v{i}")), "lost {key}");
+    }
+    // Kill another slave: only one of three left, so writes are refused, never acknowledged.
+    c.slaves[1].kill();
+    wait_for("the second death noticed", READY, || stat(&c.addr(), "slaves") == Some("1".into())).unwrap();
+    match client.write("k-more", b"x") {
+        Ok(Reply::Err(ErrorReply::Unavailable(msg))) => assert!(msg.contains("1 of 3 members"), "{msg}"),
+        other => panic!("expected ERR UNAVAILABLE, got {other:?}"),
+    }
+    // Restart both: they are caught up and everything is still there.
+    c.slaves[0].restart().unwrap();
+    c.slaves[1].restart().unwrap();
+    c.wait_slaves(3);
+    for (i, key) in acked.iter().enumerate() {
+        assert_eq!(must_read(&mut client, key), Some(format!("v{i}")), "lost {key} after restarts");
+    }
+    // The restarted slaves were given every key: kill the one that never died, and the two
+    // restarted ones must still hold everything.
+    c.slaves[2].kill();
+    wait_for("third death noticed", READY, || stat(&c.addr(), "slaves") == Some("2".into())).unwrap();
+    for (i, key) in acked.iter().enumerate() {
+        assert_eq!(must_read(&mut client, key), Some(format!("v{i}")), "{key} not caught up");
+    }
+}
+
+#[test]
+fn one_dead_one_paused_gives_an_error_quickly_then_recovers() {
+    let mut c = TestCluster::start(3);
+    let mut client = c.client();
+    must_write(&mut client, "before", "1");
+    c.slaves[0].kill();
+    c.slaves[1].pause().unwrap();
+    // The write cannot reach a majority: an error within seconds, never OK, never a hang.
+    let started = Instant::now();
+    let reply = client.write("during", b"2").expect("a reply");
+    assert!(
+        matches!(reply, Reply::Err(ErrorReply::Timeout(_)) | Reply::Err(ErrorReply::Unavailable(_))),
+        "expected an error, got {reply:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    // Further writes keep failing while the paused slave is stopped.
+    let reply = client.write("during2", b"3").expect("a reply");
+    assert!(matches!(reply, Reply::Err(_)), "{reply:?}");
+    c.slaves[1].resume().unwrap();
+    // The paused slave reconnects and is caught up; writes resume.
+    wait_for("writes to resume", READY, || matches!(client.write("after", b"4"), Ok(Reply::Ok(_)))).unwrap();
+    assert_eq!(must_read(&mut client, "before"), Some("1".into()));
+    assert_eq!(must_read(&mut client, "after"), Some("4".into()));
+}
+
+#[test]
+fn master_restart_replays_the_log() {
+    let mut c = TestCluster::start(3);
+    let mut client = c.client();
+    let mut versions = Vec::new();
+    for i in 0..30 {
+        versions.push(must_write(&mut client, &format!("k{i}"), &format!("v{i} with spaces")));
+    }
+    assert!(matches!(client.request(&dsm::protocol::Request::Delete { key: "k0".into() }), Ok(Reply::Ok(_))));
+    let seq_before: u64 = stat(&c.addr(), "seq").unwrap().parse().unwrap();
+    let epoch_before: u64 = stat(&c.addr(), "epoch").unwrap().parse().unwrap();
+    c.master.restart().unwrap();
+    c.wait_slaves(3);
+    let mut client = c.client();
+    assert_eq!(stat(&c.addr(), "members"), Some("3".into()));
+    let epoch_after: u64 = stat(&c.addr(), "epoch").unwrap().parse().unwrap();
+    assert!(epoch_after > epoch_before);
+    assert!(stat(&c.addr(), "seq").unwrap().parse::<u64>().unwrap() > seq_before);
+    assert_eq!(must_read(&mut client, "k0"), None);
+    for (i, &expected) in versions.iter().enumerate().skip(1) {
+        match client.read(&format!("k{i}")).unwrap() {
+            Reply::Value { version, value } => {
+                assert_eq!(version, expected);
+                assert_eq!(value, format!("v{i} with spaces").into_bytes());
+            }
+            other => panic!("k{i}: {other:?}"),
+        }
+    }
+    // New writes get versions above every replayed one.
+    assert!(must_write(&mut client, "new", "x") > seq_before);
+}
+
+#[test]
+fn master_restart_with_all_slaves_restarted_recovers_from_the_log() {
+    let mut c = TestCluster::start(3);
+    let mut client = c.client();
+    for i in 0..20 {
+        must_write(&mut client, &format!("k{i}"), &format!("v{i}"));
+    }
+    // Everything in memory is gone; only the master's log remains.
+    c.master.kill();
+    for s in &mut c.slaves {
+        s.kill();
+    }
+    c.master.restart().unwrap();
+    for s in &mut c.slaves {
+        s.restart().unwrap();
+    }
+    c.wait_slaves(3);
+    let mut client = c.client();
+    for i in 0..20 {
+        assert_eq!(must_read(&mut client, &format!("k{i}")), Some(format!("v{i}")));
+    }
+}
+
+#[test]
+fn a_slave_restarted_under_the_same_id_is_not_a_new_member() {
+    let mut c = TestCluster::start(3);
+    c.slaves[2].restart().unwrap();
+    c.wait_slaves(3);
+    assert_eq!(stat(&c.addr(), "members"), Some("3".into()));
+    // An operator removes a dead member for good.
+    c.slaves[2].kill();
+    wait_for("death noticed", READY, || stat(&c.addr(), "slaves") == Some("2".into())).unwrap();
+    let mut r = c.raw();
+    assert!(r.ask("REMOVE s3").starts_with("OK "));
+    assert_eq!(stat(&c.addr(), "members"), Some("2".into()));
+    let mut client = c.client();
+    must_write(&mut client, "after-remove", "ok");
+}

@@ -1,0 +1,162 @@
+//! Shared helpers for the integration tests: a cluster of real processes on ephemeral ports in
+//! a temporary directory, killed when dropped, and a raw line connection like `nc`.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dsm::client::Client;
+use dsm::cluster::{stat, wait_for, Node};
+use tempfile::TempDir;
+
+/// How long a test waits for a cluster to become ready: generous, because tests run in
+/// parallel on two contended cores.
+pub const READY: Duration = Duration::from_secs(60);
+
+pub fn bin(name: &str) -> PathBuf {
+    match name {
+        "dsm-master" => PathBuf::from(env!("CARGO_BIN_EXE_dsm-master")),
+        "dsm-slave" => PathBuf::from(env!("CARGO_BIN_EXE_dsm-slave")),
+        "dsm-client" => PathBuf::from(env!("CARGO_BIN_EXE_dsm-client")),
+        other => panic!("unknown binary {other}"),
+    }
+}
+
+/// A primary master and slaves, all real processes.
+pub struct TestCluster {
+    pub master: Node,
+    pub slaves: Vec<Node>,
+    /// Declared last so the processes die before their directory is removed.
+    pub dir: TempDir,
+}
+
+impl TestCluster {
+    /// Starts a master and `n` slaves (ids `s1`..), and waits until all slaves are caught up.
+    pub fn start(n: usize) -> TestCluster {
+        Self::start_with(n, &[])
+    }
+
+    /// Like [`TestCluster::start`], with extra master flags.
+    pub fn start_with(n: usize, master_flags: &[&str]) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let master = start_master(dir.path(), master_flags, "127.0.0.1:0");
+        let mut cluster = TestCluster { master, slaves: Vec::new(), dir };
+        for i in 1..=n {
+            cluster.add_slave(&format!("s{i}"));
+        }
+        cluster.wait_slaves(n);
+        cluster
+    }
+
+    pub fn addr(&self) -> String {
+        self.master.addr().to_string()
+    }
+
+    /// Starts one more slave with this id.
+    pub fn add_slave(&mut self, id: &str) {
+        let args =
+            vec!["--id".into(), id.into(), "--master".into(), self.addr(), "--backup".into(), "none".into()];
+        let node =
+            Node::start(id, &bin("dsm-slave"), args, self.dir.path(), false, false).expect("start slave");
+        self.slaves.push(node);
+    }
+
+    /// Waits until the master reports `n` live, caught-up slaves.
+    pub fn wait_slaves(&self, n: usize) {
+        let addr = self.addr();
+        wait_for(&format!("{n} slaves up"), READY, || stat(&addr, "slaves") == Some(n.to_string()))
+            .unwrap_or_else(|e| panic!("{e}; master said slaves={:?}", stat(&addr, "slaves")));
+    }
+
+    /// A client of the master only (no backup).
+    pub fn client(&self) -> Client {
+        let mut c = Client::new(&self.addr(), None);
+        c.set_timeout(Duration::from_secs(30));
+        c
+    }
+
+    pub fn raw(&self) -> Raw {
+        Raw::connect(&self.addr())
+    }
+
+    pub fn wal_path(&self) -> PathBuf {
+        self.dir.path().join("kv.log")
+    }
+}
+
+pub fn start_master(dir: &Path, extra: &[&str], listen: &str) -> Node {
+    let mut args: Vec<String> = vec![
+        "--listen".into(),
+        listen.into(),
+        "--wal".into(),
+        dir.join("kv.log").display().to_string(),
+        "--backup".into(),
+        "none".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Node::start("master", &bin("dsm-master"), args, dir, false, true).expect("start master")
+}
+
+/// A raw TCP line connection, like `nc`.
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    pub fn connect(addr: &str) -> Raw {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Raw { stream, buf: Vec::new() }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// Reads one `\r\n`-terminated reply line (without the terminator).
+    pub fn line(&mut self) -> String {
+        loop {
+            if let Some(pos) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line: Vec<u8> = self.buf.drain(..pos + 2).take(pos).collect();
+                return String::from_utf8_lossy(&line).into_owned();
+            }
+            let mut chunk = [0u8; 65536];
+            let n = self.stream.read(&mut chunk).expect("read reply");
+            assert!(n > 0, "connection closed; buffered: {:?}", String::from_utf8_lossy(&self.buf));
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Sends one request line and returns the reply line.
+    pub fn ask(&mut self, request: &str) -> String {
+        self.send(format!("{request}\r\n").as_bytes());
+        self.line()
+    }
+
+    /// True when the server closed the connection (after any buffered replies).
+    pub fn closed(&mut self) -> bool {
+        let mut chunk = [0u8; 1024];
+        matches!(self.stream.read(&mut chunk), Ok(0) | Err(_))
+    }
+}
+
+/// `WRITE` through a client; panics unless the reply is `OK <version>`.
+pub fn must_write(c: &mut Client, key: &str, value: &str) -> u64 {
+    match c.write(key, value.as_bytes()) {
+        Ok(dsm::protocol::Reply::Ok(v)) => v,
+        other => panic!("write {key}={value}: {other:?}"),
+    }
+}
+
+/// `READ` through a client: the value, or `None` for `NOT_FOUND`; panics on errors.
+pub fn must_read(c: &mut Client, key: &str) -> Option<String> {
+    match c.read(key) {
+        Ok(dsm::protocol::Reply::Value { value, .. }) => Some(String::from_utf8(value).unwrap()),
+        Ok(dsm::protocol::Reply::NotFound) => None,
+        other => panic!("read {key}: {other:?}"),
+    }
+}
