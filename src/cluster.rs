@@ -341,14 +341,7 @@ impl Cluster {
             args.extend(["--backup".to_string(), b.clone()]);
         }
         args.extend(config.master_args.iter().cloned());
-        let master = Node::start(
-            "master",
-            &bin.join("dsm-master"),
-            args,
-            dir,
-            config.echo,
-            true,
-        )?;
+        let master = Node::start("master", &bin.join("dsm-master"), args, dir, config.echo, true)?;
         let master_addr = master.addr().to_string();
         let backup = match &backup_addr {
             Some(b) => Some(Node::start(
@@ -370,22 +363,12 @@ impl Cluster {
             )?),
             None => None,
         };
-        let mut cluster = Cluster {
-            dir: dir.to_path_buf(),
-            master,
-            backup,
-            slaves: Vec::new(),
-            master_addr,
-            backup_addr,
-        };
+        let mut cluster =
+            Cluster { dir: dir.to_path_buf(), master, backup, slaves: Vec::new(), master_addr, backup_addr };
         for i in 0..config.slaves {
             let id = Cluster::slave_id(i);
-            let mut args = vec![
-                "--id".to_string(),
-                id.clone(),
-                "--master".to_string(),
-                cluster.master_addr.clone(),
-            ];
+            let mut args =
+                vec!["--id".to_string(), id.clone(), "--master".to_string(), cluster.master_addr.clone()];
             if let Some(b) = &cluster.backup_addr {
                 args.extend(["--backup".to_string(), b.clone()]);
             }
@@ -421,16 +404,15 @@ impl Cluster {
 
     /// Waits until the primary reports `n` live registered slaves.
     pub fn wait_slaves(&self, n: usize, timeout: Duration) -> Result<()> {
-        wait_for(&format!("{n} slaves to register"), timeout, || {
-            self.registered_slaves() == Some(n)
-        })
-        .map_err(|e| {
-            Error::Timeout(format!(
-                "{e} (the master reports {:?}); logs are in {}",
-                self.registered_slaves(),
-                self.dir.display()
-            ))
-        })
+        wait_for(&format!("{n} slaves to register"), timeout, || self.registered_slaves() == Some(n)).map_err(
+            |e| {
+                Error::Timeout(format!(
+                    "{e} (the master reports {:?}); logs are in {}",
+                    self.registered_slaves(),
+                    self.dir.display()
+                ))
+            },
+        )
     }
 }
 
@@ -450,9 +432,5 @@ impl Drop for Cluster {
 pub fn registered_slaves(addr: &str) -> Option<usize> {
     let mut c = Client::new(addr, None);
     c.set_timeout(STATS_TIMEOUT);
-    c.stats()
-        .ok()?
-        .into_iter()
-        .find(|(n, _)| n == "slaves")
-        .and_then(|(_, v)| v.trim().parse().ok())
+    c.stats().ok()?.into_iter().find(|(n, _)| n == "slaves").and_then(|(_, v)| v.trim().parse().ok())
 }

@@ -59,12 +59,7 @@ fn register_font() -> Result<()> {
 }
 
 fn draw_err<E: std::fmt::Debug>(path: &Path) -> impl FnOnce(E) -> Error + '_ {
-    move |e| {
-        Error::Io(std::io::Error::other(format!(
-            "drawing {}: {e:?}",
-            path.display()
-        )))
-    }
+    move |e| Error::Io(std::io::Error::other(format!("drawing {}: {e:?}", path.display())))
 }
 
 /// A CSV file read into memory, with its columns found by name.
@@ -79,22 +74,13 @@ impl Table {
     /// Reads a CSV file with a header line.
     pub fn read(path: &Path) -> Result<Table> {
         let mut r = csv::Reader::from_path(path).map_err(|e| csv_err(path, e))?;
-        let headers = r
-            .headers()
-            .map_err(|e| csv_err(path, e))?
-            .iter()
-            .map(str::to_string)
-            .collect();
+        let headers = r.headers().map_err(|e| csv_err(path, e))?.iter().map(str::to_string).collect();
         let mut rows = Vec::new();
         for rec in r.records() {
             let rec = rec.map_err(|e| csv_err(path, e))?;
             rows.push(rec.iter().map(str::to_string).collect());
         }
-        Ok(Table {
-            path: path.to_path_buf(),
-            headers,
-            rows,
-        })
+        Ok(Table { path: path.to_path_buf(), headers, rows })
     }
 
     /// Rows of data.
@@ -117,29 +103,17 @@ impl Table {
     /// The text of a column.
     pub fn text(&self, name: &str) -> Result<Vec<String>> {
         let i = self.index(name)?;
-        Ok(self
-            .rows
-            .iter()
-            .map(|r| r.get(i).cloned().unwrap_or_default())
-            .collect())
+        Ok(self.rows.iter().map(|r| r.get(i).cloned().unwrap_or_default()).collect())
     }
 
     /// A numeric column; empty or unparsable cells are `None`.
     pub fn numbers(&self, name: &str) -> Result<Vec<Option<f64>>> {
-        Ok(self
-            .text(name)?
-            .iter()
-            .map(|t| t.trim().parse::<f64>().ok().filter(|v| v.is_finite()))
-            .collect())
+        Ok(self.text(name)?.iter().map(|t| t.trim().parse::<f64>().ok().filter(|v| v.is_finite())).collect())
     }
 
     /// The column names starting with `prefix`, in file order.
     pub fn columns_with_prefix(&self, prefix: &str) -> Vec<String> {
-        self.headers
-            .iter()
-            .filter(|h| h.starts_with(prefix))
-            .cloned()
-            .collect()
+        self.headers.iter().filter(|h| h.starts_with(prefix)).cloned().collect()
     }
 }
 
@@ -195,8 +169,7 @@ where
     XR::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
 {
     let err = draw_err(path);
-    let y_max =
-        (max_of(series.iter().flat_map(|s| s.points.iter().map(|p| &p.1))) * Y_HEADROOM).max(1.0);
+    let y_max = (max_of(series.iter().flat_map(|s| s.points.iter().map(|p| &p.1))) * Y_HEADROOM).max(1.0);
     let root = BitMapBackend::new(path, PLOT_SIZE).into_drawing_area();
     let result = (|| {
         root.fill(&WHITE)?;
@@ -234,10 +207,7 @@ where
                     });
                     first = false;
                 }
-                chart.draw_series(
-                    seg.iter()
-                        .map(|&(x, y)| Circle::new((x, y), 4, s.color.filled())),
-                )?;
+                chart.draw_series(seg.iter().map(|&(x, y)| Circle::new((x, y), 4, s.color.filled())))?;
             }
         }
         chart
@@ -272,17 +242,9 @@ pub fn plot_sweep(csv: &Path, axis: SweepAxis, dir: &Path) -> Result<Vec<PathBuf
     std::fs::create_dir_all(dir)?;
     let (x_col, x_desc, x_name) = match axis {
         SweepAxis::Slaves => ("slave_count", "slaves (count)", "slave count"),
-        SweepAxis::Clients => (
-            "client_count",
-            "client threads (count, log scale)",
-            "client count",
-        ),
+        SweepAxis::Clients => ("client_count", "client threads (count, log scale)", "client count"),
     };
-    let xs: Vec<f64> = t
-        .numbers(x_col)?
-        .into_iter()
-        .map(|x| x.unwrap_or(0.0))
-        .collect();
+    let xs: Vec<f64> = t.numbers(x_col)?.into_iter().map(|x| x.unwrap_or(0.0)).collect();
     let col = |name: &str| -> Result<Vec<(f64, Option<f64>)>> {
         Ok(xs.iter().copied().zip(t.numbers(name)?).collect())
     };
@@ -302,12 +264,7 @@ pub fn plot_sweep(csv: &Path, axis: SweepAxis, dir: &Path) -> Result<Vec<PathBuf
                 points: col("throughput_rps")?,
                 dashed: false,
             },
-            Series {
-                label: "errors/s".into(),
-                color: C_ERR,
-                points: col("error_rps")?,
-                dashed: true,
-            },
+            Series { label: "errors/s".into(), color: C_ERR, points: col("error_rps")?, dashed: true },
         ],
     )];
     for (op, title) in [("read", "Read"), ("write", "Write")] {
@@ -382,19 +339,11 @@ pub fn plot_load_distribution(slaves_csv: &Path, png: &Path) -> Result<()> {
     let root = BitMapBackend::new(png, PLOT_SIZE).into_drawing_area();
     let result = (|| {
         root.fill(&WHITE)?;
-        let root = root.titled(
-            "Load distribution across slaves (measured by the master)",
-            (FAMILY, TITLE_SIZE),
-        )?;
+        let root =
+            root.titled("Load distribution across slaves (measured by the master)", (FAMILY, TITLE_SIZE))?;
         let panels = root.split_evenly((1, 2));
         let specs = [
-            (
-                &panels[0],
-                "Requests served (measured window)",
-                "requests",
-                &requests,
-                C_MEAN,
-            ),
+            (&panels[0], "Requests served (measured window)", "requests", &requests, C_MEAN),
             (&panels[1], "Keys held at the end", "keys", &keys, C_KEYS),
         ];
         for (area, caption, y_desc, values, color) in specs {
@@ -417,9 +366,7 @@ pub fn plot_load_distribution(slaves_csv: &Path, png: &Path) -> Result<()> {
                 .label_style((FAMILY, TICK_SIZE))
                 .x_labels(n.max(1))
                 .x_label_formatter(&move |v| match v {
-                    SegmentValue::CenterOf(i) => {
-                        ids_for_labels.get(*i).cloned().unwrap_or_default()
-                    }
+                    SegmentValue::CenterOf(i) => ids_for_labels.get(*i).cloned().unwrap_or_default(),
                     _ => String::new(),
                 })
                 .y_label_formatter(&|v| format_number(*v))
@@ -428,10 +375,7 @@ pub fn plot_load_distribution(slaves_csv: &Path, png: &Path) -> Result<()> {
                 .draw_series(values.iter().enumerate().map(|(i, v)| {
                     let v = v.unwrap_or(0.0);
                     let mut bar = Rectangle::new(
-                        [
-                            (SegmentValue::Exact(i), 0.0),
-                            (SegmentValue::Exact(i + 1), v),
-                        ],
+                        [(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), v)],
                         color.filled(),
                     );
                     bar.set_margin(0, 0, 12, 12);
@@ -442,9 +386,7 @@ pub fn plot_load_distribution(slaves_csv: &Path, png: &Path) -> Result<()> {
                 } else {
                     "keys".to_string()
                 })
-                .legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 6), (x + 16, y + 6)], color.filled())
-                });
+                .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 16, y + 6)], color.filled()));
             // The share of each slave, written above its bar.
             if y_desc == "requests" && total > 0.0 {
                 chart.draw_series(values.iter().enumerate().filter_map(|(i, v)| {
@@ -476,21 +418,10 @@ pub fn plot_failover(metrics_csv: &Path, events_csv: Option<&Path>, png: &Path) 
     register_font()?;
     let t = Table::read(metrics_csv)?;
     if t.is_empty() {
-        return Err(Error::Config(format!(
-            "{} has no rows",
-            metrics_csv.display()
-        )));
+        return Err(Error::Config(format!("{} has no rows", metrics_csv.display())));
     }
-    let xs: Vec<f64> = t
-        .numbers("elapsed_s")?
-        .into_iter()
-        .map(|x| x.unwrap_or(0.0))
-        .collect();
-    let ok: Vec<(f64, Option<f64>)> = xs
-        .iter()
-        .copied()
-        .zip(t.numbers("throughput_rps")?)
-        .collect();
+    let xs: Vec<f64> = t.numbers("elapsed_s")?.into_iter().map(|x| x.unwrap_or(0.0)).collect();
+    let ok: Vec<(f64, Option<f64>)> = xs.iter().copied().zip(t.numbers("throughput_rps")?).collect();
     let errs: Vec<(f64, Option<f64>)> = xs.iter().copied().zip(t.numbers("error_count")?).collect();
     let events: Vec<(f64, String)> = match events_csv.filter(|p| p.exists()) {
         Some(p) => {
@@ -514,13 +445,7 @@ pub fn plot_failover(metrics_csv: &Path, events_csv: Option<&Path>, png: &Path) 
         )?;
         let (top, bottom) = root.split_vertically(PLOT_SIZE.1 * 55 / 100);
         let panels = [
-            (
-                &top,
-                "successful requests per second",
-                &ok,
-                C_MEAN,
-                "successes/s",
-            ),
+            (&top, "successful requests per second", &ok, C_MEAN, "successes/s"),
             (&bottom, "errors per second", &errs, C_ERR, "errors/s"),
         ];
         for (i, (area, y_desc, points, color, label)) in panels.into_iter().enumerate() {
@@ -533,11 +458,7 @@ pub fn plot_failover(metrics_csv: &Path, events_csv: Option<&Path>, png: &Path) 
             chart
                 .configure_mesh()
                 .light_line_style(C_GRID)
-                .x_desc(if i == 1 {
-                    "seconds since the end of the warm-up"
-                } else {
-                    ""
-                })
+                .x_desc(if i == 1 { "seconds since the end of the warm-up" } else { "" })
                 .y_desc(y_desc)
                 .axis_desc_style((FAMILY, LABEL_SIZE))
                 .label_style((FAMILY, TICK_SIZE))
@@ -545,8 +466,7 @@ pub fn plot_failover(metrics_csv: &Path, events_csv: Option<&Path>, png: &Path) 
                 .y_label_formatter(&|v| format_number(*v))
                 .draw()?;
             // Each second's count is drawn at the middle of its second.
-            let shifted: Vec<(f64, Option<f64>)> =
-                points.iter().map(|(x, y)| (x + 0.5, *y)).collect();
+            let shifted: Vec<(f64, Option<f64>)> = points.iter().map(|(x, y)| (x + 0.5, *y)).collect();
             let mut first = true;
             for seg in segments(&shifted) {
                 let s = chart.draw_series(LineSeries::new(seg.clone(), color.stroke_width(3)))?;
@@ -556,10 +476,7 @@ pub fn plot_failover(metrics_csv: &Path, events_csv: Option<&Path>, png: &Path) 
                     });
                     first = false;
                 }
-                chart.draw_series(
-                    seg.iter()
-                        .map(|&(x, y)| Circle::new((x, y), 3, color.filled())),
-                )?;
+                chart.draw_series(seg.iter().map(|&(x, y)| Circle::new((x, y), 3, color.filled())))?;
             }
             for (at, what) in &events {
                 let s = chart.draw_series(DashedLineSeries::new(
@@ -570,9 +487,8 @@ pub fn plot_failover(metrics_csv: &Path, events_csv: Option<&Path>, png: &Path) 
                 ))?;
                 if i == 0 {
                     let what = what.clone();
-                    s.label(format!("{what} at {at:.1} s")).legend(|(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 24, y)], BLACK.stroke_width(2))
-                    });
+                    s.label(format!("{what} at {at:.1} s"))
+                        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], BLACK.stroke_width(2)));
                 }
             }
             chart
@@ -596,10 +512,9 @@ pub fn plot_failover(metrics_csv: &Path, events_csv: Option<&Path>, png: &Path) 
 /// PNG whether it was drawn or why not.
 pub fn plot_all(out: &Path) -> Result<Vec<(PathBuf, String)>> {
     let mut done = Vec::new();
-    for (axis, dir) in [
-        (SweepAxis::Slaves, "plots_by_slave_count"),
-        (SweepAxis::Clients, "plots_by_client_count"),
-    ] {
+    for (axis, dir) in
+        [(SweepAxis::Slaves, "plots_by_slave_count"), (SweepAxis::Clients, "plots_by_client_count")]
+    {
         let csv = out.join(format!("{}.csv", axis.name()));
         if csv.exists() {
             for p in plot_sweep(&csv, axis, &out.join(dir))? {
@@ -635,12 +550,7 @@ mod tests {
 
     #[test]
     fn gaps_split_series() {
-        let s = segments(&[
-            (0.0, Some(1.0)),
-            (1.0, None),
-            (2.0, Some(3.0)),
-            (3.0, Some(4.0)),
-        ]);
+        let s = segments(&[(0.0, Some(1.0)), (1.0, None), (2.0, Some(3.0)), (3.0, Some(4.0))]);
         assert_eq!(s, vec![vec![(0.0, 1.0)], vec![(2.0, 3.0), (3.0, 4.0)]]);
         assert!(segments(&[(0.0, None)]).is_empty());
     }

@@ -41,29 +41,16 @@ fn int(t: &Table, col: &str) -> Vec<u64> {
 
 fn header(path: &Path) -> Vec<String> {
     let text = fs::read_to_string(path).unwrap();
-    text.lines()
-        .next()
-        .unwrap()
-        .split(',')
-        .map(str::to_string)
-        .collect()
+    text.lines().next().unwrap().split(',').map(str::to_string).collect()
 }
 
 /// Every row: total = success + error = reads + writes.
 fn assert_counts_add_up(t: &Table) {
-    let (total, ok, err) = (
-        int(t, "total_requests"),
-        int(t, "success_count"),
-        int(t, "error_count"),
-    );
+    let (total, ok, err) = (int(t, "total_requests"), int(t, "success_count"), int(t, "error_count"));
     let (reads, writes) = (int(t, "read_count"), int(t, "write_count"));
     for i in 0..t.len() {
         assert_eq!(total[i], ok[i] + err[i], "row {i}: total = success + error");
-        assert_eq!(
-            total[i],
-            reads[i] + writes[i],
-            "row {i}: total = reads + writes"
-        );
+        assert_eq!(total[i], reads[i] + writes[i], "row {i}: total = reads + writes");
     }
 }
 
@@ -101,14 +88,9 @@ fn a_run_against_a_real_cluster_writes_honest_files() {
     assert_eq!(t.len(), 3);
     assert_eq!(int(&t, "elapsed_s"), vec![0, 1, 2]);
     let started = report.get("started_at").cloned();
-    let Some(harness::metrics::Cell::Float(started)) = started else {
-        panic!("started_at missing")
-    };
+    let Some(harness::metrics::Cell::Float(started)) = started else { panic!("started_at missing") };
     let first_ts = t.numbers("timestamp").unwrap()[0].unwrap();
-    assert!(
-        (first_ts - (started + 1.0)).abs() < 0.01,
-        "the first row starts after the 1 s warm-up"
-    );
+    assert!((first_ts - (started + 1.0)).abs() < 0.01, "the first row starts after the 1 s warm-up");
     assert_counts_add_up(&t);
     assert_eq!(int(&t, "slave_count"), vec![3, 3, 3], "registered slaves");
     assert_eq!(int(&t, "client_count"), vec![2, 2, 2]);
@@ -131,10 +113,7 @@ fn a_run_against_a_real_cluster_writes_honest_files() {
 
     // Per-slave counts, measured by the master, over the measured window only.
     let s = Table::read(&out.join("slaves.csv")).unwrap();
-    assert_eq!(
-        s.text("slave_id").unwrap(),
-        vec!["s1".to_string(), "s2".into(), "s3".into()]
-    );
+    assert_eq!(s.text("slave_id").unwrap(), vec!["s1".to_string(), "s2".into(), "s3".into()]);
     let served: u64 = int(&s, "requests").iter().sum();
     let per_second: u64 = ["s1", "s2", "s3"]
         .iter()
@@ -152,36 +131,17 @@ fn a_run_against_a_real_cluster_writes_honest_files() {
 fn a_master_that_is_not_there_gives_errors_never_successes() {
     let dir = tempfile::tempdir().unwrap();
     // Bind then drop a listener so the port is very likely closed.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let cfg = RunConfig {
-        master: Some(addr.to_string()),
-        duration_s: 2,
-        ..short_run(dir.path())
-    };
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let cfg = RunConfig { master: Some(addr.to_string()), duration_s: 2, ..short_run(dir.path()) };
     let report = harness::run(&cfg).unwrap();
     let t = Table::read(&dir.path().join("metrics.csv")).unwrap();
     assert_eq!(t.len(), 2);
     assert_counts_add_up(&t);
     assert_eq!(int(&t, "success_count"), vec![0, 0]);
     assert!(int(&t, "error_count").iter().all(|&e| e > 0));
-    assert!(t
-        .numbers("read_latency_us")
-        .unwrap()
-        .iter()
-        .all(Option::is_none));
-    assert!(t
-        .numbers("write_p99_us")
-        .unwrap()
-        .iter()
-        .all(Option::is_none));
-    assert!(t
-        .numbers("slave_count")
-        .unwrap()
-        .iter()
-        .all(Option::is_none));
+    assert!(t.numbers("read_latency_us").unwrap().iter().all(Option::is_none));
+    assert!(t.numbers("write_p99_us").unwrap().iter().all(Option::is_none));
+    assert!(t.numbers("slave_count").unwrap().iter().all(Option::is_none));
     assert_eq!(report.total.success(), 0);
     assert!(report.slaves.is_empty());
 }
@@ -189,10 +149,7 @@ fn a_master_that_is_not_there_gives_errors_never_successes() {
 #[test]
 fn killing_the_primary_without_a_backup_ends_the_successes() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = RunConfig {
-        kill_primary_at: Some(1.0),
-        ..short_run(dir.path())
-    };
+    let cfg = RunConfig { kill_primary_at: Some(1.0), ..short_run(dir.path()) };
     let report = harness::run(&cfg).unwrap();
     assert_eq!(report.events.len(), 1);
     assert!(report.events[0].what.contains("killed primary"));
@@ -246,18 +203,8 @@ at_s,event
 /// The width and height in a PNG's IHDR chunk, after checking the signature.
 fn png_size(path: &Path) -> (u32, u32) {
     let bytes = fs::read(path).unwrap();
-    assert!(
-        bytes.len() > 10_000,
-        "{} is {} bytes",
-        path.display(),
-        bytes.len()
-    );
-    assert_eq!(
-        &bytes[..8],
-        b"\x89PNG\r\n\x1a\n",
-        "{} is a PNG",
-        path.display()
-    );
+    assert!(bytes.len() > 10_000, "{} is {} bytes", path.display(), bytes.len());
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{} is a PNG", path.display());
     assert_eq!(&bytes[12..16], b"IHDR");
     let be = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
     (be(16), be(20))
@@ -277,10 +224,7 @@ fn plots_from_given_csvs_are_valid_pngs() {
 
     let drawn = plot::plot_all(d).unwrap();
     let mut expected: HashSet<String> = HashSet::new();
-    for (dir, axis) in [
-        ("plots_by_slave_count", "slave_count"),
-        ("plots_by_client_count", "client_count"),
-    ] {
+    for (dir, axis) in [("plots_by_slave_count", "slave_count"), ("plots_by_client_count", "client_count")] {
         for m in ["throughput_rps", "read_latency_us", "write_latency_us"] {
             expected.insert(format!("{dir}/{m}_vs_{axis}.png"));
         }
@@ -289,12 +233,7 @@ fn plots_from_given_csvs_are_valid_pngs() {
     expected.insert("failover_timeline.png".into());
     for name in &expected {
         let p = d.join(name);
-        assert!(
-            drawn
-                .iter()
-                .any(|(q, how)| q == &p && how.starts_with("drawn")),
-            "{name} drawn: {drawn:?}"
-        );
+        assert!(drawn.iter().any(|(q, how)| q == &p && how.starts_with("drawn")), "{name} drawn: {drawn:?}");
         assert_eq!(png_size(&p), PLOT_SIZE, "{name}");
     }
 }

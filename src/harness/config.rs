@@ -131,18 +131,13 @@ impl RunConfig {
             return bad("--conns-per-client must be at least 1".into());
         }
         if self.clients.saturating_mul(self.conns_per_client) > MAX_CONNECTIONS {
-            return bad(format!(
-                "--clients x --conns-per-client is over {MAX_CONNECTIONS} connections"
-            ));
+            return bad(format!("--clients x --conns-per-client is over {MAX_CONNECTIONS} connections"));
         }
         if self.keys == 0 {
             return bad("--keys must be at least 1".into());
         }
         if self.write_pct > 100 {
-            return bad(format!(
-                "--write-pct is a percentage (0..100), got {}",
-                self.write_pct
-            ));
+            return bad(format!("--write-pct is a percentage (0..100), got {}", self.write_pct));
         }
         if self.duration_s == 0 {
             return bad("--duration must be at least 1 second".into());
@@ -167,15 +162,12 @@ impl RunConfig {
         if self.backup.is_some() && self.master.is_none() {
             return bad("--backup needs --master (an existing cluster)".into());
         }
-        for (flag, at) in [
-            ("--kill-primary-at", self.kill_primary_at),
-            ("--kill-slave-at", self.kill_slave_at),
-        ] {
+        for (flag, at) in
+            [("--kill-primary-at", self.kill_primary_at), ("--kill-slave-at", self.kill_slave_at)]
+        {
             let Some(at) = at else { continue };
             if !self.owns_cluster() {
-                return bad(format!(
-                    "{flag} needs a cluster the harness starts (not --master)"
-                ));
+                return bad(format!("{flag} needs a cluster the harness starts (not --master)"));
             }
             if !(at.is_finite() && at >= 0.0 && at < self.duration_s as f64) {
                 return bad(format!(
@@ -215,15 +207,7 @@ mod tests {
     fn defaults_are_the_original_harness_and_valid() {
         let c = RunConfig::default();
         assert_eq!(
-            (
-                c.clients,
-                c.slaves,
-                c.conns_per_client,
-                c.keys,
-                c.write_pct,
-                c.warmup_s,
-                c.duration_s
-            ),
+            (c.clients, c.slaves, c.conns_per_client, c.keys, c.write_pct, c.warmup_s, c.duration_s),
             (5, 3, 10, 1000, 30, 5, 30)
         );
         assert_eq!(c.think, Duration::from_millis(10));
@@ -233,41 +217,11 @@ mod tests {
     #[test]
     fn bad_configurations_name_their_flag() {
         let cases: Vec<(RunConfig, &str)> = vec![
-            (
-                RunConfig {
-                    clients: 0,
-                    ..RunConfig::default()
-                },
-                "--clients",
-            ),
-            (
-                RunConfig {
-                    write_pct: 101,
-                    ..RunConfig::default()
-                },
-                "--write-pct",
-            ),
-            (
-                RunConfig {
-                    duration_s: 0,
-                    ..RunConfig::default()
-                },
-                "--duration",
-            ),
-            (
-                RunConfig {
-                    rate: Some(0.0),
-                    ..RunConfig::default()
-                },
-                "--rate",
-            ),
-            (
-                RunConfig {
-                    kill_primary_at: Some(31.0),
-                    ..RunConfig::default()
-                },
-                "--kill-primary-at",
-            ),
+            (RunConfig { clients: 0, ..RunConfig::default() }, "--clients"),
+            (RunConfig { write_pct: 101, ..RunConfig::default() }, "--write-pct"),
+            (RunConfig { duration_s: 0, ..RunConfig::default() }, "--duration"),
+            (RunConfig { rate: Some(0.0), ..RunConfig::default() }, "--rate"),
+            (RunConfig { kill_primary_at: Some(31.0), ..RunConfig::default() }, "--kill-primary-at"),
             (
                 RunConfig {
                     master: Some("127.0.0.1:1".into()),
@@ -276,13 +230,7 @@ mod tests {
                 },
                 "--kill-slave-at",
             ),
-            (
-                RunConfig {
-                    backup: Some("127.0.0.1:1".into()),
-                    ..RunConfig::default()
-                },
-                "--backup",
-            ),
+            (RunConfig { backup: Some("127.0.0.1:1".into()), ..RunConfig::default() }, "--backup"),
         ];
         for (c, flag) in cases {
             let msg = c.validate().unwrap_err().to_string();

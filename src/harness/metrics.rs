@@ -29,8 +29,7 @@ pub const MAX_LATENCY_US: u64 = 60_000_000;
 pub const HISTOGRAM_SIGFIG: u8 = 3;
 
 /// The percentiles written for reads and for writes, as (column suffix, quantile).
-pub const PERCENTILES: [(&str, f64); 4] =
-    [("p50", 0.50), ("p95", 0.95), ("p99", 0.99), ("p999", 0.999)];
+pub const PERCENTILES: [(&str, f64); 4] = [("p50", 0.50), ("p95", 0.95), ("p99", 0.99), ("p999", 0.999)];
 
 /// The kind of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,13 +130,7 @@ pub struct OpStats {
 
 impl Default for OpStats {
     fn default() -> Self {
-        OpStats {
-            count: 0,
-            success: 0,
-            errors: [0; ErrorKind::ALL.len()],
-            sum_us: 0,
-            hist: new_histogram(),
-        }
+        OpStats { count: 0, success: 0, errors: [0; ErrorKind::ALL.len()], sum_us: 0, hist: new_histogram() }
     }
 }
 
@@ -200,11 +193,7 @@ pub struct Bucket {
 impl Bucket {
     /// An empty bucket for `second`.
     pub fn new(second: u64) -> Bucket {
-        Bucket {
-            second,
-            reads: OpStats::default(),
-            writes: OpStats::default(),
-        }
+        Bucket { second, reads: OpStats::default(), writes: OpStats::default() }
     }
 
     /// Adds one request.
@@ -264,9 +253,7 @@ impl Recorder {
         if self.current.as_ref().is_some_and(|b| b.second != second) {
             self.flush();
         }
-        self.current
-            .get_or_insert_with(|| Bucket::new(second))
-            .record(op, outcome, latency_us);
+        self.current.get_or_insert_with(|| Bucket::new(second)).record(op, outcome, latency_us);
     }
 
     /// Sends the current bucket now.
@@ -297,11 +284,7 @@ pub struct Timeline {
 impl Timeline {
     /// An empty timeline.
     pub fn new(warmup_s: u64, duration_s: u64) -> Timeline {
-        Timeline {
-            warmup_s,
-            duration_s,
-            buckets: BTreeMap::new(),
-        }
+        Timeline { warmup_s, duration_s, buckets: BTreeMap::new() }
     }
 
     /// Merges a bucket from a client thread. Buckets after the measured window (requests that
@@ -327,22 +310,14 @@ impl Timeline {
     /// it, so a total outage shows as a row of zeros rather than a missing row).
     pub fn measured(&self) -> Vec<Bucket> {
         (self.warmup_s..self.warmup_s + self.duration_s)
-            .map(|s| {
-                self.buckets
-                    .get(&s)
-                    .cloned()
-                    .unwrap_or_else(|| Bucket::new(s))
-            })
+            .map(|s| self.buckets.get(&s).cloned().unwrap_or_else(|| Bucket::new(s)))
             .collect()
     }
 
     /// Everything measured, merged into one bucket (its `second` is the first measured one).
     pub fn measured_total(&self) -> Bucket {
         let mut total = Bucket::new(self.warmup_s);
-        for b in self
-            .buckets
-            .range(self.warmup_s..self.warmup_s + self.duration_s)
-        {
+        for b in self.buckets.range(self.warmup_s..self.warmup_s + self.duration_s) {
             total.merge(b.1);
         }
         total
@@ -447,23 +422,14 @@ pub fn row_fields(bucket: &Bucket, ctx: &RowContext) -> Fields {
         ("error_count".into(), Cell::Int(bucket.errors())),
         ("read_latency_us".into(), bucket.reads.mean_us().into()),
         ("write_latency_us".into(), bucket.writes.mean_us().into()),
-        (
-            "throughput_rps".into(),
-            Cell::Float(bucket.success() as f64),
-        ),
+        ("throughput_rps".into(), Cell::Float(bucket.success() as f64)),
         ("read_count".into(), Cell::Int(bucket.reads.count)),
         ("write_count".into(), Cell::Int(bucket.writes.count)),
         ("elapsed_s".into(), Cell::Int(ctx.elapsed_s)),
     ];
     push_percentiles(&mut f, bucket);
-    f.push((
-        "read_error_count".into(),
-        Cell::Int(bucket.reads.error_count()),
-    ));
-    f.push((
-        "write_error_count".into(),
-        Cell::Int(bucket.writes.error_count()),
-    ));
+    f.push(("read_error_count".into(), Cell::Int(bucket.reads.error_count())));
+    f.push(("write_error_count".into(), Cell::Int(bucket.writes.error_count())));
     for (id, n) in &ctx.slave_requests {
         f.push((format!("slave_requests.{id}"), (*n).into()));
     }
@@ -490,15 +456,11 @@ pub fn write_csv(rows: &[Fields], header_if_empty: &[&str]) -> crate::Result<Vec
     w.write_record(&header).map_err(csv_error)?;
     for r in rows {
         if r.len() != header.len() || r.iter().zip(&header).any(|((n, _), h)| n != h) {
-            return Err(crate::Error::Config(
-                "metrics rows with different columns".into(),
-            ));
+            return Err(crate::Error::Config("metrics rows with different columns".into()));
         }
-        w.write_record(r.iter().map(|(_, c)| c.to_csv()))
-            .map_err(csv_error)?;
+        w.write_record(r.iter().map(|(_, c)| c.to_csv())).map_err(csv_error)?;
     }
-    w.into_inner()
-        .map_err(|e| crate::Error::Io(std::io::Error::other(e.to_string())))
+    w.into_inner().map_err(|e| crate::Error::Io(std::io::Error::other(e.to_string())))
 }
 
 fn csv_error(e: csv::Error) -> crate::Error {
@@ -661,10 +623,7 @@ mod tests {
             }
         }
         let rows = t.measured();
-        assert_eq!(
-            rows.iter().map(|b| b.second).collect::<Vec<_>>(),
-            vec![2, 3, 4]
-        );
+        assert_eq!(rows.iter().map(|b| b.second).collect::<Vec<_>>(), vec![2, 3, 4]);
         for b in &rows {
             assert_eq!((b.total(), b.success(), b.errors()), (8, 4, 4));
         }

@@ -51,8 +51,8 @@ use crate::{Error, Result};
 
 pub use config::RunConfig;
 use metrics::{
-    json_array, json_object, json_string, push_percentiles, row_fields, write_csv, Bucket, Cell,
-    ErrorKind, Fields, Op, Outcome, Recorder, RowContext, Timeline,
+    json_array, json_object, json_string, push_percentiles, row_fields, write_csv, Bucket, Cell, ErrorKind,
+    Fields, Op, Outcome, Recorder, RowContext, Timeline,
 };
 use monitor::{SlaveLoad, Snapshot, Snapshots};
 
@@ -88,13 +88,7 @@ pub const CONNECTION_HEADROOM: usize = 16;
 const FRESH_VALUE_BYTES: usize = 16;
 
 /// The files one run writes into its output directory.
-pub const RUN_FILES: [&str; 5] = [
-    "metrics.csv",
-    "metrics.json",
-    "summary.json",
-    "slaves.csv",
-    "events.csv",
-];
+pub const RUN_FILES: [&str; 5] = ["metrics.csv", "metrics.json", "summary.json", "slaves.csv", "events.csv"];
 
 /// A fault injected during a run.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,11 +132,8 @@ struct WorkDir {
 
 impl WorkDir {
     fn create() -> Result<WorkDir> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let path =
-            std::env::temp_dir().join(format!("dsm-harness-{}-{nanos:09}", std::process::id()));
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let path = std::env::temp_dir().join(format!("dsm-harness-{}-{nanos:09}", std::process::id()));
         fs::create_dir_all(&path)?;
         Ok(WorkDir { path, keep: false })
     }
@@ -159,17 +150,9 @@ impl Drop for WorkDir {
 /// Checks that `out` holds no files of an earlier run (or, with `overwrite`, deletes them),
 /// creating the directory if needed.
 fn prepare_out(out: &Path, files: &[&str], overwrite: bool) -> Result<()> {
-    fs::create_dir_all(out).map_err(|e| {
-        Error::Config(format!(
-            "cannot create output directory {}: {e}",
-            out.display()
-        ))
-    })?;
-    let existing: Vec<&str> = files
-        .iter()
-        .copied()
-        .filter(|f| out.join(f).exists())
-        .collect();
+    fs::create_dir_all(out)
+        .map_err(|e| Error::Config(format!("cannot create output directory {}: {e}", out.display())))?;
+    let existing: Vec<&str> = files.iter().copied().filter(|f| out.join(f).exists()).collect();
     if existing.is_empty() {
         return Ok(());
     }
@@ -193,12 +176,7 @@ fn write_file(path: &Path, data: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, data)
         .and_then(|()| fs::rename(&tmp, path))
-        .map_err(|e| {
-            Error::Io(std::io::Error::new(
-                e.kind(),
-                format!("{}: {e}", path.display()),
-            ))
-        })
+        .map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))))
 }
 
 /// Everything a client thread needs.
@@ -265,8 +243,7 @@ pub fn classify(op: Op, reply: &Result<Reply>) -> Outcome {
 const ALPHANUMERIC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
 fn client_thread(id: usize, clients: usize, plan: Arc<LoadPlan>, tx: Sender<Bucket>) {
-    let mut rng =
-        StdRng::seed_from_u64(plan.seed ^ (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng = StdRng::seed_from_u64(plan.seed ^ (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut pool: Vec<Client> = (0..plan.conns)
         .map(|_| {
             let mut c = Client::new(&plan.master, plan.backup.as_deref());
@@ -274,14 +251,11 @@ fn client_thread(id: usize, clients: usize, plan: Arc<LoadPlan>, tx: Sender<Buck
             c
         })
         .collect();
-    let mut value: Vec<u8> = (0..plan.value_size)
-        .map(|_| ALPHANUMERIC[rng.gen_range(0..ALPHANUMERIC.len())])
-        .collect();
+    let mut value: Vec<u8> =
+        (0..plan.value_size).map(|_| ALPHANUMERIC[rng.gen_range(0..ALPHANUMERIC.len())]).collect();
     let mut recorder = Recorder::new(tx);
     // Open loop: clients are spread evenly over one interval so their requests interleave.
-    let mut intended = plan
-        .interval
-        .map(|i| plan.start + i.mul_f64(id as f64 / clients as f64));
+    let mut intended = plan.interval.map(|i| plan.start + i.mul_f64(id as f64 / clients as f64));
     let mut next_conn = 0;
     loop {
         if plan.stopping() || Instant::now() >= plan.end {
@@ -293,11 +267,7 @@ fn client_thread(id: usize, clients: usize, plan: Arc<LoadPlan>, tx: Sender<Buck
             }
             *t += i;
         }
-        let op = if rng.gen_range(0..100u8) < plan.write_pct {
-            Op::Write
-        } else {
-            Op::Read
-        };
+        let op = if rng.gen_range(0..100u8) < plan.write_pct { Op::Write } else { Op::Read };
         let key = format!("key{}", rng.gen_range(0..plan.keys));
         let n_conns = pool.len();
         let client = &mut pool[next_conn];
@@ -342,9 +312,7 @@ fn poll(client: &mut Client) -> Option<Snapshot> {
 }
 
 fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn fmt_us(v: Option<u64>) -> String {
@@ -378,11 +346,9 @@ fn progress_line(cfg: &RunConfig, second: u64, b: Option<&Bucket>, slaves: Optio
 pub fn run(cfg: &RunConfig) -> Result<RunReport> {
     cfg.validate()?;
     prepare_out(&cfg.out, &RUN_FILES, cfg.overwrite)?;
-    let seed = cfg.seed.unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-    });
+    let seed = cfg
+        .seed
+        .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
 
     // Declared before the cluster, so the cluster (its processes) goes first when dropped.
     let mut workdir = None;
@@ -399,25 +365,15 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport> {
             if let Some(f) = &cfg.fsync {
                 master_args.extend(["--fsync".to_string(), f.clone()]);
             }
-            let cc = ClusterConfig {
-                slaves: cfg.slaves,
-                backup: !cfg.no_backup,
-                master_args,
-                echo: cfg.echo,
-            };
+            let cc =
+                ClusterConfig { slaves: cfg.slaves, backup: !cfg.no_backup, master_args, echo: cfg.echo };
             let c = Cluster::start(&cc, &dir.path).inspect_err(|_| dir.keep = true)?;
-            let addrs = (
-                c.master_addr().to_string(),
-                c.backup_addr().map(str::to_string),
-            );
+            let addrs = (c.master_addr().to_string(), c.backup_addr().map(str::to_string));
             if !cfg.quiet {
                 eprintln!(
                     "dsm-harness: started primary {}{}, {} slaves (logs in {})",
                     addrs.0,
-                    addrs
-                        .1
-                        .as_ref()
-                        .map_or(" (no backup)".to_string(), |b| format!(", backup {b}")),
+                    addrs.1.as_ref().map_or(" (no backup)".to_string(), |b| format!(", backup {b}")),
                     cfg.slaves,
                     dir.path.display()
                 );
@@ -442,9 +398,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport> {
         write_pct: cfg.write_pct,
         value_size: cfg.value_size,
         think: cfg.think,
-        interval: cfg
-            .rate
-            .map(|r| Duration::from_secs_f64(cfg.clients as f64 / r)),
+        interval: cfg.rate.map(|r| Duration::from_secs_f64(cfg.clients as f64 / r)),
         timeout: cfg.request_timeout,
         start,
         end,
@@ -484,10 +438,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport> {
     let mut pending_progress: Option<(u64, Option<u64>)> = None;
     let print_progress = |timeline: &Timeline, (second, slaves): (u64, Option<u64>)| {
         if !cfg.quiet {
-            eprintln!(
-                "{}",
-                progress_line(cfg, second, timeline.get(second), slaves)
-            );
+            eprintln!("{}", progress_line(cfg, second, timeline.get(second), slaves));
         }
     };
     for k in 1..=total_s {
@@ -543,9 +494,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport> {
             Ok(b) => timeline.add(b),
             Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {
-                log::warn!(
-                    "some client threads did not stop in time; their last requests are not counted"
-                );
+                log::warn!("some client threads did not stop in time; their last requests are not counted");
                 break;
             }
         }
@@ -562,18 +511,14 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport> {
 
 /// Carries out a fault on the cluster the harness started.
 fn inject(cluster: Option<&mut Cluster>, what: &str) -> Result<String> {
-    let c =
-        cluster.ok_or_else(|| Error::Config("faults need a cluster the harness starts".into()))?;
+    let c = cluster.ok_or_else(|| Error::Config("faults need a cluster the harness starts".into()))?;
     Ok(match what {
         "primary" => {
             c.master.kill();
             format!("killed primary {}", c.master_addr())
         }
         _ => {
-            let s = c
-                .slaves
-                .first_mut()
-                .ok_or_else(|| Error::Config("no slave to kill".into()))?;
+            let s = c.slaves.first_mut().ok_or_else(|| Error::Config("no slave to kill".into()))?;
             s.kill();
             format!("killed slave {} ({})", Cluster::slave_id(0), s.name)
         }
@@ -606,12 +551,7 @@ fn build_report(
         .collect();
     let total = timeline.measured_total();
     let slaves = snapshots.totals(w, w + d);
-    let registered = snapshots
-        .0
-        .get(w as usize)
-        .cloned()
-        .flatten()
-        .and_then(|s| s.slaves);
+    let registered = snapshots.0.get(w as usize).cloned().flatten().and_then(|s| s.slaves);
     let mut s: Fields = vec![
         ("started_at".into(), Cell::Float(start_unix)),
         ("client_count".into(), Cell::Int(cfg.clients as u64)),
@@ -623,21 +563,12 @@ fn build_report(
             },
         ),
         ("registered_slaves".into(), registered.into()),
-        (
-            "conns_per_client".into(),
-            Cell::Int(cfg.conns_per_client as u64),
-        ),
+        ("conns_per_client".into(), Cell::Int(cfg.conns_per_client as u64)),
         ("keys".into(), Cell::Int(cfg.keys)),
         ("write_pct".into(), Cell::Int(u64::from(cfg.write_pct))),
         ("value_size".into(), Cell::Int(cfg.value_size as u64)),
-        (
-            "mode".into(),
-            Cell::Text(if cfg.rate.is_some() { "open" } else { "closed" }.into()),
-        ),
-        (
-            "think_ms".into(),
-            Cell::Int(u64::try_from(cfg.think.as_millis()).unwrap_or(u64::MAX)),
-        ),
+        ("mode".into(), Cell::Text(if cfg.rate.is_some() { "open" } else { "closed" }.into())),
+        ("think_ms".into(), Cell::Int(u64::try_from(cfg.think.as_millis()).unwrap_or(u64::MAX))),
         ("rate".into(), cfg.rate.into()),
         ("seed".into(), Cell::Int(seed)),
         ("warmup_s".into(), Cell::Int(w)),
@@ -651,37 +582,18 @@ fn build_report(
         ("error_count".into(), Cell::Int(total.errors())),
         ("read_count".into(), Cell::Int(total.reads.count)),
         ("write_count".into(), Cell::Int(total.writes.count)),
-        (
-            "throughput_rps".into(),
-            Cell::Float(total.success() as f64 / d as f64),
-        ),
-        (
-            "error_rps".into(),
-            Cell::Float(total.errors() as f64 / d as f64),
-        ),
+        ("throughput_rps".into(), Cell::Float(total.success() as f64 / d as f64)),
+        ("error_rps".into(), Cell::Float(total.errors() as f64 / d as f64)),
         ("read_latency_us".into(), total.reads.mean_us().into()),
         ("write_latency_us".into(), total.writes.mean_us().into()),
     ];
     push_percentiles(&mut s, &total);
-    s.push((
-        "read_error_count".into(),
-        Cell::Int(total.reads.error_count()),
-    ));
-    s.push((
-        "write_error_count".into(),
-        Cell::Int(total.writes.error_count()),
-    ));
+    s.push(("read_error_count".into(), Cell::Int(total.reads.error_count())));
+    s.push(("write_error_count".into(), Cell::Int(total.writes.error_count())));
     for (kind, n) in ErrorKind::ALL.iter().zip(total.errors_by_kind()) {
         s.push((format!("errors.{}", kind.name()), Cell::Int(n)));
     }
-    RunReport {
-        rows,
-        summary: s,
-        total,
-        slaves,
-        events,
-        out: cfg.out.clone(),
-    }
+    RunReport { rows, summary: s, total, slaves, events, out: cfg.out.clone() }
 }
 
 fn write_run_files(r: &RunReport) -> Result<()> {
@@ -712,25 +624,14 @@ fn write_run_files(r: &RunReport) -> Result<()> {
         .collect();
     write_file(
         &out.join("slaves.csv"),
-        &write_csv(
-            &slave_rows,
-            &["slave_id", "requests", "keys", "requests_pct"],
-        )?,
+        &write_csv(&slave_rows, &["slave_id", "requests", "keys", "requests_pct"])?,
     )?;
     let event_rows: Vec<Fields> = r
         .events
         .iter()
-        .map(|e| {
-            vec![
-                ("at_s".into(), Cell::Float(e.at_s)),
-                ("event".into(), Cell::Text(e.what.clone())),
-            ]
-        })
+        .map(|e| vec![("at_s".into(), Cell::Float(e.at_s)), ("event".into(), Cell::Text(e.what.clone()))])
         .collect();
-    write_file(
-        &out.join("events.csv"),
-        &write_csv(&event_rows, &["at_s", "event"])?,
-    )?;
+    write_file(&out.join("events.csv"), &write_csv(&event_rows, &["at_s", "event"])?)?;
     Ok(())
 }
 
@@ -801,11 +702,7 @@ pub fn summary_text(r: &RunReport) -> String {
         t.total(),
         t.success(),
         t.errors(),
-        if errors.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", errors.join(", "))
-        },
+        if errors.is_empty() { String::new() } else { format!(" ({})", errors.join(", ")) },
         t.reads.count,
         t.writes.count
     );
@@ -833,11 +730,7 @@ pub fn summary_text(r: &RunReport) -> String {
                     "{} {} ({:.0}%)",
                     l.id,
                     l.requests,
-                    if total > 0 {
-                        100.0 * l.requests as f64 / total as f64
-                    } else {
-                        0.0
-                    }
+                    if total > 0 { 100.0 * l.requests as f64 / total as f64 } else { 0.0 }
                 )
             })
             .collect();
@@ -923,58 +816,19 @@ mod tests {
         let cases: Vec<(Op, Result<Reply>, Outcome)> = vec![
             (Op::Write, Ok(Reply::Ok(3)), ok),
             (Op::Read, Ok(Reply::NotFound), ok),
-            (
-                Op::Read,
-                Ok(Reply::Value {
-                    version: 1,
-                    value: b"v".to_vec(),
-                }),
-                ok,
-            ),
+            (Op::Read, Ok(Reply::Value { version: 1, value: b"v".to_vec() }), ok),
             (Op::Read, Ok(Reply::Ok(3)), e(ErrorKind::Unexpected)),
             (Op::Write, Ok(Reply::NotFound), e(ErrorKind::Unexpected)),
             (Op::Read, Ok(Reply::Pong), e(ErrorKind::Unexpected)),
-            (
-                Op::Write,
-                Ok(Reply::Err(ErrorReply::Timeout("q".into()))),
-                e(ErrorKind::ServerTimeout),
-            ),
-            (
-                Op::Read,
-                Ok(Reply::Err(ErrorReply::Unavailable("q".into()))),
-                e(ErrorKind::Unavailable),
-            ),
-            (
-                Op::Read,
-                Ok(Reply::Err(ErrorReply::NotPrimary("a".into()))),
-                e(ErrorKind::NotPrimary),
-            ),
-            (
-                Op::Read,
-                Ok(Reply::Err(ErrorReply::Invalid("x".into()))),
-                e(ErrorKind::ServerError),
-            ),
-            (
-                Op::Read,
-                Err(Error::Unavailable("no server".into())),
-                e(ErrorKind::Connect),
-            ),
-            (
-                Op::Read,
-                Err(Error::Timeout("t".into())),
-                e(ErrorKind::Deadline),
-            ),
+            (Op::Write, Ok(Reply::Err(ErrorReply::Timeout("q".into()))), e(ErrorKind::ServerTimeout)),
+            (Op::Read, Ok(Reply::Err(ErrorReply::Unavailable("q".into()))), e(ErrorKind::Unavailable)),
+            (Op::Read, Ok(Reply::Err(ErrorReply::NotPrimary("a".into()))), e(ErrorKind::NotPrimary)),
+            (Op::Read, Ok(Reply::Err(ErrorReply::Invalid("x".into()))), e(ErrorKind::ServerError)),
+            (Op::Read, Err(Error::Unavailable("no server".into())), e(ErrorKind::Connect)),
+            (Op::Read, Err(Error::Timeout("t".into())), e(ErrorKind::Deadline)),
             (Op::Write, io(), e(ErrorKind::Io)),
-            (
-                Op::Read,
-                Err(Error::Io(std::io::ErrorKind::WouldBlock.into())),
-                e(ErrorKind::Deadline),
-            ),
-            (
-                Op::Read,
-                Err(Error::Protocol("bad".into())),
-                e(ErrorKind::Unexpected),
-            ),
+            (Op::Read, Err(Error::Io(std::io::ErrorKind::WouldBlock.into())), e(ErrorKind::Deadline)),
+            (Op::Read, Err(Error::Protocol("bad".into())), e(ErrorKind::Unexpected)),
         ];
         for (op, reply, want) in cases {
             assert_eq!(classify(op, &reply), want, "{op:?} {reply:?}");
@@ -986,27 +840,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         prepare_out(dir.path(), &RUN_FILES, false).unwrap();
         fs::write(dir.path().join("metrics.csv"), "old").unwrap();
-        let msg = prepare_out(dir.path(), &RUN_FILES, false)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("--overwrite") && msg.contains("metrics.csv"),
-            "{msg}"
-        );
+        let msg = prepare_out(dir.path(), &RUN_FILES, false).unwrap_err().to_string();
+        assert!(msg.contains("--overwrite") && msg.contains("metrics.csv"), "{msg}");
         prepare_out(dir.path(), &RUN_FILES, true).unwrap();
-        assert!(
-            !dir.path().join("metrics.csv").exists(),
-            "old file removed before the run"
-        );
+        assert!(!dir.path().join("metrics.csv").exists(), "old file removed before the run");
     }
 
     #[test]
     fn progress_line_names_the_phase() {
-        let cfg = RunConfig {
-            warmup_s: 2,
-            duration_s: 3,
-            ..RunConfig::default()
-        };
+        let cfg = RunConfig { warmup_s: 2, duration_s: 3, ..RunConfig::default() };
         let mut b = Bucket::new(0);
         b.record(Op::Read, Outcome::Success, 250);
         let warm = progress_line(&cfg, 0, Some(&b), Some(3));

@@ -106,10 +106,7 @@ impl Snapshots {
     }
 
     fn at(&self, k: u64) -> Option<&Snapshot> {
-        usize::try_from(k)
-            .ok()
-            .and_then(|k| self.0.get(k))
-            .and_then(Option::as_ref)
+        usize::try_from(k).ok().and_then(|k| self.0.get(k)).and_then(Option::as_ref)
     }
 
     /// The slave ids reported in the window `from..=to` (boundaries), sorted.
@@ -117,12 +114,7 @@ impl Snapshots {
         let mut ids = BTreeSet::new();
         for k in from..=to {
             if let Some(s) = self.at(k) {
-                ids.extend(
-                    s.per_slave
-                        .iter()
-                        .filter(|(_, (r, _))| r.is_some())
-                        .map(|(id, _)| id.clone()),
-                );
+                ids.extend(s.per_slave.iter().filter(|(_, (r, _))| r.is_some()).map(|(id, _)| id.clone()));
             }
         }
         ids.into_iter().collect()
@@ -139,10 +131,7 @@ impl Snapshots {
         let (a, b) = (self.at(second), self.at(second + 1));
         ids.iter()
             .map(|id| {
-                let d = match (
-                    a.and_then(|s| s.requests(id)),
-                    b.and_then(|s| s.requests(id)),
-                ) {
+                let d = match (a.and_then(|s| s.requests(id)), b.and_then(|s| s.requests(id))) {
                     (Some(x), Some(y)) => Some(counter_delta(x, y)),
                     _ => None,
                 };
@@ -184,10 +173,7 @@ mod tests {
     use super::*;
 
     fn rows(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
     }
 
     fn snap(slaves: u64, reqs: &[(&str, u64)]) -> Option<Snapshot> {
@@ -212,23 +198,15 @@ mod tests {
         ]));
         assert_eq!(s.slaves, Some(3));
         assert_eq!(s.role.as_deref(), Some("primary"));
-        assert_eq!(
-            s.per_slave.get(&SlaveId("s1".into())),
-            Some(&(Some(10), Some(4)))
-        );
-        assert_eq!(
-            s.per_slave.get(&SlaveId("a.b".into())),
-            Some(&(Some(7), None))
-        );
+        assert_eq!(s.per_slave.get(&SlaveId("s1".into())), Some(&(Some(10), Some(4))));
+        assert_eq!(s.per_slave.get(&SlaveId("a.b".into())), Some(&(Some(7), None)));
         assert_eq!(s.per_slave.get(&SlaveId("s2".into())), Some(&(None, None)));
     }
 
     #[test]
     fn ids_sort_naturally() {
-        let mut ids: Vec<SlaveId> = ["s10", "s2", "s1", "b", "a3"]
-            .iter()
-            .map(|s| SlaveId(s.to_string()))
-            .collect();
+        let mut ids: Vec<SlaveId> =
+            ["s10", "s2", "s1", "b", "a3"].iter().map(|s| SlaveId(s.to_string())).collect();
         ids.sort();
         let names: Vec<&str> = ids.iter().map(|i| i.0.as_str()).collect();
         assert_eq!(names, vec!["a3", "b", "s1", "s2", "s10"]);
@@ -244,10 +222,7 @@ mod tests {
         s.set(3, snap(2, &[("s1", 250), ("s2", 100)]));
         s.set(4, snap(2, &[("s1", 300), ("s2", 100)]));
         let ids = s.slave_ids(2, 4);
-        assert_eq!(
-            s.requests_in(2, &ids),
-            vec![("s1".into(), Some(50)), ("s2".into(), Some(0))]
-        );
+        assert_eq!(s.requests_in(2, &ids), vec![("s1".into(), Some(50)), ("s2".into(), Some(0))]);
         assert_eq!(s.slave_count(2), Some(2));
         let t = s.totals(2, 4);
         assert_eq!(t[0].requests, 100, "300 - 200: warm-up excluded");
