@@ -44,6 +44,10 @@ const TICK_SIZE: u32 = 16;
 /// Headroom above the highest value on a y axis, as a factor, so the top point is not cut.
 const Y_HEADROOM: f64 = 1.12;
 
+/// Headroom of the failover timeline's y axes, as a factor: room for the legend above the
+/// highest point.
+const LEGEND_HEADROOM: f64 = 1.45;
+
 static REGISTER: Once = Once::new();
 
 fn register_font() -> Result<()> {
@@ -449,7 +453,9 @@ pub fn plot_failover(metrics_csv: &Path, events_csv: Option<&Path>, png: &Path) 
             (&bottom, "errors per second", &errs, C_ERR, "errors/s"),
         ];
         for (i, (area, y_desc, points, color, label)) in panels.into_iter().enumerate() {
-            let y_max = (max_of(points.iter().map(|p| &p.1)) * Y_HEADROOM).max(1.0);
+            // More headroom than elsewhere: the legend sits above the data, where it cannot
+            // hide the drop at the kill.
+            let y_max = (max_of(points.iter().map(|p| &p.1)) * LEGEND_HEADROOM).max(1.0);
             let mut chart = ChartBuilder::on(area)
                 .margin(15)
                 .x_label_area_size(if i == 1 { 55 } else { 30 })
@@ -493,11 +499,7 @@ pub fn plot_failover(metrics_csv: &Path, events_csv: Option<&Path>, png: &Path) 
             }
             chart
                 .configure_series_labels()
-                .position(if i == 0 {
-                    SeriesLabelPosition::LowerLeft
-                } else {
-                    SeriesLabelPosition::UpperLeft
-                })
+                .position(SeriesLabelPosition::UpperRight)
                 .label_font((FAMILY, LABEL_SIZE - 2))
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK)
