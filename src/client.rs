@@ -174,21 +174,10 @@ impl Client {
 
 impl Conn {
     fn open(addr: &str, timeout: Duration) -> Result<Conn> {
-        let sockaddrs: Vec<SocketAddr> =
-            addr.to_socket_addrs().map_err(|e| Error::Config(format!("bad address {addr}: {e}")))?.collect();
-        let mut last = None;
-        for sa in sockaddrs {
-            match TcpStream::connect_timeout(&sa, CONNECT_TIMEOUT) {
-                Ok(stream) => {
-                    stream.set_nodelay(true)?;
-                    stream.set_read_timeout(Some(timeout))?;
-                    let reader = LineReader::new(stream.try_clone()?);
-                    return Ok(Conn { addr: addr.to_string(), stream, reader, out: Vec::new() });
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.map(Error::Io).unwrap_or_else(|| Error::Config(format!("{addr} resolves to nothing"))))
+        let stream = connect(addr)?;
+        stream.set_read_timeout(Some(timeout))?;
+        let reader = LineReader::new(stream.try_clone()?);
+        Ok(Conn { addr: addr.to_string(), stream, reader, out: Vec::new() })
     }
 
     fn read_reply(&mut self) -> Result<Reply> {
@@ -225,6 +214,23 @@ impl Conn {
             Err(LineError::Io(e)) => Err(Error::Io(e)),
         }
     }
+}
+
+/// Connects to `addr` (within [`CONNECT_TIMEOUT`] per resolved address), with `TCP_NODELAY`.
+pub fn connect(addr: &str) -> Result<TcpStream> {
+    let sockaddrs: Vec<SocketAddr> =
+        addr.to_socket_addrs().map_err(|e| Error::Config(format!("bad address {addr}: {e}")))?.collect();
+    let mut last = None;
+    for sa in sockaddrs {
+        match TcpStream::connect_timeout(&sa, CONNECT_TIMEOUT) {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map(Error::Io).unwrap_or_else(|| Error::Config(format!("{addr} resolves to nothing"))))
 }
 
 /// True for the errors a socket read timeout produces.
