@@ -115,6 +115,17 @@ impl Client {
                 Ok(r) => r,
                 Err(e) => {
                     self.disconnect_and_prefer_other();
+                    // A read has no effect, so it is safe to send again (once) elsewhere; a
+                    // write's outcome is unknown and is left to the caller.
+                    if is_idempotent(request) && redirects < MAX_REDIRECTS {
+                        redirects += 1;
+                        let from = e.to_string();
+                        self.connect()?;
+                        if let Some(Event::Connected(to)) = self.events.last().cloned() {
+                            self.events.push(Event::FailedOver { from: from.clone(), to, why: from });
+                        }
+                        continue;
+                    }
                     return Err(e);
                 }
             };
@@ -231,6 +242,11 @@ pub fn connect(addr: &str) -> Result<TcpStream> {
         }
     }
     Err(last.map(Error::Io).unwrap_or_else(|| Error::Config(format!("{addr} resolves to nothing"))))
+}
+
+/// True for requests that change nothing, so sending one twice is harmless.
+fn is_idempotent(request: &Request) -> bool {
+    matches!(request, Request::Read { .. } | Request::Ping | Request::Stats | Request::Members)
 }
 
 /// True for the errors a socket read timeout produces.

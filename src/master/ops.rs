@@ -336,13 +336,18 @@ fn stats(shared: &Arc<Shared>) -> Reply {
     };
     let live = members.iter().filter(|(_, m)| m.link.as_ref().is_some_and(|l| l.is_synced())).count();
     let s = &shared.stats;
+    // A standby's seq is how far it has followed the other master's log.
+    let seq = match shared.role() {
+        super::Role::Standby => shared.applied_seq.load(Ordering::Acquire),
+        _ => shared.wal.last_seq(),
+    };
     let mut rows = vec![
         ("role", shared.role().name().to_string()),
         ("epoch", shared.epoch().to_string()),
         ("slaves", live.to_string()),
         ("members", members.len().to_string()),
         ("keys", keys.to_string()),
-        ("seq", shared.wal.last_seq().to_string()),
+        ("seq", seq.to_string()),
         ("writes", s.writes.load(Ordering::Relaxed).to_string()),
         ("reads", s.reads.load(Ordering::Relaxed).to_string()),
         ("errors", s.errors.load(Ordering::Relaxed).to_string()),

@@ -415,6 +415,24 @@ pub fn probe(addr: &str, timeout: Duration) -> Option<(String, u64)> {
     Some((get("role")?, get("epoch")?.parse().ok()?))
 }
 
+/// How often a primary asks its backup whether it has taken over (a primary that was paused
+/// or cut off learns it was superseded even if no slave talks to it any more).
+pub const PEER_WATCH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Returns when this master is no longer primary: it stepped down, or its peer serves in a
+/// newer epoch (then it steps down here).
+fn watch_peer(shared: &Shared) {
+    while shared.role() == Role::Primary {
+        thread::sleep(PEER_WATCH_INTERVAL);
+        let Some(peer) = shared.config.peer.as_deref() else { continue };
+        if let Some((role, epoch)) = probe(peer, PEER_WATCH_INTERVAL) {
+            if role == "primary" && epoch > shared.epoch() {
+                shared.step_down(epoch);
+            }
+        }
+    }
+}
+
 /// How long a primary waits between attempts to reach its backup while it cannot serve.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(300);
 
@@ -448,9 +466,7 @@ pub fn run_primary(shared: Arc<Shared>) {
         }
         match takeover(&shared, next_epoch(known, 1)) {
             Ok(()) => {
-                while shared.role() == Role::Primary {
-                    thread::sleep(Duration::from_millis(50));
-                }
+                watch_peer(&shared);
                 log::warn!("no longer primary; looking for the newer master");
             }
             Err(TakeoverError::Stale(newer)) => {

@@ -54,7 +54,10 @@ pub fn serve_slave(shared: &Arc<Shared>, stream: TcpStream, mut reader: LineRead
         let Ok(write_half) = stream.try_clone() else {
             return;
         };
-        let link = Arc::new(Link::new(hello.id.clone(), slot, write_half, shared.now_us()));
+        // A slave joining a new epoch first waits out the lease it gave the old master, silent:
+        // that is not a failure, so its silence is counted from after that wait.
+        let grace = crate::peer::LEASE.as_micros() as u64;
+        let link = Arc::new(Link::new(hello.id.clone(), slot, write_half, shared.now_us() + grace));
         if let Some(old) = members.attach(slot, Arc::clone(&link)) {
             old.kill("the slave registered again on a new connection");
         }
