@@ -53,7 +53,7 @@ fn main() -> ExitCode {
     let config = Config {
         listen: args.listen,
         wal: args.wal,
-        backup: (args.backup != "none").then_some(args.backup),
+        peer: (args.backup != "none").then_some(args.backup),
         fsync: args.fsync,
         ack_timeout: Duration::from_millis(args.ack_timeout_ms),
         heartbeat: Duration::from_millis(args.heartbeat_ms),
@@ -73,7 +73,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match master.run() {
+    match master.run(dsm::master::replica::run_primary) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

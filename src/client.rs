@@ -115,6 +115,17 @@ impl Client {
                 Ok(r) => r,
                 Err(e) => {
                     self.disconnect_and_prefer_other();
+                    // A read has no effect, so it is safe to send again (once) elsewhere; a
+                    // write's outcome is unknown and is left to the caller.
+                    if is_idempotent(request) && redirects < MAX_REDIRECTS {
+                        redirects += 1;
+                        let from = e.to_string();
+                        self.connect()?;
+                        if let Some(Event::Connected(to)) = self.events.last().cloned() {
+                            self.events.push(Event::FailedOver { from: from.clone(), to, why: from });
+                        }
+                        continue;
+                    }
                     return Err(e);
                 }
             };
@@ -174,21 +185,10 @@ impl Client {
 
 impl Conn {
     fn open(addr: &str, timeout: Duration) -> Result<Conn> {
-        let sockaddrs: Vec<SocketAddr> =
-            addr.to_socket_addrs().map_err(|e| Error::Config(format!("bad address {addr}: {e}")))?.collect();
-        let mut last = None;
-        for sa in sockaddrs {
-            match TcpStream::connect_timeout(&sa, CONNECT_TIMEOUT) {
-                Ok(stream) => {
-                    stream.set_nodelay(true)?;
-                    stream.set_read_timeout(Some(timeout))?;
-                    let reader = LineReader::new(stream.try_clone()?);
-                    return Ok(Conn { addr: addr.to_string(), stream, reader, out: Vec::new() });
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.map(Error::Io).unwrap_or_else(|| Error::Config(format!("{addr} resolves to nothing"))))
+        let stream = connect(addr)?;
+        stream.set_read_timeout(Some(timeout))?;
+        let reader = LineReader::new(stream.try_clone()?);
+        Ok(Conn { addr: addr.to_string(), stream, reader, out: Vec::new() })
     }
 
     fn read_reply(&mut self) -> Result<Reply> {
@@ -225,6 +225,28 @@ impl Conn {
             Err(LineError::Io(e)) => Err(Error::Io(e)),
         }
     }
+}
+
+/// Connects to `addr` (within [`CONNECT_TIMEOUT`] per resolved address), with `TCP_NODELAY`.
+pub fn connect(addr: &str) -> Result<TcpStream> {
+    let sockaddrs: Vec<SocketAddr> =
+        addr.to_socket_addrs().map_err(|e| Error::Config(format!("bad address {addr}: {e}")))?.collect();
+    let mut last = None;
+    for sa in sockaddrs {
+        match TcpStream::connect_timeout(&sa, CONNECT_TIMEOUT) {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map(Error::Io).unwrap_or_else(|| Error::Config(format!("{addr} resolves to nothing"))))
+}
+
+/// True for requests that change nothing, so sending one twice is harmless.
+fn is_idempotent(request: &Request) -> bool {
+    matches!(request, Request::Read { .. } | Request::Ping | Request::Stats | Request::Members)
 }
 
 /// True for the errors a socket read timeout produces.

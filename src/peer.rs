@@ -16,6 +16,7 @@
 //!                    <rid> <epoch> GET <key>
 //!                    <rid> <epoch> PING                  (heartbeat; renews the read lease)
 //!                    <rid> <epoch> EPOCH                 (accept a new epoch: takeover)
+//!                    <rid> <epoch> SCAN <from-seq>       (list entries with seq > from-seq)
 //!
 //! slave  -> master   <rid> OK <data-epoch> <seq>          (applied; or the newer stamp kept)
 //!                    <rid> VALUE <data-epoch> <seq> <escaped-value>
@@ -25,6 +26,9 @@
 //!                    <rid> FENCED <accepted-epoch>        (request from an older epoch)
 //!                    <rid> WAIT <ms>                      (another master's lease is live)
 //!                    <rid> ERR <reason>
+//!                    <rid> ITEM <data-epoch> <seq> <key> V <escaped-value>   (one per entry,
+//!                    <rid> ITEM <data-epoch> <seq> <key> T                    then END)
+//!                    <rid> END <count>
 //! ```
 //!
 //! Every stored value carries a [`Stamp`] `(epoch, seq)`, ordered by epoch first. Within an
@@ -96,6 +100,9 @@ pub enum Command {
     Ping,
     /// Accept the request's epoch as the newest.
     Epoch,
+    /// List every entry whose seq is above the given one (a new master recovering writes its
+    /// log copy may lack).
+    Scan { from_seq: u64 },
 }
 
 /// A request from a master: id, epoch, command.
@@ -128,6 +135,10 @@ pub enum Outcome {
     Wait(u64),
     /// The request was malformed.
     Err(String),
+    /// One entry of a `SCAN`: more follow, then [`Outcome::End`].
+    Item { stamp: Stamp, key: String, value: Option<Vec<u8>> },
+    /// The end of a `SCAN`, with the number of items sent.
+    End(u64),
 }
 
 /// A reply from a slave: the request's id and the outcome.
@@ -211,6 +222,7 @@ impl Request {
             },
             b"PING" if rest.is_none() => Command::Ping,
             b"EPOCH" if rest.is_none() => Command::Epoch,
+            b"SCAN" => Command::Scan { from_seq: number(rest.unwrap_or(b""))? },
             _ => return Err(format!("unknown slave command '{}'", truncate_for_display(verb))),
         };
         Ok(Request { rid, epoch, command })
@@ -232,6 +244,7 @@ pub fn encode_body(epoch: u64, command: &Command, out: &mut Vec<u8>) {
         Command::Get { key } => write!(out, "GET {key}"),
         Command::Ping => write!(out, "PING"),
         Command::Epoch => write!(out, "EPOCH"),
+        Command::Scan { from_seq } => write!(out, "SCAN {from_seq}"),
     };
     out.push(b'\n');
 }
@@ -258,6 +271,18 @@ impl Reply {
                 escape::escape_into(m.as_bytes(), out);
                 Ok(())
             }
+            Outcome::Item { stamp, key, value } => {
+                let _ = write!(out, "{rid} ITEM {stamp} {key} ");
+                match value {
+                    Some(v) => {
+                        out.extend_from_slice(b"V ");
+                        escape::escape_into(v, out);
+                    }
+                    None => out.push(b'T'),
+                }
+                Ok(())
+            }
+            Outcome::End(n) => write!(out, "{rid} END {n}"),
         };
         out.push(b'\n');
     }
@@ -288,6 +313,19 @@ impl Reply {
             b"PONG" if rest.is_none() => Outcome::Pong,
             b"FENCED" => Outcome::Fenced(number(rest.unwrap_or(b""))?),
             b"WAIT" => Outcome::Wait(number(rest.unwrap_or(b""))?),
+            b"ITEM" => {
+                let rest = rest.ok_or("ITEM needs a stamp, a key and a value")?;
+                let (e, rest) = split_word(rest);
+                let (s, rest) = split_word(rest.ok_or("ITEM needs a seq")?);
+                let (key, rest) = split_word(rest.ok_or("ITEM needs a key")?);
+                let value = match split_word(rest.ok_or("ITEM needs V or T")?) {
+                    (b"V", Some(v)) => Some(escape::unescape(v).ok_or("ITEM value is not validly escaped")?),
+                    (b"T", None) => None,
+                    _ => return Err("ITEM needs V <value> or T".into()),
+                };
+                Outcome::Item { stamp: Stamp::new(number(e)?, number(s)?), key: parse_key(key)?, value }
+            }
+            b"END" => Outcome::End(number(rest.unwrap_or(b""))?),
             b"ERR" => Outcome::Err(
                 String::from_utf8_lossy(&escape::unescape(rest.unwrap_or(b"")).unwrap_or_default())
                     .into_owned(),
@@ -337,6 +375,7 @@ mod tests {
             Command::Get { key: "k".into() },
             Command::Ping,
             Command::Epoch,
+            Command::Scan { from_seq: 12 },
         ] {
             round_trip_request(Request { rid: 9, epoch: 3, command });
         }
@@ -355,6 +394,10 @@ mod tests {
             Outcome::Fenced(4),
             Outcome::Wait(250),
             Outcome::Err("bad\nthing".into()),
+            Outcome::Item { stamp: s, key: "k".into(), value: Some(b"a b".to_vec()) },
+            Outcome::Item { stamp: s, key: "k".into(), value: Some(Vec::new()) },
+            Outcome::Item { stamp: s, key: "k".into(), value: None },
+            Outcome::End(3),
         ] {
             round_trip_reply(Reply { rid: u64::MAX, outcome });
         }

@@ -148,6 +148,10 @@ impl Node {
                 Err(LineError::Io(e)) => return End::Lost(e.to_string()),
             };
             let reply = match Request::parse(line) {
+                Ok(Request { rid, epoch, command: Command::Scan { from_seq } }) if epoch >= self.epoch => {
+                    self.scan_into(rid, epoch, from_seq, &mut out);
+                    Reply { rid, outcome: Outcome::End(self.store.since(from_seq).count() as u64) }
+                }
                 Ok(request) => {
                     Reply { rid: request.rid, outcome: self.handle(request.epoch, request.command) }
                 }
@@ -233,6 +237,17 @@ impl Node {
         }
     }
 
+    /// Writes one `ITEM` reply per entry above `from_seq` (the caller adds the `END`).
+    fn scan_into(&mut self, rid: u64, epoch: u64, from_seq: u64, out: &mut Vec<u8>) {
+        if epoch > self.epoch {
+            self.join_epoch(epoch);
+        }
+        for (key, entry) in self.store.since(from_seq) {
+            let outcome = Outcome::Item { stamp: entry.stamp, key: key.clone(), value: entry.value.clone() };
+            Reply { rid, outcome }.encode_into(out);
+        }
+    }
+
     fn handle(&mut self, epoch: u64, command: Command) -> Outcome {
         if epoch < self.epoch {
             return Outcome::Fenced(self.epoch);
@@ -258,6 +273,8 @@ impl Node {
                 Outcome::Pong
             }
             Command::Epoch => Outcome::Ok(Stamp::default()),
+            // Answered by the request loop, which can send several lines.
+            Command::Scan { .. } => Outcome::Err("SCAN is answered elsewhere".into()),
         }
     }
 }

@@ -53,6 +53,11 @@ impl Store {
         self.map.get(key)
     }
 
+    /// Every entry whose seq is above `from_seq`.
+    pub fn since(&self, from_seq: u64) -> impl Iterator<Item = (&String, &Entry)> {
+        self.map.iter().filter(move |(_, e)| e.stamp.seq > from_seq)
+    }
+
     /// The highest sequence number ever applied.
     pub fn max_seq(&self) -> u64 {
         self.max_seq

@@ -132,6 +132,38 @@ impl Index {
         self.map.iter().filter(|(_, s)| pred(s)).map(|(k, s)| (k.clone(), s.clone())).collect()
     }
 
+    /// Moves every entry to `epoch`, keeping its seq, and forgets all holders: a master that
+    /// starts an epoch re-sends its whole state stamped with it, so any write a deposed master
+    /// left on a minority of slaves (an older epoch) loses to what the log says.
+    pub fn restamp(&mut self, epoch: u64) {
+        for s in self.map.values_mut() {
+            s.latest.0.epoch = epoch;
+            s.committed.0.epoch = epoch;
+            s.holders = 0;
+        }
+    }
+
+    /// Takes a write recovered from a slave if its stamp is newer than what the index has.
+    /// Returns true if it was taken.
+    pub fn recover(&mut self, key: &str, stamp: Stamp, value: Value) -> bool {
+        match self.map.get(key) {
+            Some(s) if s.latest.0 >= stamp => false,
+            _ => {
+                self.replay(key, stamp, value);
+                true
+            }
+        }
+    }
+
+    /// Every key's newest write as `(seq, key, value)`, sorted by seq: the state to write into
+    /// a fresh log.
+    pub fn snapshot(&self) -> Vec<(u64, String, Value)> {
+        let mut all: Vec<(u64, String, Value)> =
+            self.map.iter().map(|(k, s)| (s.latest.0.seq, k.clone(), s.latest.1.clone())).collect();
+        all.sort_unstable_by_key(|e| e.0);
+        all
+    }
+
     /// Number of keys (including tombstones).
     pub fn len(&self) -> usize {
         self.map.len()

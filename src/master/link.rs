@@ -136,6 +136,13 @@ impl Link {
 
     /// Delivers a reply read from the socket to whoever waits for it.
     pub fn deliver(&self, rid: u64, outcome: Outcome) {
+        if matches!(outcome, Outcome::Item { .. }) {
+            // A SCAN answers with many items before its END: keep waiting for more.
+            if let Some(tx) = self.pending.lock().get(&rid) {
+                let _ = tx.send(Ack { slot: self.slot, rid, outcome });
+            }
+            return;
+        }
         if let Some(tx) = self.pending.lock().remove(&rid) {
             let _ = tx.send(Ack { slot: self.slot, rid, outcome });
         }

@@ -27,6 +27,7 @@ pub mod index;
 pub mod link;
 pub mod members;
 mod ops;
+pub mod replica;
 mod slaves;
 
 use std::collections::HashSet;
@@ -86,9 +87,9 @@ pub struct Config {
     pub listen: String,
     /// Path of the write-ahead log.
     pub wal: PathBuf,
-    /// The backup master's address, given to clients in `ERR NOTPRIMARY` when this master steps
-    /// down.
-    pub backup: Option<String>,
+    /// The other master's address (the backup's, for a primary; the primary's, for a backup):
+    /// given to clients in `ERR NOTPRIMARY`, probed at start, and the source of a failback.
+    pub peer: Option<String>,
     /// When the log is fsynced.
     pub fsync: Fsync,
     /// How long to wait for one slave's ACK.
@@ -104,7 +105,7 @@ impl Default for Config {
         Config {
             listen: DEFAULT_PRIMARY_ADDR.to_string(),
             wal: PathBuf::from("kv_store.log"),
-            backup: None,
+            peer: None,
             fsync: Fsync::Everysec,
             ack_timeout: Duration::from_millis(DEFAULT_ACK_TIMEOUT_MS),
             heartbeat: Duration::from_millis(DEFAULT_HEARTBEAT_MS),
@@ -121,13 +122,17 @@ pub enum Role {
     Primary = 0,
     /// Answers `ERR NOTPRIMARY`.
     Standby = 1,
+    /// Taking over: accepts slaves into a new epoch, answers clients `ERR UNAVAILABLE`.
+    Candidate = 2,
 }
 
 impl Role {
-    fn name(self) -> &'static str {
+    /// The name shown in `STATS`.
+    pub fn name(self) -> &'static str {
         match self {
             Role::Primary => "primary",
             Role::Standby => "standby",
+            Role::Candidate => "candidate",
         }
     }
 }
@@ -162,6 +167,17 @@ pub struct Shared {
     started: Instant,
     /// Keys whose newest logged write is not yet on a majority (their write timed out).
     pub repair_queue: Mutex<HashSet<String>>,
+    /// Slaves welcomed into the current epoch: a slave claiming our epoch that we never
+    /// welcomed was welcomed by another master using the same number.
+    pub welcomed: Mutex<HashSet<String>>,
+    /// Client writes between their role check and their reply (a hand-off waits for them).
+    pub inflight: AtomicUsize,
+    /// Set when a slave shows that another master has a newer epoch than ours.
+    pub superseded: AtomicU64,
+    /// Extra `STATS` rows of a controller (a backup's lag, say).
+    pub extra_stats: Mutex<Vec<(String, String)>>,
+    /// The newest seq applied from a followed log or stream.
+    pub applied_seq: AtomicU64,
 }
 
 impl Shared {
@@ -172,11 +188,21 @@ impl Shared {
 
     /// The current role.
     pub fn role(&self) -> Role {
-        if self.role.load(Ordering::Acquire) == Role::Primary as u8 {
-            Role::Primary
-        } else {
-            Role::Standby
+        match self.role.load(Ordering::Acquire) {
+            0 => Role::Primary,
+            2 => Role::Candidate,
+            _ => Role::Standby,
         }
+    }
+
+    /// Changes the role.
+    pub fn set_role(&self, role: Role) {
+        self.role.store(role as u8, Ordering::Release);
+    }
+
+    /// Changes the epoch.
+    pub fn set_epoch(&self, epoch: u64) {
+        self.epoch.store(epoch, Ordering::Release);
     }
 
     /// A fresh request id for a slave request.
@@ -191,9 +217,10 @@ impl Shared {
 
     /// A slave told us a newer epoch exists: another master took over. Stop serving.
     pub fn step_down(&self, newer_epoch: u64) {
-        if self.role.swap(Role::Standby as u8, Ordering::AcqRel) == Role::Primary as u8 {
+        self.superseded.fetch_max(newer_epoch, Ordering::AcqRel);
+        if self.role.swap(Role::Standby as u8, Ordering::AcqRel) != Role::Standby as u8 {
             log::error!(
-                "a slave has accepted epoch {newer_epoch}, newer than ours ({}): another master took over; stepping down",
+                "a slave has accepted epoch {newer_epoch}, not ours ({}): another master took over; stepping down",
                 self.epoch()
             );
             for link in self.members.lock().live_links() {
@@ -203,7 +230,7 @@ impl Shared {
     }
 
     fn not_primary(&self) -> Reply {
-        let to = self.config.backup.clone().unwrap_or_else(|| "unknown".to_string());
+        let to = self.config.peer.clone().unwrap_or_else(|| "unknown".to_string());
         Reply::Err(ErrorReply::NotPrimary(to))
     }
 }
@@ -248,16 +275,15 @@ impl Master {
             index.len(),
             members.count()
         );
-        let epoch = epoch + 1;
-        wal.append(&Record::Epoch { epoch })?;
-        log::info!("starting epoch {epoch}");
+        // Everything the log holds was (re)sent to the slaves under its last epoch.
+        index.restamp(epoch);
         let listener = TcpListener::bind(&config.listen)
             .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.listen)))?;
         let shared = Arc::new(Shared {
             config,
             wal,
             epoch: AtomicU64::new(epoch),
-            role: AtomicU8::new(Role::Primary as u8),
+            role: AtomicU8::new(Role::Standby as u8),
             index: Mutex::new(index),
             members: Mutex::new(members),
             stats: Stats::default(),
@@ -265,6 +291,11 @@ impl Master {
             next_rid: AtomicU64::new(1),
             started: Instant::now(),
             repair_queue: Mutex::new(HashSet::new()),
+            welcomed: Mutex::new(HashSet::new()),
+            inflight: AtomicUsize::new(0),
+            superseded: AtomicU64::new(0),
+            extra_stats: Mutex::new(Vec::new()),
+            applied_seq: AtomicU64::new(0),
         });
         Ok(Master { shared, listener })
     }
@@ -274,8 +305,16 @@ impl Master {
         Ok(self.listener.local_addr()?)
     }
 
-    /// Serves forever.
-    pub fn run(self) -> Result<()> {
+    /// The shared state (for a controller).
+    pub fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
+    /// Serves forever. `controller` decides the role: it runs on its own thread (see
+    /// [`replica::run_primary`] and [`crate::backup::run`]).
+    pub fn run(self, controller: impl FnOnce(Arc<Shared>) + Send + 'static) -> Result<()> {
+        let shared = Arc::clone(&self.shared);
+        thread::Builder::new().name("controller".into()).spawn(move || controller(shared))?;
         let shared = Arc::clone(&self.shared);
         thread::Builder::new().name("heartbeat".into()).spawn(move || slaves::heartbeat_loop(&shared))?;
         let shared = Arc::clone(&self.shared);
@@ -329,6 +368,12 @@ fn serve_connection(shared: &Arc<Shared>, stream: TcpStream) {
             }
             Err(LineError::Io(_)) => break,
         };
+        if first && line == b"STREAM" {
+            return replica::serve_stream(shared, stream);
+        }
+        if first && line == b"HANDOFF" {
+            return replica::serve_handoff(shared, stream);
+        }
         if first && line.len() > 6 && line[..6].eq_ignore_ascii_case(b"SLAVE ") {
             match Hello::parse(line) {
                 Ok(hello) => return slaves::serve_slave(shared, stream, reader, hello),

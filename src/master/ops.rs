@@ -30,12 +30,21 @@ pub fn execute(shared: &Arc<Shared>, request: Request) -> Reply {
     }
 }
 
-/// Runs `f` only on a primary.
+/// Runs `f` only on a primary. The in-flight count is raised before the role is checked, so a
+/// hand-off that switches the role and then waits for the count to reach zero cannot miss a
+/// write that passed the check.
 fn guarded(shared: &Arc<Shared>, f: impl FnOnce(&Arc<Shared>) -> Reply) -> Reply {
-    if shared.role() != super::Role::Primary {
-        return shared.not_primary();
-    }
-    f(shared)
+    shared.inflight.fetch_add(1, Ordering::SeqCst);
+    let reply = match shared.role() {
+        super::Role::Primary => f(shared),
+        super::Role::Candidate => Reply::Err(ErrorReply::Unavailable(format!(
+            "taking over as primary (epoch {}): waiting for a majority of slaves",
+            shared.epoch()
+        ))),
+        super::Role::Standby => shared.not_primary(),
+    };
+    shared.inflight.fetch_sub(1, Ordering::SeqCst);
+    reply
 }
 
 /// How a replication round ended.
@@ -327,13 +336,18 @@ fn stats(shared: &Arc<Shared>) -> Reply {
     };
     let live = members.iter().filter(|(_, m)| m.link.as_ref().is_some_and(|l| l.is_synced())).count();
     let s = &shared.stats;
+    // A standby's seq is how far it has followed the other master's log.
+    let seq = match shared.role() {
+        super::Role::Standby => shared.applied_seq.load(Ordering::Acquire),
+        _ => shared.wal.last_seq(),
+    };
     let mut rows = vec![
         ("role", shared.role().name().to_string()),
         ("epoch", shared.epoch().to_string()),
         ("slaves", live.to_string()),
         ("members", members.len().to_string()),
         ("keys", keys.to_string()),
-        ("seq", shared.wal.last_seq().to_string()),
+        ("seq", seq.to_string()),
         ("writes", s.writes.load(Ordering::Relaxed).to_string()),
         ("reads", s.reads.load(Ordering::Relaxed).to_string()),
         ("errors", s.errors.load(Ordering::Relaxed).to_string()),
@@ -344,6 +358,7 @@ fn stats(shared: &Arc<Shared>) -> Reply {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect::<Vec<_>>();
+    rows.extend(shared.extra_stats.lock().iter().cloned());
     for (slot, m) in &members {
         let requests = m.link.as_ref().map_or(0, |l| l.requests.load(Ordering::Relaxed));
         rows.push((format!("slave.{}.state", m.id), member_state(m).to_string()));

@@ -22,15 +22,16 @@ pub fn serve_slave(shared: &Arc<Shared>, stream: TcpStream, mut reader: LineRead
         log::warn!("refused slave {}: {why}", hello.id);
         let _ = (&stream).write_all(format!("ERR {why}\n").as_bytes());
     };
-    if shared.role() != Role::Primary {
-        let to = shared.config.backup.clone().unwrap_or_else(|| "unknown".into());
+    if shared.role() == Role::Standby {
+        let to = shared.config.peer.clone().unwrap_or_else(|| "unknown".into());
         return refuse(format!("NOTPRIMARY {to}"));
     }
     let epoch = shared.epoch();
-    if hello.epoch > epoch {
-        shared.step_down(hello.epoch);
+    let foreign_same_epoch = hello.epoch == epoch && !shared.welcomed.lock().contains(&hello.id);
+    if hello.epoch > epoch || foreign_same_epoch {
+        shared.step_down(hello.epoch.max(epoch));
         return refuse(format!(
-            "FENCED this master's epoch {epoch} is older than the slave's {}",
+            "FENCED the slave has joined epoch {} under another master; this master (epoch {epoch}) is stale",
             hello.epoch
         ));
     }
@@ -53,7 +54,10 @@ pub fn serve_slave(shared: &Arc<Shared>, stream: TcpStream, mut reader: LineRead
         let Ok(write_half) = stream.try_clone() else {
             return;
         };
-        let link = Arc::new(Link::new(hello.id.clone(), slot, write_half, shared.now_us()));
+        // A slave joining a new epoch first waits out the lease it gave the old master, silent:
+        // that is not a failure, so its silence is counted from after that wait.
+        let grace = crate::peer::LEASE.as_micros() as u64;
+        let link = Arc::new(Link::new(hello.id.clone(), slot, write_half, shared.now_us() + grace));
         if let Some(old) = members.attach(slot, Arc::clone(&link)) {
             old.kill("the slave registered again on a new connection");
         }
@@ -69,12 +73,17 @@ pub fn serve_slave(shared: &Arc<Shared>, stream: TcpStream, mut reader: LineRead
         shared.members.lock().detach(&link);
         return;
     }
+    shared.welcomed.lock().insert(link.id.clone());
     log::info!("slave {} registered from {} (epoch {epoch})", link.id, link.peer);
-    let sync_shared = Arc::clone(shared);
-    let sync_link = Arc::clone(&link);
-    let _ = std::thread::Builder::new()
-        .name(format!("sync-{}", link.id))
-        .spawn(move || catch_up(&sync_shared, &sync_link));
+    if shared.role() == Role::Primary {
+        start_catch_up(shared, &link);
+    } else {
+        // A candidate only needs to know the slave has joined its epoch: the answer to this
+        // heartbeat comes after the slave has.
+        let rid = shared.rid();
+        link.record_ping(rid, shared.now_us());
+        link.send(rid, epoch, &Command::Ping, None);
+    }
     read_replies(shared, &link, &mut reader);
     link.kill("connection closed");
     shared.members.lock().detach(&link);
@@ -96,6 +105,15 @@ fn read_replies(shared: &Shared, link: &Link, reader: &mut LineReader<TcpStream>
             }
         }
     }
+}
+
+/// Starts copying every committed key to `link` on a thread of its own.
+pub fn start_catch_up(shared: &Arc<Shared>, link: &Arc<Link>) {
+    let sync_shared = Arc::clone(shared);
+    let sync_link = Arc::clone(link);
+    let _ = std::thread::Builder::new()
+        .name(format!("sync-{}", link.id))
+        .spawn(move || catch_up(&sync_shared, &sync_link));
 }
 
 /// Copies every committed key to a slave that just registered, then lets it serve reads.

@@ -21,6 +21,7 @@ pub fn bin(name: &str) -> PathBuf {
         "dsm-master" => PathBuf::from(env!("CARGO_BIN_EXE_dsm-master")),
         "dsm-slave" => PathBuf::from(env!("CARGO_BIN_EXE_dsm-slave")),
         "dsm-client" => PathBuf::from(env!("CARGO_BIN_EXE_dsm-client")),
+        "dsm-backup" => PathBuf::from(env!("CARGO_BIN_EXE_dsm-backup")),
         other => panic!("unknown binary {other}"),
     }
 }
@@ -158,5 +159,81 @@ pub fn must_read(c: &mut Client, key: &str) -> Option<String> {
         Ok(dsm::protocol::Reply::Value { value, .. }) => Some(String::from_utf8(value).unwrap()),
         Ok(dsm::protocol::Reply::NotFound) => None,
         other => panic!("read {key}: {other:?}"),
+    }
+}
+
+/// A primary, a backup and slaves, on ports fixed at start so each can name the other.
+pub struct FailoverCluster {
+    pub primary: Node,
+    pub backup: Node,
+    pub slaves: Vec<Node>,
+    pub primary_addr: String,
+    pub backup_addr: String,
+    pub dir: TempDir,
+}
+
+impl FailoverCluster {
+    /// `tcp_follow`: the backup streams the log over TCP instead of reading the file.
+    pub fn start(n: usize, tcp_follow: bool) -> FailoverCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let primary_addr = dsm::cluster::free_port().unwrap().to_string();
+        let backup_addr = dsm::cluster::free_port().unwrap().to_string();
+        let wal = dir.path().join("kv.log").display().to_string();
+        let primary_args = vec![
+            "--listen".into(),
+            primary_addr.clone(),
+            "--wal".into(),
+            wal.clone(),
+            "--backup".into(),
+            backup_addr.clone(),
+        ];
+        let primary = Node::start("primary", &bin("dsm-master"), primary_args, dir.path(), false, true)
+            .expect("start primary");
+        let mut backup_args = vec![
+            "--listen".into(),
+            backup_addr.clone(),
+            "--primary".into(),
+            primary_addr.clone(),
+            "--wal".into(),
+            dir.path().join("backup.log").display().to_string(),
+        ];
+        if tcp_follow {
+            backup_args.push("--follow-primary".into());
+        } else {
+            backup_args.extend(["--follow".to_string(), wal]);
+        }
+        let backup = Node::start("backup", &bin("dsm-backup"), backup_args, dir.path(), false, true)
+            .expect("start backup");
+        let mut c = FailoverCluster { primary, backup, slaves: Vec::new(), primary_addr, backup_addr, dir };
+        for i in 1..=n {
+            let args = vec![
+                "--id".into(),
+                format!("s{i}"),
+                "--master".into(),
+                c.primary_addr.clone(),
+                "--backup".into(),
+                c.backup_addr.clone(),
+            ];
+            let node = Node::start(&format!("s{i}"), &bin("dsm-slave"), args, c.dir.path(), false, false)
+                .expect("start slave");
+            c.slaves.push(node);
+        }
+        c.wait_role(&c.primary_addr.clone(), "primary", n);
+        c
+    }
+
+    /// Waits until the master at `addr` has `role` and `slaves` caught-up slaves.
+    pub fn wait_role(&self, addr: &str, role: &str, slaves: usize) {
+        wait_for(&format!("{addr} to be {role} with {slaves} slaves"), READY, || {
+            stat(addr, "role").as_deref() == Some(role) && stat(addr, "slaves") == Some(slaves.to_string())
+        })
+        .unwrap_or_else(|e| panic!("{e}: role={:?} slaves={:?}", stat(addr, "role"), stat(addr, "slaves")));
+    }
+
+    /// A client of both masters, primary first.
+    pub fn client(&self) -> Client {
+        let mut c = Client::new(&self.primary_addr, Some(&self.backup_addr));
+        c.set_timeout(Duration::from_secs(30));
+        c
     }
 }
