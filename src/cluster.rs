@@ -284,6 +284,8 @@ pub struct ClusterConfig {
     pub backup: bool,
     /// Extra arguments for `dsm-master` (e.g. `--fsync never`).
     pub master_args: Vec<String>,
+    /// Extra arguments for `dsm-backup`.
+    pub backup_args: Vec<String>,
     /// Copy every process's output to our stderr, prefixed with its name.
     pub echo: bool,
 }
@@ -356,7 +358,10 @@ impl Cluster {
                     master_wal.display().to_string(),
                     "--wal".into(),
                     dir.join("backup.wal").display().to_string(),
-                ],
+                ]
+                .into_iter()
+                .chain(config.backup_args.iter().cloned())
+                .collect(),
                 dir,
                 config.echo,
                 true,

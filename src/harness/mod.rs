@@ -359,14 +359,22 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport> {
             let dir = workdir.insert(WorkDir::create()?);
             let mut master_args = Vec::new();
             let needed = cfg.clients * cfg.conns_per_client + cfg.slaves + CONNECTION_HEADROOM;
+            let mut backup_args = Vec::new();
             if needed > crate::master::DEFAULT_MAX_CONNECTIONS {
-                master_args.extend(["--max-connections".to_string(), needed.to_string()]);
+                for args in [&mut master_args, &mut backup_args] {
+                    args.extend(["--max-connections".to_string(), needed.to_string()]);
+                }
             }
             if let Some(f) = &cfg.fsync {
                 master_args.extend(["--fsync".to_string(), f.clone()]);
             }
-            let cc =
-                ClusterConfig { slaves: cfg.slaves, backup: !cfg.no_backup, master_args, echo: cfg.echo };
+            let cc = ClusterConfig {
+                slaves: cfg.slaves,
+                backup: !cfg.no_backup,
+                master_args,
+                backup_args,
+                echo: cfg.echo,
+            };
             let c = Cluster::start(&cc, &dir.path).inspect_err(|_| dir.keep = true)?;
             let addrs = (c.master_addr().to_string(), c.backup_addr().map(str::to_string));
             if !cfg.quiet {
