@@ -16,6 +16,9 @@ use clap::{Args, Parser, Subcommand};
 use dsm::harness::config::{self, parse_list, RunConfig};
 use dsm::harness::{self, signal, summary_text, SweepAxis};
 
+/// The exit status after Ctrl-C or SIGTERM, as shells report a process ended by SIGINT.
+const EXIT_INTERRUPTED: u8 = 130;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "dsm-harness",
@@ -110,6 +113,9 @@ struct RunArgs {
     /// Copy the servers' output to stderr, prefixed by their names.
     #[arg(long)]
     echo_servers: bool,
+    /// Copy the servers' output into OUT/logs/ at the end of the run.
+    #[arg(long)]
+    keep_logs: bool,
     /// One run per slave count, e.g. 1,3,5,7,9; writes OUT/by_slave_count.csv.
     #[arg(long, value_name = "LIST")]
     sweep_slaves: Option<String>,
@@ -143,6 +149,7 @@ impl RunArgs {
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             fsync: self.fsync.clone(),
             echo: self.echo_servers,
+            keep_logs: self.keep_logs,
         }
     }
 }
@@ -158,6 +165,10 @@ fn main() -> ExitCode {
     signal::install();
     match execute(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(_) if signal::interrupted() => {
+            eprintln!("dsm-harness: interrupted; every process it started was stopped; the interrupted run wrote no files");
+            ExitCode::from(EXIT_INTERRUPTED)
+        }
         Err(e) => {
             eprintln!("dsm-harness: {e}");
             ExitCode::FAILURE

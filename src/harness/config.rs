@@ -84,6 +84,8 @@ pub struct RunConfig {
     pub fsync: Option<String>,
     /// Copy the servers' output to stderr.
     pub echo: bool,
+    /// Copy the servers' output into `OUT/logs/` at the end of the run.
+    pub keep_logs: bool,
 }
 
 impl Default for RunConfig {
@@ -111,6 +113,7 @@ impl Default for RunConfig {
             request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
             fsync: None,
             echo: false,
+            keep_logs: false,
         }
     }
 }

@@ -90,6 +90,23 @@ const FRESH_VALUE_BYTES: usize = 16;
 /// The files one run writes into its output directory.
 pub const RUN_FILES: [&str; 5] = ["metrics.csv", "metrics.json", "summary.json", "slaves.csv", "events.csv"];
 
+/// The directory under `--out` where `--keep-logs` copies the servers' output.
+pub const LOGS_DIR: &str = "logs";
+
+/// Copies every server's output (`NAME.out`) from the cluster's directory to `to`.
+fn copy_logs(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "out") {
+            if let Some(name) = path.file_name() {
+                fs::copy(&path, to.join(name))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A fault injected during a run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FaultEvent {
@@ -311,6 +328,19 @@ fn poll(client: &mut Client) -> Option<Snapshot> {
     client.stats().ok().map(|rows| Snapshot::from_rows(&rows))
 }
 
+/// The machine's one-minute load average before and after a run: the harness, the cluster
+/// and anything else on the machine share its cores, and a loaded machine measures less.
+#[derive(Debug, Clone, Copy)]
+struct MachineLoad {
+    before: Option<f64>,
+    after: Option<f64>,
+}
+
+/// The one-minute load average from `/proc/loadavg`, where there is one.
+fn load_average() -> Option<f64> {
+    fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
 fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
@@ -346,6 +376,16 @@ fn progress_line(cfg: &RunConfig, second: u64, b: Option<&Bucket>, slaves: Optio
 pub fn run(cfg: &RunConfig) -> Result<RunReport> {
     cfg.validate()?;
     prepare_out(&cfg.out, &RUN_FILES, cfg.overwrite)?;
+    let logs = cfg.out.join(LOGS_DIR);
+    if logs.exists() {
+        if !cfg.overwrite {
+            return Err(Error::Config(format!(
+                "{} holds server logs of an earlier run; pass --overwrite to replace them",
+                logs.display()
+            )));
+        }
+        fs::remove_dir_all(&logs)?;
+    }
     let seed = cfg
         .seed
         .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
@@ -396,6 +436,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport> {
     let total_s = cfg.warmup_s + cfg.duration_s;
     let start = Instant::now();
     let start_unix = unix_now();
+    let load_before = load_average();
     let end = start + Duration::from_secs(total_s);
     let stop = Arc::new(AtomicBool::new(false));
     let plan = Arc::new(LoadPlan {
@@ -508,11 +549,17 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport> {
         }
     }
     drop(cluster);
+    if cfg.keep_logs {
+        if let Some(dir) = &workdir {
+            copy_logs(&dir.path, &cfg.out.join(LOGS_DIR))?;
+        }
+    }
     if let Some(p) = pending_progress {
         print_progress(&timeline, p);
     }
 
-    let report = build_report(cfg, seed, start_unix, &timeline, &snapshots, events);
+    let machine = MachineLoad { before: load_before, after: load_average() };
+    let report = build_report(cfg, seed, start_unix, machine, &timeline, &snapshots, events);
     write_run_files(&report)?;
     Ok(report)
 }
@@ -537,6 +584,7 @@ fn build_report(
     cfg: &RunConfig,
     seed: u64,
     start_unix: f64,
+    machine: MachineLoad,
     timeline: &Timeline,
     snapshots: &Snapshots,
     events: Vec<FaultEvent>,
@@ -562,6 +610,9 @@ fn build_report(
     let registered = snapshots.0.get(w as usize).cloned().flatten().and_then(|s| s.slaves);
     let mut s: Fields = vec![
         ("started_at".into(), Cell::Float(start_unix)),
+        ("cpus".into(), std::thread::available_parallelism().ok().map(|n| n.get() as u64).into()),
+        ("loadavg_1m_before".into(), machine.before.into()),
+        ("loadavg_1m_after".into(), machine.after.into()),
         ("client_count".into(), Cell::Int(cfg.clients as u64)),
         (
             "slave_count".into(),
@@ -747,6 +798,13 @@ pub fn summary_text(r: &RunReport) -> String {
     for e in &r.events {
         let _ = writeln!(s, "  {:.2} s: {}", e.at_s, e.what);
     }
+    let _ = writeln!(
+        s,
+        "  machine: {} cpus, load average {} before, {} after",
+        num("cpus"),
+        num("loadavg_1m_before"),
+        num("loadavg_1m_after")
+    );
     let _ = writeln!(s, "  files in {}", r.out.display());
     s
 }
