@@ -2,7 +2,9 @@
 #
 #   make plots          redraw every PNG under results/ from the CSVs already there
 #   make results        run the sweeps, the load-distribution run and the failover run, then
-#                       the plots (about 7 minutes plus the release build on 2 cores)
+#                       the plots: 13 runs, 5 to 6 minutes on 2 cores plus the release build.
+#                       results/machine.txt records the machine, the date, the load average
+#                       and the commit.
 #   make harness-smoke  a 3-second run against a fresh 3-slave cluster, into target/
 #
 # Every run replaces the files of the same run from before (--overwrite), never mixes with
@@ -30,12 +32,22 @@ plots: harness-build
 	$(HARNESS) plot --out $(RESULTS)
 
 results: harness-build
+	@mkdir -p $(RESULTS)
+	@{ echo "date: $$(date -u '+%Y-%m-%d %H:%M:%S UTC')"; \
+	   echo "commit: $$(git rev-parse --short HEAD 2>/dev/null)"; \
+	   echo "cpus: $$(nproc)"; \
+	   echo "cpu: $$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p')"; \
+	   echo "memory: $$(free -h 2>/dev/null | awk '/^Mem:/ {print $$2}')"; \
+	   echo "load average at start: $$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"; \
+	 } > $(RESULTS)/machine.txt
 	$(HARNESS) $(HARNESS_FULL) --sweep-slaves 1,3,5,7,9 --out $(RESULTS)
 	$(HARNESS) $(HARNESS_FULL) --sweep-clients 1,2,5,10,20,50 --out $(RESULTS)
 	$(HARNESS) $(HARNESS_FULL) --slaves 5 --out $(RESULTS)/load_distribution
 	$(HARNESS) $(HARNESS_COMMON) --duration $(FAILOVER_DURATION) \
 		--kill-primary-at $(FAILOVER_KILL_AT) --out $(RESULTS)/failover
 	$(HARNESS) plot --out $(RESULTS)
+	@echo "load average at end: $$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)" >> $(RESULTS)/machine.txt
+	@echo "finished: $$(date -u '+%Y-%m-%d %H:%M:%S UTC')" >> $(RESULTS)/machine.txt
 
 harness-smoke: harness-build
 	$(HARNESS) --warmup 1 --duration 3 --overwrite --out target/harness-smoke
