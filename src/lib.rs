@@ -4,11 +4,13 @@
 //! majority of slave nodes before acknowledging it; a backup master follows the log and takes
 //! over when the primary fails. See `docs/ARCHITECTURE.md` for the whole picture.
 
+pub mod checker;
 pub mod error;
 pub mod escape;
 pub mod framing;
 pub mod peer;
 pub mod protocol;
+pub mod proxy;
 pub mod quorum;
 pub mod store;
 pub mod wal;
