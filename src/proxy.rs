@@ -60,7 +60,9 @@ pub const ACCEPT_POLL_INTERVAL: Duration = Duration::from_millis(10);
 pub const PUMP_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// How long the proxy waits to connect to the target for a new client; past it the client's
-/// connection is closed, as if the target had refused it.
+/// connection is closed, as if the target had refused it. Connecting happens on the accept
+/// thread, so an unreachable (not refusing) target can hold up new clients, and the proxy's
+/// `Drop`, this long.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The most bytes a pump holds back under [`Fault::Delay`]. When that much is waiting, the pump
@@ -108,8 +110,8 @@ impl Proxy {
             faults: Mutex::new(Faults::default()),
             stop: AtomicBool::new(false),
             conns: Mutex::new(HashMap::new()),
-            upstream: AtomicU64::new(0),
-            downstream: AtomicU64::new(0),
+            forwarded: Default::default(),
+            discarded: Default::default(),
         });
         let accept = {
             let shared = Arc::clone(&shared);
@@ -162,10 +164,15 @@ impl Proxy {
 
     /// Bytes forwarded so far: (upstream, downstream). Discarded bytes do not count.
     pub fn bytes_forwarded(&self) -> (u64, u64) {
-        (
-            self.shared.upstream.load(Ordering::Relaxed),
-            self.shared.downstream.load(Ordering::Relaxed),
-        )
+        let [up, down] = &self.shared.forwarded;
+        (up.load(Ordering::Relaxed), down.load(Ordering::Relaxed))
+    }
+
+    /// Bytes a [`Fault::Blackhole`] swallowed so far: (upstream, downstream). A test can wait
+    /// on this to know that bytes it sent were really lost, rather than merely late.
+    pub fn bytes_discarded(&self) -> (u64, u64) {
+        let [up, down] = &self.shared.discarded;
+        (up.load(Ordering::Relaxed), down.load(Ordering::Relaxed))
     }
 }
 
@@ -208,9 +215,9 @@ impl Faults {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Direction {
     /// Client to target.
-    Upstream,
+    Upstream = 0,
     /// Target to client.
-    Downstream,
+    Downstream = 1,
 }
 
 /// What the proxy's threads share.
@@ -220,8 +227,10 @@ struct Shared {
     stop: AtomicBool,
     /// Every open connection's two sockets, to shut them down from outside their pumps.
     conns: Mutex<HashMap<u64, [TcpStream; 2]>>,
-    upstream: AtomicU64,
-    downstream: AtomicU64,
+    /// Bytes written to the other side, indexed by [`Direction`].
+    forwarded: [AtomicU64; 2],
+    /// Bytes swallowed by a blackhole, indexed by [`Direction`].
+    discarded: [AtomicU64; 2],
 }
 
 impl Shared {
@@ -237,12 +246,12 @@ impl Shared {
         self.faults.lock().closes()
     }
 
-    fn count(&self, direction: Direction, bytes: usize) {
-        let counter = match direction {
-            Direction::Upstream => &self.upstream,
-            Direction::Downstream => &self.downstream,
-        };
-        counter.fetch_add(bytes as u64, Ordering::Relaxed);
+    fn count_forwarded(&self, direction: Direction, bytes: usize) {
+        self.forwarded[direction as usize].fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn count_discarded(&self, direction: Direction, bytes: usize) {
+        self.discarded[direction as usize].fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// Shuts down every registered socket; their pumps then end, and unregister them.
@@ -434,9 +443,11 @@ fn forward(
                 break;
             };
             delayed_bytes -= chunk.len();
-            if shared.fault(direction) != Fault::Blackhole {
+            if shared.fault(direction) == Fault::Blackhole {
+                shared.count_discarded(direction, chunk.len());
+            } else {
                 dst.write_all(&chunk)?;
-                shared.count(direction, chunk.len());
+                shared.count_forwarded(direction, chunk.len());
             }
         }
         // Until the next delayed chunk is due, but never longer than a poll interval.
@@ -475,7 +486,7 @@ fn forward(
         // The fault is read again now: it may have changed while the read was waiting, and
         // bytes sent after a fault was set must obey it.
         match shared.fault(direction) {
-            Fault::Blackhole => {}
+            Fault::Blackhole => shared.count_discarded(direction, n),
             Fault::Delay(delay) => {
                 delayed.push_back((Instant::now() + delay, buf[..n].to_vec()));
                 delayed_bytes += n;
@@ -484,7 +495,7 @@ fn forward(
             Fault::None | Fault::Drop => {
                 if delayed.is_empty() {
                     dst.write_all(&buf[..n])?;
-                    shared.count(direction, n);
+                    shared.count_forwarded(direction, n);
                 } else {
                     // Behind earlier delayed chunks, to keep the order.
                     delayed.push_back((Instant::now(), buf[..n].to_vec()));
@@ -711,6 +722,9 @@ mod tests {
         round_trip(&mut client, b"before");
         proxy.set_fault(Fault::Blackhole);
         client.write_all(b"lost").expect("send into the blackhole");
+        wait_until("the bytes are swallowed", || {
+            proxy.bytes_discarded() == (4, 0)
+        });
         assert_silent(&mut client);
         assert_eq!(proxy.connections(), 1, "a blackhole keeps connections open");
 
@@ -728,16 +742,20 @@ mod tests {
         // Requests get through, answers do not.
         proxy.set_fault_directed(Fault::None, Fault::Blackhole);
         client.write_all(b"ping").expect("send");
-        wait_until("the request reaches the target", || {
-            proxy.bytes_forwarded().0 == 6
+        wait_until("the answer is swallowed", || {
+            proxy.bytes_discarded() == (0, 4)
         });
+        assert_eq!(proxy.bytes_forwarded().0, 6, "the request went through");
         assert_silent(&mut client);
 
-        // Requests do not get through.
+        // Requests do not get through, so there is no answer either.
         proxy.set_fault_directed(Fault::Blackhole, Fault::None);
         client.write_all(b"pong").expect("send");
+        wait_until("the request is swallowed", || {
+            proxy.bytes_discarded() == (4, 4)
+        });
         assert_silent(&mut client);
-        assert_eq!(proxy.bytes_forwarded().0, 6);
+        assert_eq!(proxy.bytes_forwarded(), (6, 2));
 
         proxy.set_fault(Fault::None);
         round_trip(&mut client, b"healed");
