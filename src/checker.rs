@@ -204,12 +204,12 @@ pub fn check_register(initial: Value, history: &[Op]) -> Outcome {
         .collect();
     ops.sort_by_key(|op| (op.invoke, op.completion().unwrap_or(u64::MAX)));
 
-    if let Some(read) = read_of_unwritten_value(&initial, &ops) {
+    if let Some((read, result)) = read_of_unwritten_value(&initial, &ops) {
         let explanation = format!(
             "read by client {} returned {}, which no write in the history wrote and which is not \
              the initial value",
             read.client,
-            show_read_result(&read.kind),
+            show_value(result),
         );
         return Outcome::Violation(Violation {
             window: vec![read.clone()],
@@ -246,8 +246,9 @@ pub fn check_keys(history: &[(String, Op)]) -> Vec<(String, Outcome)> {
         .collect()
 }
 
-/// The first answered read whose result is neither the initial value nor written by any op.
-fn read_of_unwritten_value<'a>(initial: &Value, ops: &'a [Op]) -> Option<&'a Op> {
+/// The first answered read whose result is neither the initial value nor written by any op,
+/// with that result.
+fn read_of_unwritten_value<'a>(initial: &Value, ops: &'a [Op]) -> Option<(&'a Op, &'a Value)> {
     let written: HashSet<&Value> = ops
         .iter()
         .filter_map(|op| match &op.kind {
@@ -256,9 +257,11 @@ fn read_of_unwritten_value<'a>(initial: &Value, ops: &'a [Op]) -> Option<&'a Op>
         })
         .chain(std::iter::once(initial))
         .collect();
-    ops.iter().find(|op| match &op.kind {
-        OpKind::Read { result } => op.complete.is_some() && !written.contains(result),
-        OpKind::Write { .. } => false,
+    ops.iter().find_map(|op| match &op.kind {
+        OpKind::Read { result } if op.complete.is_some() && !written.contains(result) => {
+            Some((op, result))
+        }
+        _ => None,
     })
 }
 
@@ -945,13 +948,6 @@ fn show_value(value: &Value) -> String {
     }
 }
 
-fn show_read_result(kind: &OpKind) -> String {
-    match kind {
-        OpKind::Read { result } => show_value(result),
-        OpKind::Write { value } => show_value(value),
-    }
-}
-
 fn show_kind(kind: &OpKind) -> String {
     match kind {
         OpKind::Read { result } => format!("read -> {}", show_value(result)),
@@ -1123,6 +1119,32 @@ mod tests {
             Op::write(2, 2, None, v("b")),
             r(3, 100, 101, "b"),
             r(1, 200, 201, "a"),
+        ]);
+    }
+
+    #[test]
+    fn unknown_write_of_a_repeated_value() {
+        // An unknown delete may explain a read of absent...
+        assert_ok(&[
+            w(1, 0, 1, "a"),
+            Op::write(2, 2, None, None),
+            r_absent(3, 10, 11),
+            w(1, 20, 21, "b"),
+            r(3, 30, 31, "b"),
+        ]);
+        // ...but "a" cannot come back after it, since nobody wrote "a" again.
+        violation(&[
+            w(1, 0, 1, "a"),
+            Op::write(2, 2, None, None),
+            r_absent(3, 10, 11),
+            r(4, 20, 21, "a"),
+        ]);
+        // "a" written twice, once with unknown outcome, seen after "b" overwrote the first.
+        assert_ok(&[
+            w(1, 0, 1, "a"),
+            Op::write(2, 1, None, v("a")),
+            w(1, 2, 3, "b"),
+            r(3, 10, 11, "a"),
         ]);
     }
 
