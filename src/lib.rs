@@ -5,6 +5,7 @@
 //! over when the primary fails. See `docs/ARCHITECTURE.md` for the whole picture.
 
 pub mod backup;
+pub mod checker;
 pub mod client;
 pub mod cluster;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod logging;
 pub mod master;
 pub mod peer;
 pub mod protocol;
+pub mod proxy;
 pub mod quorum;
 pub mod slave;
 pub mod store;
