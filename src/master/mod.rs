@@ -252,8 +252,8 @@ impl Master {
         let wal = Wal::open(&config.wal, config.fsync, |seq, record| {
             records += 1;
             match record {
-                Record::Set { key, value } => index.replay(&key, Stamp::new(epoch, seq), Some(value.into())),
-                Record::Del { key } => index.replay(&key, Stamp::new(epoch, seq), None),
+                Record::Set { key, value } => index.replay(key, Stamp::new(epoch, seq), Some(value.into())),
+                Record::Del { key } => index.replay(key, Stamp::new(epoch, seq), None),
                 Record::Member { id } => {
                     members
                         .add(&id)
