@@ -13,6 +13,7 @@ pub mod escape;
 pub mod framing;
 pub mod logging;
 pub mod master;
+pub mod nemesis;
 pub mod peer;
 pub mod protocol;
 pub mod proxy;
