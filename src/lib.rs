@@ -10,6 +10,7 @@ pub mod client;
 pub mod cluster;
 pub mod error;
 pub mod escape;
+pub mod failpoint;
 pub mod framing;
 pub mod logging;
 pub mod master;

@@ -397,36 +397,19 @@ fn run_in(config: &Config, dir: &Path) -> Result<Report> {
     let mut nodes = Nodes::start(config, dir)?;
     nodes.wait_serving(config.slaves)?;
     let history = Arc::new(History::new());
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Tally::default());
-    let op_counter = Arc::new(AtomicU64::new(0));
-    let mut workers = Vec::new();
-    for id in 1..=config.clients as u64 {
-        let worker = Worker {
-            id,
-            rng: StdRng::seed_from_u64(config.seed.wrapping_mul(1_000_003).wrapping_add(id)),
-            client: {
-                let mut c = Client::new(&nodes.primary_addr, Some(&nodes.backup_addr));
-                c.set_timeout(REQUEST_DEADLINE);
-                c
-            },
-            history: Arc::clone(&history),
-            stop: Arc::clone(&stop),
-            tally: Arc::clone(&tally),
-            op_counter: Arc::clone(&op_counter),
-            keys_at_once: config.keys_at_once.max(1) as u64,
-            ops_per_key: config.ops_per_key.max(1),
-        };
-        workers.push(thread::Builder::new().name(format!("client-{id}")).spawn(move || worker.run())?);
-    }
-
+    let workload = Workload::start(
+        &history,
+        &nodes.primary_addr,
+        &nodes.backup_addr,
+        config.clients,
+        config.keys_at_once,
+        config.ops_per_key,
+        config.seed,
+    )?;
     let mut faults = BTreeMap::new();
     let mut timeline = Vec::new();
     let nemesis = nemesis(config, &mut nodes, &history, &mut faults, &mut timeline);
-    stop.store(true, Ordering::SeqCst);
-    for w in workers {
-        let _ = w.join();
-    }
+    let counts = workload.stop();
     nemesis?;
 
     let ms = |h: &History| h.now() / 1_000_000;
@@ -434,22 +417,27 @@ fn run_in(config: &Config, dir: &Path) -> Result<Report> {
     timeline.push(format!("{:>7} healed everything; waiting for recovery", ms(&history)));
     nodes.wait_serving(config.slaves)?;
     timeline.push(format!("{:>7} recovered; final reads", ms(&history)));
-    let mut reader = Client::new(&nodes.primary_addr, Some(&nodes.backup_addr));
+    final_reads(&history, &nodes.primary_addr, &nodes.backup_addr)?;
+    let verdict = history.judge(FINAL_CLIENT);
+    Ok(Report { seed: config.seed, counts, faults, verdict, timeline, dir: dir.to_path_buf() })
+}
+
+/// Reads every key of `history` once more through a client of both masters, retrying each
+/// until it gets a definite answer, as client [`FINAL_CLIENT`]. Call it after healing, before
+/// [`History::judge`].
+pub fn final_reads(history: &History, primary: &str, backup: &str) -> Result<()> {
+    let mut reader = Client::new(primary, Some(backup));
     reader.set_timeout(REQUEST_DEADLINE);
     for key in history.keys() {
         wait_for(&format!("a final read of {key}"), FINAL_READ_TIMEOUT, || {
-            history.read(FINAL_CLIENT, &mut reader, &key) == Answer::Done
+            if history.read(FINAL_CLIENT, &mut reader, &key) == Answer::Done {
+                return true;
+            }
+            reader.disconnect_and_prefer_other();
+            false
         })?;
     }
-    let verdict = history.judge(FINAL_CLIENT);
-    Ok(Report {
-        seed: config.seed,
-        counts: tally.counts(),
-        faults,
-        verdict,
-        timeline,
-        dir: dir.to_path_buf(),
-    })
+    Ok(())
 }
 
 /// Applies the schedule until the run's duration is over; returns with the last fault healed.
@@ -493,6 +481,73 @@ impl Nodes {
             return &mut self.backup;
         }
         self.slaves.iter_mut().find(|n| n.name == name).unwrap_or(&mut self.primary)
+    }
+}
+
+/// Client threads running the workload into a history, until stopped.
+pub struct Workload {
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Workload {
+    /// Starts `clients` threads (ids 1..=clients), each with a client of both masters, on
+    /// `keys_at_once` keys at a time that rotate every `ops_per_key` operations per key.
+    pub fn start(
+        history: &Arc<History>,
+        primary: &str,
+        backup: &str,
+        clients: usize,
+        keys_at_once: usize,
+        ops_per_key: u64,
+        seed: u64,
+    ) -> Result<Workload> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tally = Arc::new(Tally::default());
+        let op_counter = Arc::new(AtomicU64::new(0));
+        let mut threads = Vec::new();
+        for id in 1..=clients as u64 {
+            let mut client = Client::new(primary, Some(backup));
+            client.set_timeout(REQUEST_DEADLINE);
+            let worker = Worker {
+                id,
+                rng: StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(id)),
+                client,
+                history: Arc::clone(history),
+                stop: Arc::clone(&stop),
+                tally: Arc::clone(&tally),
+                op_counter: Arc::clone(&op_counter),
+                keys_at_once: keys_at_once.max(1) as u64,
+                ops_per_key: ops_per_key.max(1),
+            };
+            threads.push(thread::Builder::new().name(format!("client-{id}")).spawn(move || worker.run())?);
+        }
+        Ok(Workload { stop, tally, threads })
+    }
+
+    /// The counts so far.
+    pub fn counts(&self) -> Counts {
+        self.tally.counts()
+    }
+
+    /// Stops the clients (each finishes its request in flight) and returns the counts.
+    pub fn stop(mut self) -> Counts {
+        self.halt();
+        self.tally.counts()
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        self.halt();
     }
 }
 
@@ -561,6 +616,9 @@ impl Worker {
                 answer
             };
             if answer != Answer::Done {
+                // The server may be cut off or deposed while still answering `ERR`: try the
+                // other master next, as a careful client would.
+                self.client.disconnect_and_prefer_other();
                 thread::sleep(CLIENT_BACKOFF);
             }
         }
