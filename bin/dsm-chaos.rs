@@ -36,7 +36,7 @@ struct Args {
     /// The backup streams the primary's log over TCP instead of reading its file.
     #[arg(long)]
     tcp_follow: bool,
-    /// Keep every run's node logs in DIR/run-<seed> (by default only failed runs keep theirs,
+    /// Keep every run's node logs in `DIR/run-<seed>` (by default only failed runs keep theirs,
     /// in the temporary directory).
     #[arg(long)]
     out: Option<PathBuf>,
