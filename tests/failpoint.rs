@@ -31,7 +31,10 @@ fn crash_at(failpoint: &str, seed: u64) {
     let counts = workload.stop();
     let verdict = c.judge(&history);
     assert!(counts.unknown_writes >= 1, "the crashed write should be of unknown outcome: {counts:?}");
-    assert!(verdict.is_ok(), "{failpoint}: {counts:?}\n{verdict}\nlogs in {}", c.dir.path().display());
+    if !verdict.is_ok() {
+        let kept = c.dir.keep();
+        panic!("{failpoint}: {counts:?}\n{verdict}\nlogs in {}", kept.display());
+    }
     let log = std::fs::read_to_string(c.dir.path().join("primary.out")).unwrap_or_default();
     assert!(log.contains(&format!("failpoint {failpoint}:{CRASH_ON_WRITE} reached")), "{log}");
 }

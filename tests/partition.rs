@@ -50,7 +50,10 @@ fn primary_cut_off_from_slaves_and_backup_neither_acknowledges_nor_serves_stale_
     wait_acked(&workload, acked, 30, "writes after healing");
     let counts = workload.stop();
     let verdict = c.judge(&history);
-    assert!(verdict.is_ok(), "{counts:?}\n{verdict}\nlogs in {}", c.dir.path().display());
+    if !verdict.is_ok() {
+        let kept = c.dir.keep();
+        panic!("{counts:?}\n{verdict}\nlogs in {}", kept.display());
+    }
 }
 
 #[test]
@@ -79,5 +82,8 @@ fn false_failover_backup_cut_off_from_primary_only_has_no_split_brain() {
     wait_acked(&workload, during, 50, "writes after healing");
     let counts = workload.stop();
     let verdict = c.judge(&history);
-    assert!(verdict.is_ok(), "{counts:?}\n{verdict}\nlogs in {}", c.dir.path().display());
+    if !verdict.is_ok() {
+        let kept = c.dir.keep();
+        panic!("{counts:?}\n{verdict}\nlogs in {}", kept.display());
+    }
 }
