@@ -16,6 +16,11 @@ use faults::{wait_acked, Cluster, READY};
 /// The client id of the test's own client of the isolated primary alone.
 const ISOLATED_CLIENT: u64 = 50;
 
+/// Known to fail about one run in three as of this commit: the isolated primary answers
+/// `NOT_FOUND` for keys it has never seen without checking its read lease (`read()` in
+/// `src/master/ops.rs` returns before the lease check), a stale read of a key written through
+/// the new primary. Note also that once the backup hands off, slaves follow its
+/// `ERR NOTPRIMARY <real primary address>` and reach the old primary around the proxies.
 #[test]
 fn primary_cut_off_from_slaves_and_backup_neither_acknowledges_nor_serves_stale_reads() {
     let c = Cluster::start(3, None, true);
