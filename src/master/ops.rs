@@ -89,6 +89,7 @@ fn write(shared: &Arc<Shared>, key: String, value: Value) -> Reply {
     };
     let stamp = Stamp::new(epoch, seq);
     shared.index.lock().logged(&key, stamp, value.clone());
+    crate::failpoint::failpoint("after-append");
     let command = match record {
         Record::Set { key, value } => Command::Set { stamp, key, value },
         _ => Command::Del { stamp, key: key.clone() },
@@ -96,6 +97,7 @@ fn write(shared: &Arc<Shared>, key: String, value: Value) -> Reply {
     let deadline = Instant::now() + shared.config.ack_timeout * WRITE_DEADLINE_ACK_TIMEOUTS;
     match replicate(shared, links, need, epoch, &command, deadline) {
         Replicated::Quorum(acked) => {
+            crate::failpoint::failpoint("after-quorum");
             shared.index.lock().commit(&key, stamp, value, acked);
             shared.stats.writes.fetch_add(1, Ordering::Relaxed);
             Reply::Ok(seq)
