@@ -5,17 +5,21 @@
 //! over when the primary fails. See `docs/ARCHITECTURE.md` for the whole picture.
 
 pub mod backup;
+pub mod checker;
 pub mod client;
 pub mod cluster;
 pub mod error;
 pub mod escape;
+pub mod failpoint;
 pub mod framing;
 pub mod harness;
 pub mod logging;
 pub mod master;
+pub mod nemesis;
 pub mod peer;
 pub mod plot;
 pub mod protocol;
+pub mod proxy;
 pub mod quorum;
 pub mod slave;
 pub mod store;

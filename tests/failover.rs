@@ -58,7 +58,7 @@ fn kill_primary_backup_takes_over_following_over_tcp() {
 
 #[test]
 fn paused_primary_never_acknowledges_or_serves_stale_after_takeover() {
-    let mut c = FailoverCluster::start(3, false);
+    let c = FailoverCluster::start(3, false);
     let mut client = c.client();
     write_until_ok(&mut client, "k", "old");
     c.primary.pause().unwrap();
