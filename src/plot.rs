@@ -44,8 +44,11 @@ const TICK_SIZE: u32 = 16;
 /// Headroom above the highest value on a y axis, as a factor, so the top point is not cut.
 const Y_HEADROOM: f64 = 1.12;
 
-/// Headroom of the failover timeline's y axes, as a factor: room for the legend above the
-/// highest point.
+/// Space above a title drawn across the whole picture, in pixels.
+const TITLE_MARGIN: u32 = 12;
+
+/// Headroom of the y axes of the failover timeline and the load distribution, as a factor:
+/// room for the legend above the highest point.
 const LEGEND_HEADROOM: f64 = 1.45;
 
 static REGISTER: Once = Once::new();
@@ -343,8 +346,9 @@ pub fn plot_load_distribution(slaves_csv: &Path, png: &Path) -> Result<()> {
     let root = BitMapBackend::new(png, PLOT_SIZE).into_drawing_area();
     let result = (|| {
         root.fill(&WHITE)?;
-        let root =
-            root.titled("Load distribution across slaves (measured by the master)", (FAMILY, TITLE_SIZE))?;
+        let root = root
+            .margin(TITLE_MARGIN, 0, 0, 0)
+            .titled("Load distribution across slaves (measured by the master)", (FAMILY, TITLE_SIZE))?;
         let panels = root.split_evenly((1, 2));
         let specs = [
             (&panels[0], "Requests served (measured window)", "requests", &requests, C_MEAN),
@@ -352,7 +356,8 @@ pub fn plot_load_distribution(slaves_csv: &Path, png: &Path) -> Result<()> {
         ];
         for (area, caption, y_desc, values, color) in specs {
             let n = ids.len();
-            let y_max = (max_of(values.iter()) * Y_HEADROOM).max(1.0);
+            // Room above the bars for their share and the legend.
+            let y_max = (max_of(values.iter()) * LEGEND_HEADROOM).max(1.0);
             let mut chart = ChartBuilder::on(area)
                 .caption(caption, (FAMILY, LABEL_SIZE + 2))
                 .margin(20)
@@ -443,7 +448,7 @@ pub fn plot_failover(metrics_csv: &Path, events_csv: Option<&Path>, png: &Path) 
     let root = BitMapBackend::new(png, PLOT_SIZE).into_drawing_area();
     let result = (|| {
         root.fill(&WHITE)?;
-        let root = root.titled(
+        let root = root.margin(TITLE_MARGIN, 0, 0, 0).titled(
             "Failover timeline: requests per second across a kill of the primary",
             (FAMILY, TITLE_SIZE),
         )?;
