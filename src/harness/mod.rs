@@ -271,18 +271,19 @@ fn client_thread(id: usize, clients: usize, plan: Arc<LoadPlan>, tx: Sender<Buck
     let mut value: Vec<u8> =
         (0..plan.value_size).map(|_| ALPHANUMERIC[rng.gen_range(0..ALPHANUMERIC.len())]).collect();
     let mut recorder = Recorder::new(tx);
-    // Open loop: clients are spread evenly over one interval so their requests interleave.
-    let mut intended = plan.interval.map(|i| plan.start + i.mul_f64(id as f64 / clients as f64));
+    let mut schedule = plan.interval.map(|i| Schedule::new(plan.start, i, id, clients));
     let mut next_conn = 0;
     loop {
         if plan.stopping() || Instant::now() >= plan.end {
             break;
         }
-        if let (Some(t), Some(i)) = (intended.as_mut(), plan.interval) {
-            if *t >= plan.end || !plan.sleep_until(*t) {
+        // Open loop: wait for the request's scheduled time; if it has passed (the client is
+        // behind), send at once: the wait so far is part of its latency.
+        let due = schedule.as_mut().map(Schedule::take);
+        if let Some(t) = due {
+            if t >= plan.end || !plan.sleep_until(t) {
                 break;
             }
-            *t += i;
         }
         let op = if rng.gen_range(0..100u8) < plan.write_pct { Op::Write } else { Op::Read };
         let key = format!("key{}", rng.gen_range(0..plan.keys));
@@ -305,11 +306,7 @@ fn client_thread(id: usize, clients: usize, plan: Arc<LoadPlan>, tx: Sender<Buck
             outcome = Outcome::Error(ErrorKind::Deadline);
         }
         // Open loop: from the scheduled time, so time spent behind schedule is latency.
-        let from = match (intended, plan.interval) {
-            (Some(t), Some(i)) => t - i,
-            _ => sent,
-        };
-        let latency_us = u64::try_from((done - from).as_micros()).unwrap_or(u64::MAX);
+        let latency_us = latency_us(due.unwrap_or(sent), done);
         let second = (done - plan.start).as_secs();
         recorder.record(second, op, outcome, latency_us);
         let pause = match outcome {
@@ -321,6 +318,35 @@ fn client_thread(id: usize, clients: usize, plan: Arc<LoadPlan>, tx: Sender<Buck
             break;
         }
     }
+}
+
+/// The open-loop schedule of one client: its requests are due every `interval`, the clients
+/// offset from each other by a fraction of it so their requests interleave. The schedule never
+/// waits for replies, so a stall shows as latency rather than as fewer requests.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    next: Instant,
+    interval: Duration,
+}
+
+impl Schedule {
+    /// The schedule of client `id` of `clients`, starting at `start`.
+    pub fn new(start: Instant, interval: Duration, id: usize, clients: usize) -> Schedule {
+        let offset = interval.mul_f64(id as f64 / clients.max(1) as f64);
+        Schedule { next: start + offset, interval }
+    }
+
+    /// The time the next request is due; the schedule moves on by one interval.
+    pub fn take(&mut self) -> Instant {
+        let due = self.next;
+        self.next += self.interval;
+        due
+    }
+}
+
+/// Microseconds from `from` (the send time, or in open loop the scheduled time) to `done`.
+pub fn latency_us(from: Instant, done: Instant) -> u64 {
+    u64::try_from(done.saturating_duration_since(from).as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Reads the master's `STATS`; `None` when it cannot be asked.
@@ -910,6 +936,26 @@ mod tests {
         assert!(msg.contains("--overwrite") && msg.contains("metrics.csv"), "{msg}");
         prepare_out(dir.path(), &RUN_FILES, true).unwrap();
         assert!(!dir.path().join("metrics.csv").exists(), "old file removed before the run");
+    }
+
+    #[test]
+    fn open_loop_latency_counts_from_the_schedule() {
+        let start = Instant::now();
+        let ms = Duration::from_millis;
+        let mut a = Schedule::new(start, ms(10), 0, 2);
+        let mut b = Schedule::new(start, ms(10), 1, 2);
+        assert_eq!(a.take(), start);
+        assert_eq!(b.take(), start + ms(5), "clients interleave");
+        assert_eq!(a.take(), start + ms(10));
+        assert_eq!(a.take(), start + ms(20));
+        // Request 3 of client a was due at 30 ms; a stall made it go out at 80 ms and its reply
+        // came at 81 ms: its latency is 51 ms, not the 1 ms the server took.
+        let due = a.take();
+        assert_eq!(due, start + ms(30));
+        assert_eq!(latency_us(due, start + ms(81)), 51_000);
+        // The next ones are due on the same schedule, however late the client is.
+        assert_eq!(a.take(), start + ms(40));
+        assert_eq!(latency_us(start + ms(5), start), 0, "never negative");
     }
 
     #[test]
