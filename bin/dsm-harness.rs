@@ -16,6 +16,17 @@ use clap::{Args, Parser, Subcommand};
 use dsm::harness::config::{self, parse_list, RunConfig};
 use dsm::harness::{self, signal, summary_text, SweepAxis};
 
+const AFTER_HELP: &str = "\
+A run writes into --out: metrics.csv and metrics.json (one row per measured second; the warm-up is
+never written), summary.json, slaves.csv (requests and keys per slave, as the master counts them)
+and events.csv (faults). An --out holding files of an earlier run is refused unless --overwrite,
+which deletes them first. A sweep writes OUT/by_slave_count.csv or OUT/by_client_count.csv, one
+row per point, and each point's files under OUT/by_slave_count/slaves-N/ (or clients-N/).
+
+Only OK to a write and VALUE or NOT_FOUND to a read, within the deadline, are successes; every
+other outcome is an error and stays out of the latencies. Ctrl-C stops the load and every
+process the harness started, writes nothing, and exits with status 130.";
+
 /// The exit status after Ctrl-C or SIGTERM, as shells report a process ended by SIGINT.
 const EXIT_INTERRUPTED: u8 = 130;
 
@@ -24,7 +35,8 @@ const EXIT_INTERRUPTED: u8 = 130;
     name = "dsm-harness",
     version,
     about = "Load-tests a dsm cluster: per-second metrics, sweeps, faults, and the plots in results/",
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_help = AFTER_HELP
 )]
 struct Cli {
     #[command(subcommand)]

@@ -24,6 +24,13 @@
 //!    cluster, and writes `metrics.csv`, `metrics.json`, `summary.json`, `slaves.csv` and
 //!    `events.csv`.
 //!
+//! Deadlines: a request's reply must arrive within `--request-timeout-ms` (the connection's
+//! read timeout, which also ends a request blocked on a silent server); a reply that arrives
+//! later anyway is counted as a `deadline` error. Connecting has its own bound
+//! ([`CONNECT_TIMEOUT`] per server). At the end the run waits at most one deadline plus two
+//! connection attempts plus [`JOIN_GRACE`] for its client threads, so a stuck peer can never
+//! hang the harness.
+//!
 //! An error, Ctrl-C or a panic drops the [`Cluster`], which kills every process it started.
 //! Sweeps ([`sweep`]) repeat runs with one parameter changed and write a summary CSV.
 
