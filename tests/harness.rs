@@ -276,3 +276,34 @@ fn plot_all_skips_what_has_no_data_and_says_so() {
     assert_eq!(drawn.len(), 4);
     assert!(drawn.iter().all(|(_, how)| how.starts_with("skipped")));
 }
+
+#[test]
+fn the_cli_names_a_bad_flag_and_plots_on_request() {
+    let exe = env!("CARGO_BIN_EXE_dsm-harness");
+    let dir = tempfile::tempdir().unwrap();
+    for (args, flag) in [
+        (vec!["--clients", "0"], "--clients"),
+        (vec!["--sweep-slaves", "1,x"], "--sweep-slaves"),
+        (vec!["--kill-primary-at", "5", "--master", "127.0.0.1:1"], "--kill-primary-at"),
+    ] {
+        let out = std::process::Command::new(exe)
+            .args(&args)
+            .args(["--out", &dir.path().display().to_string()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
+    fs::create_dir_all(dir.path().join("load_distribution")).unwrap();
+    fs::write(dir.path().join("load_distribution/slaves.csv"), SLAVES).unwrap();
+    let out = std::process::Command::new(exe)
+        .args(["plot", "--out", &dir.path().display().to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("load_distribution.png: drawn"), "{stdout}");
+    assert!(stdout.contains("failover_timeline.png: skipped"), "{stdout}");
+    assert_eq!(png_size(&dir.path().join("load_distribution.png")), PLOT_SIZE);
+}
