@@ -105,12 +105,12 @@ pub enum Outcome {
 /// Error counts by kind.
 pub type ErrorCounts = [u64; ErrorKind::ALL.len()];
 
-/// A fresh latency histogram.
+/// A fresh latency histogram. It grows to the highest value recorded (at most
+/// [`MAX_LATENCY_US`]), so the many per-second histograms of a long run stay small: about 30 KiB
+/// each while latencies stay under 10 ms, instead of 140 KiB for the whole range up front.
 pub fn new_histogram() -> Histogram<u64> {
-    // The bounds are constants that hdrhistogram accepts (1 <= low, high >= 2 * low, sigfig
-    // <= 5), so this cannot fail.
-    Histogram::new_with_bounds(1, MAX_LATENCY_US, HISTOGRAM_SIGFIG)
-        .expect("constant histogram bounds are valid")
+    // HISTOGRAM_SIGFIG is a constant within hdrhistogram's 0..=5, so this cannot fail.
+    Histogram::new(HISTOGRAM_SIGFIG).expect("constant histogram precision is valid")
 }
 
 /// The counts and latencies of one kind of request.
@@ -142,7 +142,7 @@ impl OpStats {
             Outcome::Success => {
                 self.success += 1;
                 self.sum_us += u128::from(latency_us);
-                self.hist.saturating_record(latency_us.max(1));
+                self.hist.saturating_record(latency_us.clamp(1, MAX_LATENCY_US));
             }
             Outcome::Error(kind) => self.errors[kind.index()] += 1,
         }
