@@ -142,7 +142,12 @@ impl OpStats {
             Outcome::Success => {
                 self.success += 1;
                 self.sum_us += u128::from(latency_us);
-                self.hist.saturating_record(latency_us.clamp(1, MAX_LATENCY_US));
+                // `record` grows the histogram (`saturating_record` would clamp to its
+                // current size instead); growing cannot fail below MAX_LATENCY_US.
+                let v = latency_us.clamp(1, MAX_LATENCY_US);
+                if self.hist.record(v).is_err() {
+                    self.hist.saturating_record(v);
+                }
             }
             Outcome::Error(kind) => self.errors[kind.index()] += 1,
         }
@@ -583,6 +588,17 @@ mod tests {
         within(s.percentile_us(0.99).unwrap(), 990);
         within(s.percentile_us(0.999).unwrap(), 999);
         assert_eq!(s.mean_us(), Some(500.5));
+    }
+
+    #[test]
+    fn the_histogram_grows_to_the_latencies_it_gets() {
+        let mut s = OpStats::default();
+        for v in [50, 100, 2_000_000] {
+            s.record(OK, v);
+        }
+        let max = s.percentile_us(1.0).unwrap();
+        assert!((1_998_000..=2_002_000).contains(&max), "{max}");
+        assert!(s.percentile_us(0.5).unwrap() <= 101);
     }
 
     #[test]
