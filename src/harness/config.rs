@@ -35,6 +35,9 @@ pub const MAX_VALUE_SIZE: usize = crate::framing::MAX_LINE - 512;
 /// machine's file descriptors.
 pub const MAX_CONNECTIONS: usize = 20_000;
 
+/// The `--fsync` policies of `dsm-master` and `dsm-backup`.
+pub const FSYNC_POLICIES: [&str; 3] = ["always", "everysec", "never"];
+
 /// Everything one run needs.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
@@ -157,6 +160,14 @@ impl RunConfig {
         if let Some(r) = self.rate {
             if !(r.is_finite() && r > 0.0) {
                 return bad(format!("--rate must be a positive number, got {r}"));
+            }
+        }
+        if let Some(f) = &self.fsync {
+            if !FSYNC_POLICIES.contains(&f.as_str()) {
+                return bad(format!("--fsync must be one of {}, got {f:?}", FSYNC_POLICIES.join(", ")));
+            }
+            if !self.owns_cluster() {
+                return bad("--fsync applies to a cluster the harness starts (not --master)".into());
             }
         }
         if self.owns_cluster() && self.slaves == 0 {

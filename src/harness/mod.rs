@@ -203,6 +203,59 @@ fn write_file(path: &Path, data: &[u8]) -> Result<()> {
         .map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))))
 }
 
+/// The cluster under test: started by the harness (with its directory), or given by address.
+struct Target {
+    /// Declared before `workdir`, so its processes are killed before their directory goes.
+    cluster: Option<Cluster>,
+    workdir: Option<WorkDir>,
+    master: String,
+    backup: Option<String>,
+}
+
+impl Target {
+    /// `--master` (and `--backup`) as given, or a fresh cluster in a temporary directory. The
+    /// directory of a cluster that fails to start is kept for its logs.
+    fn start(cfg: &RunConfig) -> Result<Target> {
+        if let Some(m) = &cfg.master {
+            return Ok(Target {
+                cluster: None,
+                workdir: None,
+                master: m.clone(),
+                backup: cfg.backup.clone(),
+            });
+        }
+        let mut dir = WorkDir::create()?;
+        let (mut master_args, mut backup_args) = (Vec::new(), Vec::new());
+        let needed = cfg.clients * cfg.conns_per_client + cfg.slaves + CONNECTION_HEADROOM;
+        for args in [&mut master_args, &mut backup_args] {
+            if needed > crate::master::DEFAULT_MAX_CONNECTIONS {
+                args.extend(["--max-connections".to_string(), needed.to_string()]);
+            }
+            if let Some(f) = &cfg.fsync {
+                args.extend(["--fsync".to_string(), f.clone()]);
+            }
+        }
+        let cc = ClusterConfig {
+            slaves: cfg.slaves,
+            backup: !cfg.no_backup,
+            master_args,
+            backup_args,
+            echo: cfg.echo,
+        };
+        let c = Cluster::start(&cc, &dir.path).inspect_err(|_| dir.keep = true)?;
+        let (master, backup) = (c.master_addr().to_string(), c.backup_addr().map(str::to_string));
+        if !cfg.quiet {
+            eprintln!(
+                "dsm-harness: started primary {master}{}, {} slaves (logs in {})",
+                backup.as_ref().map_or(" (no backup)".to_string(), |b| format!(", backup {b}")),
+                cfg.slaves,
+                dir.path.display()
+            );
+        }
+        Ok(Target { cluster: Some(c), workdir: Some(dir), master, backup })
+    }
+}
+
 /// Everything a client thread needs.
 struct LoadPlan {
     master: String,
@@ -423,46 +476,8 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport> {
         .seed
         .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
 
-    // Declared before the cluster, so the cluster (its processes) goes first when dropped.
-    let mut workdir = None;
-    let mut cluster = None;
-    let (master, backup) = match &cfg.master {
-        Some(m) => (m.clone(), cfg.backup.clone()),
-        None => {
-            let dir = workdir.insert(WorkDir::create()?);
-            let mut master_args = Vec::new();
-            let needed = cfg.clients * cfg.conns_per_client + cfg.slaves + CONNECTION_HEADROOM;
-            let mut backup_args = Vec::new();
-            if needed > crate::master::DEFAULT_MAX_CONNECTIONS {
-                for args in [&mut master_args, &mut backup_args] {
-                    args.extend(["--max-connections".to_string(), needed.to_string()]);
-                }
-            }
-            if let Some(f) = &cfg.fsync {
-                master_args.extend(["--fsync".to_string(), f.clone()]);
-            }
-            let cc = ClusterConfig {
-                slaves: cfg.slaves,
-                backup: !cfg.no_backup,
-                master_args,
-                backup_args,
-                echo: cfg.echo,
-            };
-            let c = Cluster::start(&cc, &dir.path).inspect_err(|_| dir.keep = true)?;
-            let addrs = (c.master_addr().to_string(), c.backup_addr().map(str::to_string));
-            if !cfg.quiet {
-                eprintln!(
-                    "dsm-harness: started primary {}{}, {} slaves (logs in {})",
-                    addrs.0,
-                    addrs.1.as_ref().map_or(" (no backup)".to_string(), |b| format!(", backup {b}")),
-                    cfg.slaves,
-                    dir.path.display()
-                );
-            }
-            cluster = Some(c);
-            addrs
-        }
-    };
+    let mut target = Target::start(cfg)?;
+    let (master, backup) = (target.master.clone(), target.backup.clone());
 
     let mut stats_client = Client::new(&master, backup.as_deref());
     stats_client.set_timeout(STATS_POLL_TIMEOUT);
@@ -545,7 +560,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport> {
                 if now >= due {
                     faults.remove(0);
                     let at_s = (now - start).as_secs_f64() - cfg.warmup_s as f64;
-                    let what = inject(cluster.as_mut(), what)?;
+                    let what = inject(target.cluster.as_mut(), what)?;
                     if !cfg.quiet {
                         eprintln!("dsm-harness: {what} at {at_s:.2} s");
                     }
@@ -581,9 +596,9 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport> {
             }
         }
     }
-    drop(cluster);
+    target.cluster = None; // kills its processes
     if cfg.keep_logs {
-        if let Some(dir) = &workdir {
+        if let Some(dir) = &target.workdir {
             copy_logs(&dir.path, &cfg.out.join(LOGS_DIR))?;
         }
     }
