@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use dsm::auth::{PasswordArgs, SecretArgs};
 use dsm::backup::{self, Source};
 use dsm::logging::{self, Level};
 use dsm::master::{self, Config, Master};
@@ -49,6 +50,10 @@ struct Args {
     /// Log verbosity.
     #[arg(long, value_enum, default_value_t = Level::Info)]
     log_level: Level,
+    #[command(flatten)]
+    secret: SecretArgs,
+    #[command(flatten)]
+    password: PasswordArgs,
 }
 
 fn main() -> ExitCode {
@@ -70,6 +75,13 @@ fn main() -> ExitCode {
         }
     };
     let heartbeat = Duration::from_millis(args.heartbeat_ms);
+    let (secret, requirepass) = match (args.secret.load(), args.password.load()) {
+        (Ok(s), Ok(p)) => (s, p),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let config = Config {
         listen: args.listen,
         wal: args.wal,
@@ -78,6 +90,8 @@ fn main() -> ExitCode {
         ack_timeout: Duration::from_millis(args.ack_timeout_ms),
         heartbeat,
         max_connections: args.max_connections,
+        secret,
+        requirepass,
     };
     let master = match Master::bind(config) {
         Ok(m) => m,
