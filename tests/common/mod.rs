@@ -132,6 +132,24 @@ impl Raw {
         }
     }
 
+    /// Reads one `\n`-terminated line (a `\r` before it dropped): the peer protocols end their
+    /// lines with `\n` alone.
+    pub fn line_lf(&mut self) -> String {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.buf.drain(..pos + 1).take(pos).collect();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return String::from_utf8_lossy(&line).into_owned();
+            }
+            let mut chunk = [0u8; 65536];
+            let n = self.stream.read(&mut chunk).expect("read line");
+            assert!(n > 0, "connection closed; buffered: {:?}", String::from_utf8_lossy(&self.buf));
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
     /// Sends one request line and returns the reply line.
     pub fn ask(&mut self, request: &str) -> String {
         self.send(format!("{request}\r\n").as_bytes());
