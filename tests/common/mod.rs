@@ -114,6 +114,11 @@ impl Raw {
         Raw { stream, buf: Vec::new() }
     }
 
+    /// Wraps an accepted or already connected stream.
+    pub fn from_stream(stream: TcpStream) -> Raw {
+        Raw { stream, buf: Vec::new() }
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("send");
     }
