@@ -489,9 +489,9 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Decodes hex (either case); `None` if malformed.
+/// Decodes lower-case hex, as sent; `None` if malformed.
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
     (0..text.len())
@@ -501,7 +501,7 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 }
 
 fn is_nonce(text: &str) -> bool {
-    text.len() == NONCE_LEN * 2 && text.bytes().all(|b| b.is_ascii_hexdigit())
+    text.len() == NONCE_LEN * 2 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 #[cfg(test)]
