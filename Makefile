@@ -15,12 +15,13 @@ all: build
 build:
 	$(CARGO) build --release --bins
 
-# A primary master and $(SLAVES) slaves on the default ports; every line of output is
-# prefixed by its role. Ctrl-C stops them all. State (the logs) lives in $(RUN_DIR)/.
+# A primary master, its backup and $(SLAVES) slaves on the default ports; every line of output
+# is prefixed by its role. Ctrl-C stops them all. State (the logs) lives in $(RUN_DIR)/.
 run: build
 	@mkdir -p $(RUN_DIR)
 	@cd $(RUN_DIR) && trap 'trap - INT TERM EXIT; kill 0 2>/dev/null' INT TERM EXIT; \
 	( $(BIN)/dsm-master --listen $(PRIMARY) --backup $(BACKUP) --wal kv_store.log 2>&1 | sed -u 's/^/[master] /' ) & \
+	( $(BIN)/dsm-backup --listen $(BACKUP) --primary $(PRIMARY) --follow kv_store.log --wal backup_kv_store.log 2>&1 | sed -u 's/^/[backup] /' ) & \
 	for i in $$(seq 1 $(SLAVES)); do \
 	  ( $(BIN)/dsm-slave --id slave-$$i --master $(PRIMARY) --backup $(BACKUP) 2>&1 | sed -u "s/^/[slave-$$i] /" ) & \
 	done; \

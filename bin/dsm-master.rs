@@ -22,7 +22,8 @@ struct Args {
     /// Path of the write-ahead log (created if missing, replayed at start).
     #[arg(long, default_value = "kv_store.log")]
     wal: PathBuf,
-    /// Address of the backup master, given to clients in `ERR NOTPRIMARY` replies (`none` if
+    /// Address of the backup master: asked at start whether it has served since (then this
+    /// master fails back from it), and given to clients in `ERR NOTPRIMARY` replies (`none` if
     /// there is no backup).
     #[arg(long, default_value = master::DEFAULT_BACKUP_ADDR)]
     backup: String,

@@ -263,7 +263,7 @@ pub fn decode(line: &[u8]) -> std::result::Result<(u64, Record), String> {
 pub enum Fsync {
     /// `fdatasync` before every append returns (one per group-committed batch).
     Always,
-    /// `fdatasync` from a background thread at most once per [`FSYNC_INTERVAL`].
+    /// `fdatasync` from a background thread at most once a second (`FSYNC_INTERVAL`).
     #[default]
     Everysec,
     /// Never `fdatasync`; the kernel writes back when it likes.

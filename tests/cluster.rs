@@ -173,3 +173,41 @@ fn a_slave_restarted_under_the_same_id_is_not_a_new_member() {
     let mut client = c.client();
     must_write(&mut client, "after-remove", "ok");
 }
+
+fn keys_held(c: &TestCluster, id: &str) -> u64 {
+    stat(&c.addr(), &format!("slave.{id}.keys")).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn a_paused_slave_is_marked_down_and_caught_up_when_it_returns() {
+    let c = TestCluster::start(3);
+    let mut client = c.client();
+    c.slaves[2].pause().unwrap();
+    wait_for("s3 marked down", READY, || stat(&c.addr(), "slave.s3.state").as_deref() == Some("down"))
+        .unwrap();
+    for i in 0..20 {
+        must_write(&mut client, &format!("k{i}"), &format!("v{i}"));
+    }
+    assert_eq!(keys_held(&c, "s3"), 0);
+    c.slaves[2].resume().unwrap();
+    c.wait_slaves(3);
+    // It came back as the same member and holds the newest version of every key.
+    assert_eq!(stat(&c.addr(), "members"), Some("3".into()));
+    wait_for("s3 caught up", READY, || keys_held(&c, "s3") == 20).unwrap();
+}
+
+#[test]
+fn keys_losing_their_copies_are_re_replicated() {
+    let mut c = TestCluster::start(3);
+    let mut client = c.client();
+    for i in 0..30 {
+        must_write(&mut client, &format!("k{i}"), &format!("v{i}"));
+    }
+    // Each write went to a majority (two of three); after a death, keys left with one live copy
+    // are copied to the other survivor.
+    c.slaves[0].kill();
+    wait_for("re-replication", READY, || keys_held(&c, "s2") == 30 && keys_held(&c, "s3") == 30).unwrap();
+    for i in 0..30 {
+        assert_eq!(must_read(&mut client, &format!("k{i}")), Some(format!("v{i}")));
+    }
+}

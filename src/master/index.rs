@@ -40,9 +40,15 @@ impl Index {
 
     /// Applies a write read back from the log at start: it is the truth, so it is committed,
     /// but nobody is known to hold it yet.
-    pub fn replay(&mut self, key: &str, stamp: Stamp, value: Value) {
+    pub fn replay(&mut self, key: String, stamp: Stamp, value: Value) {
         let entry = (stamp, value);
-        self.map.insert(key.to_string(), KeyState { latest: entry.clone(), committed: entry, holders: 0 });
+        match self.map.get_mut(&key) {
+            // Most records of a long log overwrite a key already known: no allocation then.
+            Some(s) => *s = KeyState { latest: entry.clone(), committed: entry, holders: 0 },
+            None => {
+                self.map.insert(key, KeyState { latest: entry.clone(), committed: entry, holders: 0 });
+            }
+        }
     }
 
     /// Records a write that was just logged.
@@ -149,7 +155,7 @@ impl Index {
         match self.map.get(key) {
             Some(s) if s.latest.0 >= stamp => false,
             _ => {
-                self.replay(key, stamp, value);
+                self.replay(key.to_string(), stamp, value);
                 true
             }
         }
@@ -201,7 +207,7 @@ mod tests {
     #[test]
     fn holders_follow_the_committed_stamp() {
         let mut ix = Index::new();
-        ix.replay("k", Stamp::new(1, 5), v("x"));
+        ix.replay("k".to_string(), Stamp::new(1, 5), v("x"));
         assert_eq!(ix.get("k").unwrap().holders, 0);
         ix.add_holders("k", Stamp::new(1, 5), 0b101);
         ix.add_holders("k", Stamp::new(1, 4), 0b010);

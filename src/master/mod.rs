@@ -75,6 +75,10 @@ pub const REPAIR_INTERVAL: Duration = Duration::from_millis(500);
 /// How many catch-up writes may be outstanding to one slave at once.
 pub const SYNC_WINDOW: usize = 256;
 
+/// Replies buffered for one client before they are written even though more pipelined
+/// requests wait: bounds a connection's memory when small requests ask for big values.
+pub const MAX_PENDING_REPLY_BYTES: usize = 256 * 1024;
+
 /// Default primary address.
 pub const DEFAULT_PRIMARY_ADDR: &str = "127.0.0.1:12345";
 
@@ -260,8 +264,8 @@ impl Master {
         let wal = Wal::open(&config.wal, config.fsync, |seq, record| {
             records += 1;
             match record {
-                Record::Set { key, value } => index.replay(&key, Stamp::new(epoch, seq), Some(value.into())),
-                Record::Del { key } => index.replay(&key, Stamp::new(epoch, seq), None),
+                Record::Set { key, value } => index.replay(key, Stamp::new(epoch, seq), Some(value.into())),
+                Record::Del { key } => index.replay(key, Stamp::new(epoch, seq), None),
                 Record::Member { id } => {
                     members
                         .add(&id)
@@ -429,8 +433,9 @@ fn serve_connection(shared: &Arc<Shared>, stream: TcpStream) {
             reply.encode_into(&mut out);
         }
         // Flush only when no further request is already buffered, so a pipelining client gets
-        // its replies in few system calls.
-        if !reader.has_buffered_line() && !out.is_empty() {
+        // its replies in few system calls; but never let replies pile up without bound for a
+        // client that pipelines many reads of big values.
+        if (!reader.has_buffered_line() || out.len() >= MAX_PENDING_REPLY_BYTES) && !out.is_empty() {
             if (&stream).write_all(&out).is_err() {
                 return;
             }

@@ -89,6 +89,7 @@ fn write(shared: &Arc<Shared>, key: String, value: Value) -> Reply {
     };
     let stamp = Stamp::new(epoch, seq);
     shared.index.lock().logged(&key, stamp, value.clone());
+    crate::failpoint::failpoint("after-append");
     let command = match record {
         Record::Set { key, value } => Command::Set { stamp, key, value },
         _ => Command::Del { stamp, key: key.clone() },
@@ -96,6 +97,7 @@ fn write(shared: &Arc<Shared>, key: String, value: Value) -> Reply {
     let deadline = Instant::now() + shared.config.ack_timeout * WRITE_DEADLINE_ACK_TIMEOUTS;
     match replicate(shared, links, need, epoch, &command, deadline) {
         Replicated::Quorum(acked) => {
+            crate::failpoint::failpoint("after-quorum");
             shared.index.lock().commit(&key, stamp, value, acked);
             shared.stats.writes.fetch_add(1, Ordering::Relaxed);
             Reply::Ok(seq)
@@ -119,6 +121,10 @@ fn write(shared: &Arc<Shared>, key: String, value: Value) -> Reply {
 fn delete(shared: &Arc<Shared>, key: String) -> Reply {
     let exists = shared.index.lock().get(&key).is_some_and(|s| s.committed.1.is_some());
     if !exists {
+        // `NOT_FOUND` is a read of the key: it needs the read lease like any read.
+        if let Err(reply) = read_lease(shared) {
+            return reply;
+        }
         return Reply::NotFound;
     }
     write(shared, key, None)
@@ -199,22 +205,31 @@ fn replicate(
     result
 }
 
+/// The connected, caught-up links and the majority, if this master holds read leases from a
+/// majority of the members; otherwise the error to answer. Every answer derived from this
+/// master's state — a value, or `NOT_FOUND` — needs this first: a master that was cut off or
+/// superseded must not answer from a state that may be stale.
+fn read_lease(shared: &Shared) -> Result<(Vec<Arc<Link>>, usize), Reply> {
+    let (links, need) = quorum_links(shared, true).map_err(|why| Reply::Err(ErrorReply::Unavailable(why)))?;
+    let now = shared.now_us();
+    let leased = links.iter().filter(|l| l.lease_until_us.load(Ordering::Acquire) > now).count();
+    if leased < need {
+        return Err(Reply::Err(ErrorReply::Unavailable(format!(
+            "read lease held from {leased} members, {need} needed"
+        ))));
+    }
+    Ok((links, need))
+}
+
 fn read(shared: &Arc<Shared>, key: &str) -> Reply {
+    let (links, need) = match read_lease(shared) {
+        Ok(q) => q,
+        Err(reply) => return reply,
+    };
     let Some(state) = shared.index.lock().get(key).cloned() else {
         shared.stats.reads.fetch_add(1, Ordering::Relaxed);
         return Reply::NotFound;
     };
-    let (links, need) = match quorum_links(shared, true) {
-        Ok(q) => q,
-        Err(why) => return Reply::Err(ErrorReply::Unavailable(why)),
-    };
-    let now = shared.now_us();
-    let leased = links.iter().filter(|l| l.lease_until_us.load(Ordering::Acquire) > now).count();
-    if leased < need {
-        return Reply::Err(ErrorReply::Unavailable(format!(
-            "read lease held from {leased} members, {need} needed"
-        )));
-    }
     let committed = state.committed.0;
     if committed == Stamp::default() {
         // Logged but never acknowledged (its write timed out): nothing acknowledged to return.

@@ -74,9 +74,9 @@ impl Shared {
         let epoch = self.epoch();
         match record {
             Record::Set { key, value } => {
-                self.index.lock().replay(&key, Stamp::new(epoch, seq), Some(value.into()))
+                self.index.lock().replay(key, Stamp::new(epoch, seq), Some(value.into()))
             }
-            Record::Del { key } => self.index.lock().replay(&key, Stamp::new(epoch, seq), None),
+            Record::Del { key } => self.index.lock().replay(key, Stamp::new(epoch, seq), None),
             Record::Member { id } => {
                 self.members.lock().add(&id);
             }

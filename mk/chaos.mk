@@ -1,0 +1,17 @@
+# The nemesis suite's long run: CHAOS_RUNS seeded runs of CHAOS_DURATION seconds each against a
+# real cluster (release build), starting at seed CHAOS_SEED. Exits non-zero on any violation.
+# Node logs of every run are kept in CHAOS_OUT/run-<seed>.
+
+CHAOS_RUNS     ?= 20
+CHAOS_DURATION ?= 60
+CHAOS_SEED     ?= 1
+CHAOS_SLAVES   ?= 3
+CHAOS_OUT      ?= $(RUN_DIR)/chaos
+
+.PHONY: chaos
+
+chaos:
+	$(CARGO) build --release --bins
+	@mkdir -p $(CHAOS_OUT)
+	$(BIN)/dsm-chaos --runs $(CHAOS_RUNS) --duration $(CHAOS_DURATION) --seed $(CHAOS_SEED) \
+	  --slaves $(CHAOS_SLAVES) --out $(CHAOS_OUT)

@@ -1,0 +1,50 @@
+//! Crashes of the primary at the worst moments of a write, through failpoints (debug builds):
+//! after the log append but before any slave has the write, and after the quorum but before
+//! the client's reply. The backup takes over, the primary restarts and fails back, and the
+//! whole history — with the crashed write of unknown outcome — must be linearizable with every
+//! acknowledged write surviving.
+
+mod faults;
+
+use std::sync::Arc;
+
+use dsm::cluster::wait_for;
+use dsm::nemesis::History;
+use faults::{wait_acked, Cluster, READY};
+
+/// The primary crashes on this write it handles (counting from 1), well after start-up.
+const CRASH_ON_WRITE: u64 = 40;
+
+fn crash_at(failpoint: &str, seed: u64) {
+    let mut c = Cluster::start(3, Some(&format!("{failpoint}:{CRASH_ON_WRITE}")), false);
+    let history = Arc::new(History::new());
+    let workload = c.workload(&history, 3, 40, seed);
+    wait_for("the primary to crash at the failpoint", READY, || !c.primary.is_running())
+        .unwrap_or_else(|e| panic!("{e}: {:?}", workload.counts()));
+    // The backup takes over and the clients go on through it.
+    c.wait_serving(&c.backup_addr.clone(), 3);
+    let acked = wait_acked(&workload, workload.counts().acked_writes, 30, "writes through the backup");
+    // The primary comes back (unarmed), takes its writes back, and serves again.
+    c.restart_primary();
+    c.wait_serving(&c.primary_addr.clone(), 3);
+    wait_acked(&workload, acked, 30, "writes after the fail-back");
+    let counts = workload.stop();
+    let verdict = c.judge(&history);
+    assert!(counts.unknown_writes >= 1, "the crashed write should be of unknown outcome: {counts:?}");
+    if !verdict.is_ok() {
+        let kept = c.dir.keep();
+        panic!("{failpoint}: {counts:?}\n{verdict}\nlogs in {}", kept.display());
+    }
+    let log = std::fs::read_to_string(c.dir.path().join("primary.out")).unwrap_or_default();
+    assert!(log.contains(&format!("failpoint {failpoint}:{CRASH_ON_WRITE} reached")), "{log}");
+}
+
+#[test]
+fn crash_after_append_before_quorum() {
+    crash_at("after-append", 11);
+}
+
+#[test]
+fn crash_after_quorum_before_reply() {
+    crash_at("after-quorum", 12);
+}

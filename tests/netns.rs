@@ -1,0 +1,147 @@
+//! The partition test with real network namespaces: the primary runs in a namespace of its own,
+//! joined to the host by a veth pair, and the partition is the host's end of the link going
+//! down — no proxy, the kernel drops the packets. Needs root and a working `ip netns`;
+//! otherwise the test prints why and passes without running.
+
+mod faults;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use dsm::cluster::{free_port, stat, wait_for, Node};
+use dsm::nemesis::History;
+use faults::{bin, serving, wait_acked, READY};
+
+/// A namespace with a veth pair to the host, deleted on drop.
+struct Netns {
+    name: String,
+    host_if: String,
+    host_ip: String,
+    ns_ip: String,
+}
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip").args(args).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+impl Netns {
+    fn create() -> Result<Netns, String> {
+        let id = std::process::id();
+        let name = format!("dsm-{id}");
+        let (host_if, ns_if) = (format!("dh{id}"), format!("dn{id}"));
+        let net = format!("10.201.{}", id % 250);
+        let n = Netns { name, host_if, host_ip: format!("{net}.1"), ns_ip: format!("{net}.2") };
+        let steps: Vec<Vec<String>> = vec![
+            vec!["netns".into(), "add".into(), n.name.clone()],
+            vec![
+                "link".into(),
+                "add".into(),
+                n.host_if.clone(),
+                "type".into(),
+                "veth".into(),
+                "peer".into(),
+                "name".into(),
+                ns_if.clone(),
+            ],
+            vec!["link".into(), "set".into(), ns_if.clone(), "netns".into(), n.name.clone()],
+            vec!["addr".into(), "add".into(), format!("{}/24", n.host_ip), "dev".into(), n.host_if.clone()],
+            vec!["link".into(), "set".into(), n.host_if.clone(), "up".into()],
+            vec![
+                "-n".into(),
+                n.name.clone(),
+                "addr".into(),
+                "add".into(),
+                format!("{}/24", n.ns_ip),
+                "dev".into(),
+                ns_if.clone(),
+            ],
+            vec!["-n".into(), n.name.clone(), "link".into(), "set".into(), ns_if, "up".into()],
+            vec!["-n".into(), n.name.clone(), "link".into(), "set".into(), "lo".into(), "up".into()],
+        ];
+        for step in steps {
+            let args: Vec<&str> = step.iter().map(String::as_str).collect();
+            if !ip(&args) {
+                return Err(format!("`ip {}` failed", step.join(" ")));
+            }
+        }
+        Ok(n)
+    }
+
+    fn link(&self, up: bool) {
+        assert!(ip(&["link", "set", &self.host_if, if up { "up" } else { "down" }]));
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its end of the veth pair, and with it the host's end.
+        ip(&["link", "del", &self.host_if]);
+        ip(&["netns", "del", &self.name]);
+    }
+}
+
+fn args(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn primary_in_its_own_namespace_cut_off_by_link_down() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: network namespaces need root");
+        return;
+    }
+    let ns = match Netns::create() {
+        Ok(ns) => ns,
+        Err(e) => {
+            eprintln!("skipping: network namespaces unavailable: {e}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap().port();
+    let primary_addr = format!("{}:{port}", ns.ns_ip);
+    let backup_addr = free_port().unwrap().to_string();
+    let wal = dir.path().join("primary.log").display().to_string();
+    let mut primary_args = args(&["netns", "exec", &ns.name, &bin("dsm-master").display().to_string()]);
+    primary_args.extend(args(&["--listen", &primary_addr, "--wal", &wal, "--backup", &backup_addr]));
+    let _primary = Node::start("primary", Path::new("ip"), primary_args, dir.path(), false, true).unwrap();
+    let backup_args = args(&[
+        "--listen",
+        &backup_addr,
+        "--primary",
+        &primary_addr,
+        "--follow",
+        &wal,
+        "--wal",
+        &dir.path().join("backup.log").display().to_string(),
+    ]);
+    let _backup = Node::start("backup", &bin("dsm-backup"), backup_args, dir.path(), false, true).unwrap();
+    let mut slaves = Vec::new();
+    for i in 1..=3 {
+        let id = format!("s{i}");
+        let a = args(&["--id", &id, "--master", &primary_addr, "--backup", &backup_addr]);
+        slaves.push(Node::start(&id, &bin("dsm-slave"), a, dir.path(), false, false).unwrap());
+    }
+    wait_for("the namespaced primary to serve", READY, || serving(&primary_addr, 3)).unwrap();
+
+    let history = Arc::new(History::new());
+    let workload =
+        dsm::nemesis::Workload::start(&history, &primary_addr, &backup_addr, 3, 3, 40, 31).unwrap();
+    let acked = wait_acked(&workload, 0, 50, "writes before the partition");
+    ns.link(false);
+    wait_for("the backup to take over", READY, || serving(&backup_addr, 3))
+        .unwrap_or_else(|e| panic!("{e}: backup role={:?}", stat(&backup_addr, "role")));
+    let acked = wait_acked(&workload, acked, 50, "writes through the backup");
+    ns.link(true);
+    wait_for("a master serving after healing", READY, || {
+        serving(&primary_addr, 3) || serving(&backup_addr, 3)
+    })
+    .unwrap();
+    wait_acked(&workload, acked, 30, "writes after healing");
+    let counts = workload.stop();
+    dsm::nemesis::final_reads(&history, &primary_addr, &backup_addr).unwrap();
+    let verdict = history.judge(dsm::nemesis::FINAL_CLIENT);
+    assert!(verdict.is_ok(), "{counts:?}\n{verdict}\nlogs in {}", dir.path().display());
+}
