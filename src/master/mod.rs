@@ -23,6 +23,7 @@
 //! rebuild its map, and answers from its log-backed index. A read never returns anything but the
 //! newest acknowledged write.
 
+pub mod flags;
 pub mod index;
 pub mod link;
 pub mod members;
