@@ -76,7 +76,8 @@ fn main() -> ExitCode {
             faults: faults.clone(),
             tcp_follow: args.tcp_follow,
             bin_dir: args.bin_dir.clone().unwrap_or_else(|| base.bin_dir.clone()),
-            out: args.out.clone(),
+            // The nodes run in their own directories: their paths must not be relative.
+            out: args.out.as_deref().map(std::path::absolute).transpose().unwrap_or(None),
             echo: args.echo,
             ..base.clone()
         };

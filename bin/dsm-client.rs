@@ -20,6 +20,13 @@ struct Args {
     /// The backup master, tried when the primary is down or not the primary (`none` to disable).
     #[arg(long, default_value = DEFAULT_BACKUP_ADDR)]
     backup: String,
+    /// Send `AUTH <password>` on every connection (servers started with --requirepass).
+    /// Visible to other users in `ps`: prefer --password-file or DSM_PASSWORD.
+    #[arg(long, env = "DSM_PASSWORD", hide_env_values = true, conflicts_with = "password_file")]
+    password: Option<String>,
+    /// Like --password, with the password read from a file (surrounding whitespace ignored).
+    #[arg(long, value_name = "PATH")]
+    password_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -40,6 +47,20 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let backup = (args.backup != "none").then_some(args.backup.as_str());
     let mut client = Client::new(&args.master, backup);
+    let password = match (&args.password, &args.password_file) {
+        (Some(p), _) => Some(p.as_bytes().to_vec()),
+        (None, Some(path)) => match std::fs::read(path) {
+            Ok(raw) => Some(raw.trim_ascii().to_vec()),
+            Err(e) => {
+                eprintln!("error: cannot read the password file {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => None,
+    };
+    if let Some(password) = password {
+        client.set_password(&password);
+    }
     match args.command {
         Some(cmd) => one_shot(&mut client, cmd),
         None => interactive(&mut client),

@@ -2,12 +2,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Parser;
-use dsm::logging::{self, Level};
-use dsm::master::{self, Config, Master};
-use dsm::wal::Fsync;
+use dsm::logging;
+use dsm::master::flags::{serve, usage_error, ServerFlags};
+use dsm::master::{self, replica};
 
 /// The primary master of a dsm cluster: logs every write, replicates it to a majority of the
 /// slave members, and serves clients on a line protocol (try `nc 127.0.0.1 12345`).
@@ -26,59 +25,16 @@ struct Args {
     /// there is no backup).
     #[arg(long, default_value = master::DEFAULT_BACKUP_ADDR)]
     backup: String,
-    /// When to fsync the log: `always` before every reply (with group commit), `everysec`, or
-    /// `never`. With everysec a killed process loses nothing; an OS crash may lose up to 1 s.
-    #[arg(long, value_enum, default_value_t = Fsync::Everysec)]
-    fsync: Fsync,
-    /// How long a write waits for one slave's ACK before replacing that slave.
-    #[arg(long, default_value_t = master::DEFAULT_ACK_TIMEOUT_MS)]
-    ack_timeout_ms: u64,
-    /// Heartbeat interval; a slave silent for 5 intervals is marked down.
-    #[arg(long, default_value_t = master::DEFAULT_HEARTBEAT_MS)]
-    heartbeat_ms: u64,
-    /// Most connections (clients and slaves) at once.
-    #[arg(long, default_value_t = master::DEFAULT_MAX_CONNECTIONS)]
-    max_connections: usize,
-    /// Log verbosity.
-    #[arg(long, value_enum, default_value_t = Level::Info)]
-    log_level: Level,
+    #[command(flatten)]
+    server: ServerFlags,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    logging::init(args.log_level);
-    if args.ack_timeout_ms == 0 || args.heartbeat_ms == 0 || args.max_connections == 0 {
-        eprintln!("error: --ack-timeout-ms, --heartbeat-ms and --max-connections must be positive");
-        return ExitCode::from(2);
-    }
-    let config = Config {
-        listen: args.listen,
-        wal: args.wal,
-        peer: (args.backup != "none").then_some(args.backup),
-        fsync: args.fsync,
-        ack_timeout: Duration::from_millis(args.ack_timeout_ms),
-        heartbeat: Duration::from_millis(args.heartbeat_ms),
-        max_connections: args.max_connections,
-    };
-    let master = match Master::bind(config) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match master.local_addr() {
-        Ok(addr) => logging::announce_listening(addr),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
-    match master.run(dsm::master::replica::run_primary) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+    logging::init(args.server.log_level);
+    let peer = (args.backup != "none").then_some(args.backup);
+    match args.server.config(args.listen, args.wal, peer) {
+        Ok(config) => serve(config, replica::run_primary),
+        Err(e) => usage_error(&e),
     }
 }

@@ -1,6 +1,7 @@
 //! `dsm-slave`: a storage node.
 
 use clap::Parser;
+use dsm::auth::SecretArgs;
 use dsm::logging::{self, Level};
 use dsm::master::{DEFAULT_BACKUP_ADDR, DEFAULT_PRIMARY_ADDR};
 use dsm::slave::{self, Config};
@@ -23,6 +24,8 @@ struct Args {
     /// Log verbosity.
     #[arg(long, value_enum, default_value_t = Level::Info)]
     log_level: Level,
+    #[command(flatten)]
+    secret: SecretArgs,
 }
 
 fn main() -> std::process::ExitCode {
@@ -33,5 +36,17 @@ fn main() -> std::process::ExitCode {
         eprintln!("error: --id: {e}");
         return std::process::ExitCode::from(2);
     }
-    slave::run(Config { id, master: args.master, backup: (args.backup != "none").then_some(args.backup) })
+    let secret = match args.secret.load() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    slave::run(Config {
+        id,
+        master: args.master,
+        backup: (args.backup != "none").then_some(args.backup),
+        secret,
+    })
 }

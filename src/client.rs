@@ -44,6 +44,8 @@ pub struct Client {
     conn: Option<Conn>,
     timeout: Duration,
     events: Vec<Event>,
+    /// Sent as `AUTH <password>` on every new connection.
+    password: Option<Vec<u8>>,
 }
 
 struct Conn {
@@ -58,7 +60,14 @@ impl Client {
     pub fn new(master: &str, backup: Option<&str>) -> Client {
         let mut servers = vec![master.to_string()];
         servers.extend(backup.map(str::to_string));
-        Client { servers, preferred: 0, conn: None, timeout: DEFAULT_REQUEST_TIMEOUT, events: Vec::new() }
+        Client {
+            servers,
+            preferred: 0,
+            conn: None,
+            timeout: DEFAULT_REQUEST_TIMEOUT,
+            events: Vec::new(),
+            password: None,
+        }
     }
 
     /// Sets how long a request waits for its reply.
@@ -67,6 +76,13 @@ impl Client {
         if let Some(c) = &self.conn {
             let _ = c.stream.set_read_timeout(Some(timeout));
         }
+    }
+
+    /// Sends `AUTH <password>` after each connect (servers started with `--requirepass`). A
+    /// server that refuses it counts as unreachable, with its error as the reason.
+    pub fn set_password(&mut self, password: &[u8]) {
+        self.password = Some(password.to_vec());
+        self.conn = None;
     }
 
     /// The address of the server currently connected, if any.
@@ -88,7 +104,7 @@ impl Client {
         for i in 0..self.servers.len() {
             let idx = (self.preferred + i) % self.servers.len();
             let addr = self.servers[idx].clone();
-            match Conn::open(&addr, self.timeout) {
+            match Conn::open(&addr, self.timeout, self.password.as_deref()) {
                 Ok(conn) => {
                     if let Some((from, why)) = failures.last().cloned() {
                         self.events.push(Event::FailedOver { from, to: addr.clone(), why });
@@ -184,11 +200,21 @@ impl Client {
 }
 
 impl Conn {
-    fn open(addr: &str, timeout: Duration) -> Result<Conn> {
+    fn open(addr: &str, timeout: Duration, password: Option<&[u8]>) -> Result<Conn> {
         let stream = connect(addr)?;
         stream.set_read_timeout(Some(timeout))?;
         let reader = LineReader::new(stream.try_clone()?);
-        Ok(Conn { addr: addr.to_string(), stream, reader, out: Vec::new() })
+        let mut conn = Conn { addr: addr.to_string(), stream, reader, out: Vec::new() };
+        if let Some(password) = password {
+            encode_request(&Request::Auth { password: password.to_vec() }, &mut conn.out);
+            conn.stream.write_all(&conn.out)?;
+            match conn.read_reply()? {
+                Reply::Done => {}
+                Reply::Err(e) => return Err(Error::Unavailable(format!("AUTH refused: {e}"))),
+                other => return Err(Error::Protocol(format!("unexpected reply to AUTH: {other:?}"))),
+            }
+        }
+        Ok(conn)
     }
 
     fn read_reply(&mut self) -> Result<Reply> {
@@ -280,6 +306,10 @@ pub fn encode_request(request: &Request, out: &mut Vec<u8>) {
         Request::Members => out.extend_from_slice(b"MEMBERS"),
         Request::Quit => out.extend_from_slice(b"QUIT"),
         Request::Hello => out.extend_from_slice(b"CLIENT"),
+        Request::Auth { password } => {
+            out.extend_from_slice(b"AUTH ");
+            out.extend_from_slice(password);
+        }
     }
     out.push(b'\n');
 }
@@ -301,6 +331,7 @@ mod tests {
             Request::Members,
             Request::Quit,
             Request::Hello,
+            Request::Auth { password: b"a b".to_vec() },
         ];
         for r in requests {
             let mut out = Vec::new();

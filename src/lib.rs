@@ -4,6 +4,7 @@
 //! majority of slave nodes before acknowledging it; a backup master follows the log and takes
 //! over when the primary fails. See `docs/ARCHITECTURE.md` for the whole picture.
 
+pub mod auth;
 pub mod backup;
 pub mod checker;
 pub mod client;

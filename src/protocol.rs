@@ -13,6 +13,7 @@
 //! MEMBERS               -> MEMBER <id> <up|down> ... END
 //! REMOVE <slave-id>     -> OK <version>          (forget a dead slave for good)
 //! QUIT                  -> BYE, then the server closes
+//! AUTH <password>       -> OK | ERR invalid password   (with --requirepass; see crate::auth)
 //! CLIENT                -> (the original handshake; accepted, no reply)
 //! anything else         -> ERR <reason>
 //! ```
@@ -47,6 +48,9 @@ pub enum Request {
     Quit,
     /// `CLIENT`: the original system's handshake line, ignored.
     Hello,
+    /// `AUTH <password>`: authenticate the connection (`--requirepass`). The password is
+    /// everything after the single space, spaces included.
+    Auth { password: Vec<u8> },
 }
 
 /// A reply to a client.
@@ -54,6 +58,8 @@ pub enum Request {
 pub enum Reply {
     /// `OK <version>`.
     Ok(u64),
+    /// `OK` alone: done, and no version to tell (the answer to `AUTH`).
+    Done,
     /// `VALUE <version> <value>`.
     Value { version: u64, value: Vec<u8> },
     /// `NOT_FOUND`.
@@ -112,6 +118,7 @@ impl Reply {
         // Writing into a Vec cannot fail.
         let _ = match self {
             Reply::Ok(v) => write!(out, "OK {v}\r\n"),
+            Reply::Done => write!(out, "OK\r\n"),
             Reply::Value { version, value } => {
                 let _ = write!(out, "VALUE {version} ");
                 out.extend_from_slice(value);
@@ -148,6 +155,7 @@ impl Reply {
         let (word, rest) = split_word(line);
         let rest_opt = rest.unwrap_or(b"");
         match word {
+            b"OK" if rest.is_none() => Ok(Reply::Done),
             b"OK" => Ok(Reply::Ok(parse_u64(text_or_err(rest_opt)?)?)),
             b"VALUE" => {
                 let (version, value) = split_word(rest_opt);
@@ -241,6 +249,10 @@ impl Request {
             b"MEMBERS" => args(0).map(|_| Request::Members),
             b"QUIT" => args(0).map(|_| Request::Quit),
             b"CLIENT" => args(0).map(|_| Request::Hello),
+            b"AUTH" => match rest {
+                Some(password) if !password.is_empty() => Ok(Request::Auth { password: password.to_vec() }),
+                _ => Err(format!("wrong number of arguments for '{name}'")),
+            },
             _ => Err(format!("unknown command '{}'", truncate_for_display(word))),
         }
     }
@@ -323,6 +335,7 @@ mod tests {
         assert_eq!(ok("members"), Request::Members);
         assert_eq!(ok("QUIT"), Request::Quit);
         assert_eq!(ok("CLIENT"), Request::Hello);
+        assert_eq!(ok("auth pass word"), Request::Auth { password: b"pass word".to_vec() });
     }
 
     #[test]
@@ -343,6 +356,8 @@ mod tests {
             (b"STATS x", "wrong number of arguments for 'stats'"),
             (b"QUIT now", "wrong number of arguments for 'quit'"),
             (b"REMOVE", "wrong number of arguments for 'remove'"),
+            (b"AUTH", "wrong number of arguments for 'auth'"),
+            (b"AUTH ", "wrong number of arguments for 'auth'"),
             (b"READ a\x01b", "key contains whitespace or control bytes"),
             (b"WRITE a\tb v", "key contains whitespace or control bytes"),
             (b"READ \xff\xfe", "key is not valid UTF-8"),
@@ -360,6 +375,7 @@ mod tests {
     fn replies_round_trip() {
         let replies = [
             Reply::Ok(7),
+            Reply::Done,
             Reply::Value { version: 3, value: b"a b  c".to_vec() },
             Reply::Value { version: 3, value: Vec::new() },
             Reply::NotFound,

@@ -45,6 +45,8 @@ pub struct Config {
     pub master: String,
     /// The backup master, if any.
     pub backup: Option<String>,
+    /// The cluster secret: proven to the master at registration, and required of it.
+    pub secret: Option<crate::auth::Secret>,
 }
 
 /// The default slave id: `slave-<hostname>`, stable across restarts on one host, so a slave
@@ -187,6 +189,15 @@ impl Node {
         let hello = Hello { id: self.config.id.clone(), epoch: self.epoch, max_seq: self.store.max_seq() };
         (&stream).write_all(format!("{}\n", hello.encode()).as_bytes())?;
         let mut reader = LineReader::new(stream.try_clone()?);
+        if let Some(secret) = &self.config.secret {
+            crate::auth::peer_handshake(
+                secret,
+                crate::auth::PeerRole::Slave,
+                &hello.id,
+                &stream,
+                &mut reader,
+            )?;
+        }
         let line = match reader.read_line() {
             Ok(Some(line)) => String::from_utf8_lossy(line).into_owned(),
             Ok(None) => return Err(Error::Unavailable("closed during registration".into())),

@@ -23,6 +23,7 @@
 //! rebuild its map, and answers from its log-backed index. A read never returns anything but the
 //! newest acknowledged write.
 
+pub mod flags;
 pub mod index;
 pub mod link;
 pub mod members;
@@ -41,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::auth::PeerRole;
 use crate::framing::{LineError, LineReader};
 use crate::peer::{Hello, Stamp};
 use crate::protocol::{ErrorReply, Reply, Request};
@@ -102,6 +104,11 @@ pub struct Config {
     pub heartbeat: Duration,
     /// Connection limit.
     pub max_connections: usize,
+    /// The cluster secret (`--secret-file`): slaves and the other master must prove they know
+    /// it (see [`crate::auth`]). `None` accepts any peer.
+    pub secret: Option<crate::auth::Secret>,
+    /// The client password (`--requirepass`); `None` lets every client in.
+    pub requirepass: Option<crate::auth::Password>,
 }
 
 impl Default for Config {
@@ -114,6 +121,8 @@ impl Default for Config {
             ack_timeout: Duration::from_millis(DEFAULT_ACK_TIMEOUT_MS),
             heartbeat: Duration::from_millis(DEFAULT_HEARTBEAT_MS),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            secret: None,
+            requirepass: None,
         }
     }
 }
@@ -283,6 +292,9 @@ impl Master {
         index.restamp(epoch);
         let listener = TcpListener::bind(&config.listen)
             .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.listen)))?;
+        if let Ok(addr) = listener.local_addr() {
+            crate::auth::warn_if_exposed(addr, config.secret.is_some());
+        }
         let shared = Arc::new(Shared {
             config,
             wal,
@@ -362,6 +374,7 @@ fn serve_connection(shared: &Arc<Shared>, stream: TcpStream) {
     let mut reader = LineReader::new(read_half);
     let mut out = Vec::with_capacity(4096);
     let mut first = true;
+    let mut authenticated = shared.config.requirepass.is_none();
     loop {
         let line = match reader.read_line() {
             Ok(Some(line)) => line,
@@ -373,14 +386,25 @@ fn serve_connection(shared: &Arc<Shared>, stream: TcpStream) {
             Err(LineError::Io(_)) => break,
         };
         if first && line == b"STREAM" {
-            return replica::serve_stream(shared, stream);
+            if admit(shared, &stream, &mut reader, PeerRole::Stream, crate::auth::MASTER_ID) {
+                replica::serve_stream(shared, stream);
+            }
+            return;
         }
         if first && line == b"HANDOFF" {
-            return replica::serve_handoff(shared, stream);
+            if admit(shared, &stream, &mut reader, PeerRole::Handoff, crate::auth::MASTER_ID) {
+                replica::serve_handoff(shared, stream);
+            }
+            return;
         }
         if first && line.len() > 6 && line[..6].eq_ignore_ascii_case(b"SLAVE ") {
             match Hello::parse(line) {
-                Ok(hello) => return slaves::serve_slave(shared, stream, reader, hello),
+                Ok(hello) => {
+                    if admit(shared, &stream, &mut reader, PeerRole::Slave, &hello.id) {
+                        slaves::serve_slave(shared, stream, reader, hello);
+                    }
+                    return;
+                }
                 Err(e) => {
                     let _ = (&stream).write_all(format!("ERR {e}\r\n").as_bytes());
                     return;
@@ -390,11 +414,15 @@ fn serve_connection(shared: &Arc<Shared>, stream: TcpStream) {
         let request = Request::parse(line);
         let was_first = std::mem::replace(&mut first, false);
         let reply = match request {
+            Ok(Request::Auth { password }) => Some(check_password(shared, &password, &mut authenticated)),
             Ok(Request::Hello) if was_first => None,
             Ok(Request::Hello) => Some(Reply::invalid("CLIENT is accepted only as the first line")),
             Ok(Request::Quit) => {
                 out.extend_from_slice(b"BYE\r\n");
                 break;
+            }
+            Ok(request) if !authenticated && request != Request::Ping => {
+                Some(Reply::invalid("NOAUTH authentication required"))
             }
             Ok(request) => Some(ops::execute(shared, request)),
             Err(msg) => Some(Reply::invalid(msg)),
@@ -416,4 +444,39 @@ fn serve_connection(shared: &Arc<Shared>, stream: TcpStream) {
         }
     }
     let _ = (&stream).write_all(&out);
+}
+
+/// With a cluster secret, runs the server's side of the peer handshake ([`crate::auth`]) and
+/// says whether the peer may go on; a refusal is logged (the peer was sent `ERR auth failed`).
+/// Without a secret every peer is admitted and nothing is sent.
+fn admit(
+    shared: &Shared,
+    stream: &TcpStream,
+    reader: &mut LineReader<TcpStream>,
+    role: PeerRole,
+    id: &str,
+) -> bool {
+    let Some(secret) = &shared.config.secret else {
+        return true;
+    };
+    match crate::auth::serve_handshake(secret, role, id, stream, reader) {
+        Ok(()) => true,
+        Err(why) => {
+            let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            log::warn!("refused a {} connection ({id}) from {peer}: {why}", role.name());
+            false
+        }
+    }
+}
+
+/// Answers `AUTH <password>`: `OK` and an authenticated connection, or `ERR invalid password`.
+fn check_password(shared: &Shared, attempt: &[u8], authenticated: &mut bool) -> Reply {
+    match &shared.config.requirepass {
+        None => Reply::invalid("AUTH given, but no password is configured"),
+        Some(password) if password.check(attempt) => {
+            *authenticated = true;
+            Reply::Done
+        }
+        Some(_) => Reply::invalid("invalid password"),
+    }
 }

@@ -26,7 +26,7 @@ pub fn execute(shared: &Arc<Shared>, request: Request) -> Reply {
         Request::Stats => stats(shared),
         Request::Members => members_table(shared),
         Request::Remove { id } => guarded(shared, |s| remove_member(s, &id)),
-        Request::Quit | Request::Hello => Reply::invalid("unexpected request"),
+        Request::Quit | Request::Hello | Request::Auth { .. } => Reply::invalid("unexpected request"),
     }
 }
 

@@ -197,6 +197,15 @@ pub fn follow_stream(shared: &Shared, addr: &str, mut keep_going: impl FnMut(At)
     stream.set_read_timeout(Some(STREAM_SILENCE))?;
     (&stream).write_all(b"STREAM\n")?;
     let mut reader = LineReader::new(stream.try_clone()?);
+    if let Some(secret) = &shared.config.secret {
+        crate::auth::peer_handshake(
+            secret,
+            crate::auth::PeerRole::Stream,
+            crate::auth::MASTER_ID,
+            &stream,
+            &mut reader,
+        )?;
+    }
     loop {
         let line = match reader.read_line() {
             Ok(Some(line)) => line,
@@ -223,12 +232,23 @@ pub fn follow_stream(shared: &Shared, addr: &str, mut keep_going: impl FnMut(At)
     }
 }
 
-/// Asks the master at `addr` to hand off; returns the last seq it logged and its epoch.
-pub fn request_handoff(addr: &str) -> Result<At> {
+/// Asks the master at `addr` to hand off, proving the cluster secret first if there is one;
+/// returns the last seq it logged and its epoch.
+pub fn request_handoff(addr: &str, secret: Option<&crate::auth::Secret>) -> Result<At> {
     let stream = crate::client::connect(addr)?;
-    stream.set_read_timeout(Some(HANDOFF_DRAIN + STREAM_SILENCE))?;
     (&stream).write_all(b"HANDOFF\n")?;
     let mut reader = LineReader::new(stream.try_clone()?);
+    if let Some(secret) = secret {
+        stream.set_read_timeout(Some(crate::auth::AUTH_TIMEOUT))?;
+        crate::auth::peer_handshake(
+            secret,
+            crate::auth::PeerRole::Handoff,
+            crate::auth::MASTER_ID,
+            &stream,
+            &mut reader,
+        )?;
+    }
+    stream.set_read_timeout(Some(HANDOFF_DRAIN + STREAM_SILENCE))?;
     let line = match reader.read_line() {
         Ok(Some(line)) => String::from_utf8_lossy(line).into_owned(),
         _ => return Err(Error::Unavailable(format!("{addr} did not answer the hand-off"))),
@@ -255,7 +275,7 @@ pub fn sync_from(shared: &Shared, addr: &str) -> Result<u64> {
         remote_epoch = remote_epoch.max(at.epoch);
         let applied = shared.applied_seq.load(Ordering::Acquire);
         match handoff {
-            None if applied >= at.seq => match request_handoff(addr) {
+            None if applied >= at.seq => match request_handoff(addr, shared.config.secret.as_ref()) {
                 Ok(h) => {
                     log::info!("{addr} handed off at seq {} (epoch {})", h.seq, h.epoch);
                     remote_epoch = remote_epoch.max(h.epoch);
@@ -406,10 +426,18 @@ fn scan(
     Some(taken)
 }
 
-/// Asks the master at `addr` for its role and epoch (`STATS`); `None` if it does not answer.
-pub fn probe(addr: &str, timeout: Duration) -> Option<(String, u64)> {
+/// Asks the master at `addr` for its role and epoch (`STATS`, after `AUTH` when the cluster has
+/// a client password); `None` if it does not answer.
+pub fn probe(
+    addr: &str,
+    timeout: Duration,
+    password: Option<&crate::auth::Password>,
+) -> Option<(String, u64)> {
     let mut c = crate::client::Client::new(addr, None);
     c.set_timeout(timeout);
+    if let Some(password) = password {
+        c.set_password(password.as_bytes());
+    }
     let rows = c.stats().ok()?;
     let get = |name: &str| rows.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     Some((get("role")?, get("epoch")?.parse().ok()?))
@@ -425,7 +453,7 @@ fn watch_peer(shared: &Shared) {
     while shared.role() == Role::Primary {
         thread::sleep(PEER_WATCH_INTERVAL);
         let Some(peer) = shared.config.peer.as_deref() else { continue };
-        if let Some((role, epoch)) = probe(peer, PEER_WATCH_INTERVAL) {
+        if let Some((role, epoch)) = probe(peer, PEER_WATCH_INTERVAL, shared.config.requirepass.as_ref()) {
             if role == "primary" && epoch > shared.epoch() {
                 shared.step_down(epoch);
             }
@@ -444,7 +472,7 @@ pub fn run_primary(shared: Arc<Shared>) {
         let mut known = shared.epoch().max(shared.superseded.load(Ordering::Acquire));
         let stale = shared.superseded.load(Ordering::Acquire) != 0;
         if let Some(peer) = shared.config.peer.clone() {
-            match probe(&peer, Duration::from_secs(1)) {
+            match probe(&peer, Duration::from_secs(1), shared.config.requirepass.as_ref()) {
                 Some((role, epoch)) if stale || epoch > shared.epoch() || role == "primary" => {
                     match sync_from(&shared, &peer) {
                         Ok(epoch) => known = known.max(epoch),

@@ -114,6 +114,11 @@ impl Raw {
         Raw { stream, buf: Vec::new() }
     }
 
+    /// Wraps an accepted or already connected stream.
+    pub fn from_stream(stream: TcpStream) -> Raw {
+        Raw { stream, buf: Vec::new() }
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("send");
     }
@@ -127,6 +132,24 @@ impl Raw {
             }
             let mut chunk = [0u8; 65536];
             let n = self.stream.read(&mut chunk).expect("read reply");
+            assert!(n > 0, "connection closed; buffered: {:?}", String::from_utf8_lossy(&self.buf));
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Reads one `\n`-terminated line (a `\r` before it dropped): the peer protocols end their
+    /// lines with `\n` alone.
+    pub fn line_lf(&mut self) -> String {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.buf.drain(..pos + 1).take(pos).collect();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return String::from_utf8_lossy(&line).into_owned();
+            }
+            let mut chunk = [0u8; 65536];
+            let n = self.stream.read(&mut chunk).expect("read line");
             assert!(n > 0, "connection closed; buffered: {:?}", String::from_utf8_lossy(&self.buf));
             self.buf.extend_from_slice(&chunk[..n]);
         }
