@@ -8,7 +8,7 @@
 #   make harness-smoke  a 3-second run against a fresh 3-slave cluster, into target/
 #
 # Every run replaces the files of the same run from before (--overwrite), never mixes with
-# them. The sweeps run at full load (--think-ms 0) so they measure the cluster rather than the
+# them, and keeps its servers' output in its logs/ directory (--keep-logs). The sweeps run at full load (--think-ms 0) so they measure the cluster rather than the
 # think time; the failover run keeps the original 10 ms think time.
 
 CARGO            ?= cargo
@@ -20,7 +20,7 @@ RESULTS_SEED     ?= 1
 FAILOVER_DURATION ?= 30
 FAILOVER_KILL_AT  ?= 10
 
-HARNESS_COMMON = --warmup $(RESULTS_WARMUP) --seed $(RESULTS_SEED) --overwrite
+HARNESS_COMMON = --warmup $(RESULTS_WARMUP) --seed $(RESULTS_SEED) --overwrite --keep-logs
 HARNESS_FULL   = $(HARNESS_COMMON) --duration $(RESULTS_DURATION) --think-ms 0
 
 .PHONY: harness-build plots results harness-smoke

@@ -148,6 +148,33 @@ fn a_master_that_is_not_there_gives_errors_never_successes() {
 }
 
 #[test]
+fn a_master_that_never_answers_gives_deadline_errors_every_second() {
+    let dir = tempfile::tempdir().unwrap();
+    // A listener that is never accepted from: connections complete in the kernel's backlog,
+    // requests are sent, and no reply ever comes.
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = RunConfig {
+        master: Some(black_hole.local_addr().unwrap().to_string()),
+        request_timeout: Duration::from_millis(300),
+        duration_s: 2,
+        ..short_run(dir.path())
+    };
+    let report = harness::run(&cfg).unwrap();
+    let t = Table::read(&dir.path().join("metrics.csv")).unwrap();
+    assert_counts_add_up(&t);
+    assert_eq!(int(&t, "success_count"), vec![0, 0]);
+    for (i, e) in int(&t, "error_count").into_iter().enumerate() {
+        assert!(e > 0, "second {i}: a hung request shows as an error within its second");
+    }
+    let deadline = match report.get("errors.deadline") {
+        Some(harness::metrics::Cell::Int(n)) => *n,
+        other => panic!("errors.deadline: {other:?}"),
+    };
+    assert_eq!(deadline, report.total.errors(), "every error is a deadline error");
+    drop(black_hole);
+}
+
+#[test]
 fn killing_the_primary_without_a_backup_ends_the_successes() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = RunConfig { kill_primary_at: Some(1.0), duration_s: 4, ..short_run(dir.path()) };

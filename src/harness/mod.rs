@@ -35,6 +35,7 @@
 //! Sweeps ([`sweep`]) repeat runs with one parameter changed and write a summary CSV.
 
 pub mod config;
+pub mod deadline;
 pub mod metrics;
 pub mod monitor;
 pub mod signal;
@@ -57,6 +58,7 @@ use crate::protocol::{ErrorReply, Reply};
 use crate::{Error, Result};
 
 pub use config::RunConfig;
+use deadline::InFlight;
 use metrics::{
     json_array, json_object, json_string, push_percentiles, row_fields, write_csv, Bucket, Cell, ErrorKind,
     Fields, Op, Outcome, Recorder, RowContext, Timeline,
@@ -272,9 +274,36 @@ struct LoadPlan {
     end: Instant,
     stop: Arc<AtomicBool>,
     seed: u64,
+    /// Each client thread's request in flight, for the run loop's deadline scan.
+    in_flight: Vec<InFlight>,
 }
 
 impl LoadPlan {
+    /// Microseconds from the start of the load to `t`.
+    fn micros(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.start).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Records a deadline error for every request in flight past its deadline (see
+    /// [`deadline`]), in the current second.
+    fn expire_late_requests(&self, timeline: &mut Timeline) {
+        let now = Instant::now();
+        let (now_us, deadline_us) = (self.micros(now), latency_us(self.start, self.start + self.timeout));
+        let mut bucket: Option<Bucket> = None;
+        for slot in &self.in_flight {
+            if let Some(op) = slot.expire(now_us, deadline_us) {
+                bucket.get_or_insert_with(|| Bucket::new((now - self.start).as_secs())).record(
+                    op,
+                    Outcome::Error(ErrorKind::Deadline),
+                    deadline_us,
+                );
+            }
+        }
+        if let Some(b) = bucket {
+            timeline.add(b);
+        }
+    }
+
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed) || signal::interrupted()
     }
@@ -351,6 +380,8 @@ fn client_thread(id: usize, clients: usize, plan: Arc<LoadPlan>, tx: Sender<Buck
         let client = &mut pool[next_conn];
         next_conn = (next_conn + 1) % n_conns;
         let sent = Instant::now();
+        let slot = &plan.in_flight[id];
+        slot.begin(plan.micros(sent), op);
         let reply = match op {
             Op::Write => {
                 for b in value.iter_mut().take(FRESH_VALUE_BYTES) {
@@ -361,6 +392,10 @@ fn client_thread(id: usize, clients: usize, plan: Arc<LoadPlan>, tx: Sender<Buck
             Op::Read => client.read(&key),
         };
         let done = Instant::now();
+        if !slot.finish() {
+            // The run loop counted it as a deadline error when its deadline passed.
+            continue;
+        }
         let mut outcome = classify(op, &reply);
         if outcome == Outcome::Success && done - sent > plan.timeout {
             outcome = Outcome::Error(ErrorKind::Deadline);
@@ -501,6 +536,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport> {
         end,
         stop: stop.clone(),
         seed,
+        in_flight: (0..cfg.clients).map(|_| InFlight::new()).collect(),
     });
     let (tx, rx) = unbounded();
     for i in 0..cfg.clients {
@@ -542,6 +578,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport> {
         let tick = start + Duration::from_secs(k);
         loop {
             drain(&mut timeline, &rx);
+            plan.expire_late_requests(&mut timeline);
             if signal::interrupted() {
                 stop.store(true, Ordering::SeqCst);
                 return Err(Error::Unavailable(
