@@ -33,6 +33,9 @@ pub const DEFAULT_TAKEOVER_AFTER_MS: u64 = 1000;
 /// How often the followed log file is polled.
 pub const FOLLOW_POLL: Duration = Duration::from_millis(10);
 
+/// How often a candidate backup checks whether the primary serves after all.
+pub const PRIMARY_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+
 /// The epoch parity of backups (primaries use odd epochs; see [`next_epoch`]).
 pub const BACKUP_PARITY: u64 = 0;
 
@@ -219,7 +222,25 @@ impl Standby {
             }
         }
         let epoch = next_epoch(shared.epoch().max(self.own_epoch).max(self.followed_epoch), BACKUP_PARITY);
-        match takeover(shared, epoch) {
+        // Give up if the primary turns out to be serving after all (it was only slow, or came
+        // back before a majority joined us): waiting for slaves that stay with it would leave
+        // the cluster split between a primary and a candidate that can never complete.
+        let mut last_check = Instant::now();
+        let password = shared.config.requirepass.clone();
+        let primary = config.primary.clone();
+        let mut abort = || {
+            if last_check.elapsed() < PRIMARY_CHECK_INTERVAL {
+                return false;
+            }
+            last_check = Instant::now();
+            let serving = replica::probe(&primary, PRIMARY_CHECK_INTERVAL, password.as_ref())
+                .is_some_and(|p| p.serving());
+            if serving {
+                log::warn!("the primary {primary} is serving with a majority after all");
+            }
+            serving
+        };
+        match takeover(shared, epoch, &mut abort) {
             Ok(()) => {
                 self.own_epoch = epoch;
                 self.follower = None;
@@ -232,6 +253,10 @@ impl Standby {
                 log::warn!("takeover abandoned: a slave has joined epoch {newer}; following again");
                 self.follower = None;
                 self.followed_epoch = self.followed_epoch.max(newer);
+            }
+            Err(replica::TakeoverError::Aborted) => {
+                log::warn!("takeover given up; following again");
+                self.follower = None;
             }
             Err(replica::TakeoverError::Log(e)) => log::error!("takeover failed: {e}"),
         }

@@ -162,11 +162,31 @@ impl Index {
     }
 
     /// Every key's newest write as `(seq, key, value)`, sorted by seq: the state to write into
-    /// a fresh log.
-    pub fn snapshot(&self) -> Vec<(u64, String, Value)> {
+    /// a fresh log, whose seqs must strictly increase. Two keys can carry the same seq only when
+    /// writes recovered from slaves came from two masters' logs that diverged; the second one
+    /// is given a fresh seq above `floor` and every other seq (here and in the snapshot).
+    pub fn snapshot(&mut self, floor: u64) -> Vec<(u64, String, Value)> {
         let mut all: Vec<(u64, String, Value)> =
             self.map.iter().map(|(k, s)| (s.latest.0.seq, k.clone(), s.latest.1.clone())).collect();
-        all.sort_unstable_by_key(|e| e.0);
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        let mut next = all.last().map_or(0, |e| e.0).max(floor);
+        let mut duplicates = Vec::new();
+        for i in 1..all.len() {
+            if all[i].0 == all[i - 1].0 {
+                next += 1;
+                duplicates.push((i, next));
+            }
+        }
+        for &(i, seq) in &duplicates {
+            all[i].0 = seq;
+            if let Some(s) = self.map.get_mut(&all[i].1) {
+                s.latest.0.seq = seq;
+                s.committed.0.seq = seq;
+            }
+        }
+        if !duplicates.is_empty() {
+            all.sort_unstable_by_key(|e| e.0);
+        }
         all
     }
 
@@ -202,6 +222,20 @@ mod tests {
         let s = ix.get("k").unwrap();
         assert_eq!((s.committed.0, s.holders), (s2, 0b011));
         assert_eq!(s.committed.1.as_deref(), Some(&b"b"[..]));
+    }
+
+    #[test]
+    fn snapshot_seqs_strictly_increase_even_after_a_divergent_recovery() {
+        let mut ix = Index::new();
+        ix.replay("a".into(), Stamp::new(5, 10), v("from the primary"));
+        ix.replay("b".into(), Stamp::new(5, 11), v("b"));
+        // A write recovered from a slave, logged by the other master under the same seq.
+        assert!(ix.recover("c", Stamp::new(6, 10), v("from the backup")));
+        let snap = ix.snapshot(11);
+        let seqs: Vec<u64> = snap.iter().map(|e| e.0).collect();
+        assert_eq!(seqs, vec![10, 11, 12]);
+        let moved = &snap[2].1;
+        assert_eq!(ix.get(moved).unwrap().latest.0.seq, 12);
     }
 
     #[test]

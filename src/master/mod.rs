@@ -35,7 +35,7 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -191,6 +191,10 @@ pub struct Shared {
     pub extra_stats: Mutex<Vec<(String, String)>>,
     /// The newest seq applied from a followed log or stream.
     pub applied_seq: AtomicU64,
+    /// True while the state is this master's own log's (it was the last of the two to serve, or
+    /// has replayed its own log), false while it is a copy of the other master's log. Only an
+    /// authoritative master's log is streamed to a master failing back.
+    pub authoritative: AtomicBool,
 }
 
 impl Shared {
@@ -312,6 +316,7 @@ impl Master {
             superseded: AtomicU64::new(0),
             extra_stats: Mutex::new(Vec::new()),
             applied_seq: AtomicU64::new(0),
+            authoritative: AtomicBool::new(true),
         });
         Ok(Master { shared, listener })
     }

@@ -92,6 +92,7 @@ impl Shared {
             }
         }
         self.applied_seq.store(seq, Ordering::Release);
+        self.authoritative.store(false, Ordering::Release);
     }
 
     /// Forgets the followed copy: a fresh copy follows.
@@ -104,13 +105,14 @@ impl Shared {
         *self.index.lock() = super::index::Index::new();
         self.set_epoch(0);
         self.applied_seq.store(0, Ordering::Release);
+        self.authoritative.store(false, Ordering::Release);
     }
 
     /// The whole state as log records with increasing seqs: every key's newest write, then the
     /// members, then `EPOCH epoch`.
     fn snapshot_records(&self, epoch: u64) -> Vec<(u64, Record)> {
         let members = self.members.lock().all();
-        let snapshot = self.index.lock().snapshot();
+        let snapshot = self.index.lock().snapshot(self.wal.last_seq());
         let mut seq = snapshot.last().map_or(0, |e| e.0).max(self.wal.last_seq());
         let mut records: Vec<(u64, Record)> = snapshot
             .into_iter()
@@ -139,6 +141,14 @@ pub fn serve_stream(shared: &Arc<Shared>, stream: TcpStream) {
     let mut out = Vec::with_capacity(64 * 1024);
     let mut last_heartbeat = Instant::now() - STREAM_HEARTBEAT;
     loop {
+        // Only a log that is this master's state is worth copying: a master that is itself
+        // following the other one has a log that may be stale.
+        if !shared.authoritative.load(Ordering::Acquire) {
+            let _ =
+                (&stream).write_all(b"ERR this master is following the other; its log is not its state\n");
+            log::info!("stopped streaming the log to {peer}: this master is not authoritative");
+            return;
+        }
         let polled = {
             let out = std::cell::RefCell::new(&mut out);
             follower.poll(&mut || out.borrow_mut().extend_from_slice(b"RESET\n"), &mut |seq, record| {
@@ -302,13 +312,22 @@ pub fn sync_from(shared: &Shared, addr: &str) -> Result<u64> {
 pub enum TakeoverError {
     /// A slave had joined an epoch at least as new as ours under another master.
     Stale(u64),
+    /// The caller's abort condition held (the other master serves after all), or a hand-off
+    /// made this master a standby.
+    Aborted,
     /// The log could not be rewritten.
     Log(Error),
 }
 
 /// Becomes primary in `epoch`: accepts slaves into it, waits for a majority, recovers newer
-/// writes from them, rewrites the log with the result, and starts serving.
-pub fn takeover(shared: &Arc<Shared>, epoch: u64) -> std::result::Result<(), TakeoverError> {
+/// writes from them, rewrites the log with the result, and starts serving. `abort` is asked
+/// while waiting for the majority; when it says so, the takeover is given up (before anything
+/// was recovered or written).
+pub fn takeover(
+    shared: &Arc<Shared>,
+    epoch: u64,
+    abort: &mut dyn FnMut() -> bool,
+) -> std::result::Result<(), TakeoverError> {
     let started = Instant::now();
     {
         let members = shared.members.lock();
@@ -321,12 +340,15 @@ pub fn takeover(shared: &Arc<Shared>, epoch: u64) -> std::result::Result<(), Tak
         shared.set_role(Role::Candidate);
     }
     log::warn!("taking over: epoch {epoch}, waiting for a majority of the members to join");
-    let own_seq = shared.wal.last_seq().max(shared.applied_seq.load(Ordering::Acquire));
     let recovered = loop {
         let newer = shared.superseded.load(Ordering::Acquire);
         if newer != 0 {
-            shared.set_role(Role::Standby);
+            give_up(shared);
             return Err(TakeoverError::Stale(newer));
+        }
+        if shared.role() != Role::Candidate || abort() {
+            give_up(shared);
+            return Err(TakeoverError::Aborted);
         }
         let (count, joined) = {
             let members = shared.members.lock();
@@ -341,7 +363,9 @@ pub fn takeover(shared: &Arc<Shared>, epoch: u64) -> std::result::Result<(), Tak
         match majority(count) {
             None => break 0,
             Some(need) if joined.len() >= need => {
-                if let Some(n) = scan(shared, &joined, need, own_seq, epoch) {
+                // Scan everything, not just what is newer than our log: the other master's seqs
+                // may overlap ours, and stamps (epoch first) decide what is newer.
+                if let Some(n) = scan(shared, &joined, need, 0, epoch) {
                     break n;
                 }
             }
@@ -357,6 +381,7 @@ pub fn takeover(shared: &Arc<Shared>, epoch: u64) -> std::result::Result<(), Tak
         shared.set_role(Role::Standby);
         return Err(TakeoverError::Log(e));
     }
+    shared.authoritative.store(true, Ordering::Release);
     shared.set_role(Role::Primary);
     let links = shared.members.lock().live_links();
     for link in &links {
@@ -369,6 +394,14 @@ pub fn takeover(shared: &Arc<Shared>, epoch: u64) -> std::result::Result<(), Tak
         links.len()
     );
     Ok(())
+}
+
+/// Leaves the candidate role: the slaves that joined are let go (they look for a master again).
+fn give_up(shared: &Shared) {
+    shared.set_role(Role::Standby);
+    for link in shared.members.lock().live_links() {
+        link.kill("takeover given up");
+    }
 }
 
 /// Asks `links` for every entry above `from_seq` and merges the newest of each key into the
@@ -426,13 +459,31 @@ fn scan(
     Some(taken)
 }
 
+/// What a master says of itself in `STATS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerState {
+    /// `primary`, `candidate` or `standby`.
+    pub role: String,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Its state is its own log's (see [`Shared::authoritative`]).
+    pub authoritative: bool,
+    /// Its live, caught-up slaves.
+    pub slaves: usize,
+    /// Its members.
+    pub members: usize,
+}
+
+impl PeerState {
+    /// True when it is primary with a majority of its members connected: it can serve.
+    pub fn serving(&self) -> bool {
+        self.role == "primary" && crate::quorum::is_majority(self.slaves, self.members)
+    }
+}
+
 /// Asks the master at `addr` for its role and epoch (`STATS`, after `AUTH` when the cluster has
 /// a client password); `None` if it does not answer.
-pub fn probe(
-    addr: &str,
-    timeout: Duration,
-    password: Option<&crate::auth::Password>,
-) -> Option<(String, u64)> {
+pub fn probe(addr: &str, timeout: Duration, password: Option<&crate::auth::Password>) -> Option<PeerState> {
     let mut c = crate::client::Client::new(addr, None);
     c.set_timeout(timeout);
     if let Some(password) = password {
@@ -440,7 +491,13 @@ pub fn probe(
     }
     let rows = c.stats().ok()?;
     let get = |name: &str| rows.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    Some((get("role")?, get("epoch")?.parse().ok()?))
+    Some(PeerState {
+        role: get("role")?,
+        epoch: get("epoch")?.parse().ok()?,
+        authoritative: get("authoritative").as_deref() == Some("1"),
+        slaves: get("slaves").and_then(|v| v.parse().ok()).unwrap_or(0),
+        members: get("members").and_then(|v| v.parse().ok()).unwrap_or(0),
+    })
 }
 
 /// How often a primary asks its backup whether it has taken over (a primary that was paused
@@ -453,9 +510,9 @@ fn watch_peer(shared: &Shared) {
     while shared.role() == Role::Primary {
         thread::sleep(PEER_WATCH_INTERVAL);
         let Some(peer) = shared.config.peer.as_deref() else { continue };
-        if let Some((role, epoch)) = probe(peer, PEER_WATCH_INTERVAL, shared.config.requirepass.as_ref()) {
-            if role == "primary" && epoch > shared.epoch() {
-                shared.step_down(epoch);
+        if let Some(p) = probe(peer, PEER_WATCH_INTERVAL, shared.config.requirepass.as_ref()) {
+            if p.role == "primary" && p.epoch > shared.epoch() {
+                shared.step_down(p.epoch);
             }
         }
     }
@@ -466,14 +523,16 @@ pub const RETRY_PAUSE: Duration = Duration::from_millis(300);
 
 /// The primary's controller: at start (and after being superseded) it asks the backup whether
 /// it has served in an epoch this log does not know; if so it catches up from it over TCP and
-/// takes the writes back, otherwise it takes over from its own log.
+/// takes the writes back, otherwise it takes over from its own log (plus what a majority of
+/// slaves holds). Superseded while the backup is unreachable, it waits: its log may lack writes
+/// only the backup's log has.
 pub fn run_primary(shared: Arc<Shared>) {
     loop {
         let mut known = shared.epoch().max(shared.superseded.load(Ordering::Acquire));
         let stale = shared.superseded.load(Ordering::Acquire) != 0;
         if let Some(peer) = shared.config.peer.clone() {
             match probe(&peer, Duration::from_secs(1), shared.config.requirepass.as_ref()) {
-                Some((role, epoch)) if stale || epoch > shared.epoch() || role == "primary" => {
+                Some(p) if p.authoritative && (p.epoch > shared.epoch() || p.role == "primary") => {
                     match sync_from(&shared, &peer) {
                         Ok(epoch) => known = known.max(epoch),
                         Err(e) => {
@@ -483,7 +542,7 @@ pub fn run_primary(shared: Arc<Shared>) {
                         }
                     }
                 }
-                Some(_) => {}
+                Some(p) => known = known.max(p.epoch),
                 None if stale => {
                     log::warn!("superseded, and the backup {peer} is unreachable: not serving until it is");
                     thread::sleep(RETRY_PAUSE);
@@ -492,7 +551,7 @@ pub fn run_primary(shared: Arc<Shared>) {
                 None => log::info!("backup {peer} unreachable; starting from this master's log"),
             }
         }
-        match takeover(&shared, next_epoch(known, 1)) {
+        match takeover(&shared, next_epoch(known, 1), &mut || false) {
             Ok(()) => {
                 watch_peer(&shared);
                 log::warn!("no longer primary; looking for the newer master");
@@ -500,6 +559,7 @@ pub fn run_primary(shared: Arc<Shared>) {
             Err(TakeoverError::Stale(newer)) => {
                 log::warn!("a slave has joined epoch {newer} elsewhere: this master's log is stale");
             }
+            Err(TakeoverError::Aborted) => log::warn!("takeover given up"),
             Err(TakeoverError::Log(e)) => {
                 log::error!("cannot rewrite the log: {e}; retrying");
                 thread::sleep(RETRY_PAUSE);

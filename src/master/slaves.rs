@@ -58,6 +58,15 @@ pub fn serve_slave(shared: &Arc<Shared>, stream: TcpStream, mut reader: LineRead
         // that is not a failure, so its silence is counted from after that wait.
         let grace = crate::peer::LEASE.as_micros() as u64;
         let link = Arc::new(Link::new(hello.id.clone(), slot, write_half, shared.now_us() + grace));
+        // A slave that holds writes the log lost (an OS crash with --fsync never) must never
+        // see their versions reused.
+        shared.wal.advance_seq(hello.max_seq);
+        // WELCOME must be the first line the slave reads: once the link is attached, the
+        // heartbeat and write paths may send on it at any moment.
+        if (&stream).write_all(format!("WELCOME {epoch}\n").as_bytes()).is_err() {
+            return;
+        }
+        shared.welcomed.lock().insert(link.id.clone());
         if let Some(old) = members.attach(slot, Arc::clone(&link)) {
             old.kill("the slave registered again on a new connection");
         }
@@ -65,15 +74,6 @@ pub fn serve_slave(shared: &Arc<Shared>, stream: TcpStream, mut reader: LineRead
         shared.index.lock().forget_slot(slot);
         link
     };
-    // A slave that holds writes the log lost (an OS crash with --fsync never) must never see
-    // their versions reused.
-    shared.wal.advance_seq(hello.max_seq);
-    if (&stream).write_all(format!("WELCOME {epoch}\n").as_bytes()).is_err() {
-        link.kill("registration reply failed");
-        shared.members.lock().detach(&link);
-        return;
-    }
-    shared.welcomed.lock().insert(link.id.clone());
     log::info!("slave {} registered from {} (epoch {epoch})", link.id, link.peer);
     if shared.role() == Role::Primary {
         start_catch_up(shared, &link);
