@@ -22,7 +22,7 @@ pub struct ServerFlags {
     #[arg(long, default_value_t = DEFAULT_ACK_TIMEOUT_MS)]
     pub ack_timeout_ms: u64,
     /// Heartbeat interval (to the slaves, and a backup's probes of the primary); a slave silent
-    /// for 5 intervals is marked down.
+    /// for 10 intervals is marked down.
     #[arg(long, default_value_t = DEFAULT_HEARTBEAT_MS)]
     pub heartbeat_ms: u64,
     /// Most connections (clients and slaves) at once.
