@@ -168,20 +168,44 @@ impl Raw {
     }
 }
 
-/// `WRITE` through a client; panics unless the reply is `OK <version>`.
+/// True for the replies a healthy cluster may give for a moment when the machine is so busy
+/// that a slave misses its heartbeats or ACK deadline: `ERR UNAVAILABLE` (nothing happened) and
+/// `ERR TIMEOUT` (the outcome is unknown; writing the same value again is harmless here).
+fn transient(reply: &dsm::Result<dsm::protocol::Reply>) -> bool {
+    use dsm::protocol::{ErrorReply, Reply};
+    matches!(reply, Ok(Reply::Err(ErrorReply::Unavailable(_) | ErrorReply::Timeout(_))))
+}
+
+/// `WRITE` through a client until it is acknowledged, riding out transient errors (see
+/// [`transient`]); panics on any other reply. Returns the acknowledged version.
 pub fn must_write(c: &mut Client, key: &str, value: &str) -> u64 {
-    match c.write(key, value.as_bytes()) {
-        Ok(dsm::protocol::Reply::Ok(v)) => v,
-        other => panic!("write {key}={value}: {other:?}"),
+    let deadline = std::time::Instant::now() + READY;
+    loop {
+        let reply = c.write(key, value.as_bytes());
+        match reply {
+            Ok(dsm::protocol::Reply::Ok(v)) => return v,
+            ref r if transient(r) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(dsm::cluster::POLL_INTERVAL)
+            }
+            other => panic!("write {key}={value}: {other:?}"),
+        }
     }
 }
 
-/// `READ` through a client: the value, or `None` for `NOT_FOUND`; panics on errors.
+/// `READ` through a client: the value, or `None` for `NOT_FOUND`, riding out transient errors;
+/// panics on any other reply.
 pub fn must_read(c: &mut Client, key: &str) -> Option<String> {
-    match c.read(key) {
-        Ok(dsm::protocol::Reply::Value { value, .. }) => Some(String::from_utf8(value).unwrap()),
-        Ok(dsm::protocol::Reply::NotFound) => None,
-        other => panic!("read {key}: {other:?}"),
+    let deadline = std::time::Instant::now() + READY;
+    loop {
+        let reply = c.read(key);
+        match reply {
+            Ok(dsm::protocol::Reply::Value { value, .. }) => return Some(String::from_utf8(value).unwrap()),
+            Ok(dsm::protocol::Reply::NotFound) => return None,
+            ref r if transient(r) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(dsm::cluster::POLL_INTERVAL)
+            }
+            other => panic!("read {key}: {other:?}"),
+        }
     }
 }
 
