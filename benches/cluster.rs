@@ -3,7 +3,10 @@
 //! connections; prints ops/s and p50/p99 latency, the median of several runs.
 //!
 //! `cargo bench --bench cluster` (or `make bench`). `DSM_BENCH_SECS` and `DSM_BENCH_RUNS`
-//! change the length and number of runs.
+//! change the length and number of runs. `DSM_BENCH_ONLY=writes:10,reads:1` runs only the
+//! listed workloads. `DSM_BENCH_BIN_DIRS=old:new` benchmarks the binaries of each directory in
+//! turn, run by run (old, new, old, new, ...), so a before/after comparison on a noisy machine
+//! sees the same conditions on both sides.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,10 +29,12 @@ struct Cluster {
     _dir: tempfile::TempDir,
 }
 
-fn start(fsync: &str) -> Cluster {
+fn start(fsync: &str, bins: Option<&str>) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
-    let bin = |n: &str| match n {
-        "m" => PathBuf::from(env!("CARGO_BIN_EXE_dsm-master")),
+    let bin = |n: &str| match (n, bins) {
+        ("m", Some(d)) => PathBuf::from(d).join("dsm-master"),
+        (_, Some(d)) => PathBuf::from(d).join("dsm-slave"),
+        ("m", None) => PathBuf::from(env!("CARGO_BIN_EXE_dsm-master")),
         _ => PathBuf::from(env!("CARGO_BIN_EXE_dsm-slave")),
     };
     let wal = dir.path().join("kv.log").display().to_string();
@@ -137,27 +142,49 @@ fn main() {
     let secs: f64 = std::env::var("DSM_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(3.0);
     let runs: usize = std::env::var("DSM_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let fsync = std::env::var("DSM_BENCH_FSYNC").unwrap_or_else(|_| "everysec".into());
+    let only: Option<Vec<String>> =
+        std::env::var("DSM_BENCH_ONLY").ok().map(|s| s.split(',').map(str::to_string).collect());
+    let bin_dirs: Vec<Option<String>> = match std::env::var("DSM_BENCH_BIN_DIRS") {
+        Ok(s) => s.split(':').map(|d| Some(d.to_string())).collect(),
+        Err(_) => vec![None],
+    };
     // `cargo bench` passes --bench; under `cargo test --all-targets` this is a no-op.
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let cluster = start(&fsync);
-    let addr = cluster.master.addr().to_string();
-    // Fill the key space so reads find values.
-    run(&addr, 4, 100, 1.0);
+    let clusters: Vec<(String, Cluster)> = bin_dirs
+        .iter()
+        .map(|d| {
+            let cluster = start(&fsync, d.as_deref());
+            // Fill the key space so reads find values.
+            run(&cluster.master.addr().to_string(), 4, 100, 1.0);
+            (d.clone().unwrap_or_default(), cluster)
+        })
+        .collect();
     println!("dsm cluster benchmark: 3 slaves, fsync {fsync}, {runs} runs of {secs} s each, medians");
     println!(
-        "{:<12} {:>6} {:>12} {:>9} {:>9} {:>7}",
+        "{:<12} {:>6} {:>12} {:>9} {:>9} {:>7}  binaries",
         "workload", "conns", "ops/s", "p50 us", "p99 us", "errors"
     );
     for (name, write_pct) in [("writes", 100), ("reads", 0), ("mix-30%w", 30)] {
         for conns in [1, 10] {
-            let results: Vec<RunResult> = (0..runs).map(|_| run(&addr, conns, write_pct, secs)).collect();
-            let ops = median(results.iter().map(|r| r.ops_per_sec).collect());
-            let p50 = median(results.iter().map(|r| r.p50_us as f64).collect());
-            let p99 = median(results.iter().map(|r| r.p99_us as f64).collect());
-            let errors: u64 = results.iter().map(|r| r.errors).sum();
-            println!("{name:<12} {conns:>6} {ops:>12.0} {p50:>9.0} {p99:>9.0} {errors:>7}");
+            if only.as_ref().is_some_and(|o| !o.iter().any(|w| *w == format!("{name}:{conns}") || w == name))
+            {
+                continue;
+            }
+            let mut results: Vec<Vec<RunResult>> = clusters.iter().map(|_| Vec::new()).collect();
+            for _ in 0..runs {
+                for (i, (_, cluster)) in clusters.iter().enumerate() {
+                    results[i].push(run(&cluster.master.addr().to_string(), conns, write_pct, secs));
+                }
+            }
+            for ((dir, _), results) in clusters.iter().zip(results) {
+                let ops = median(results.iter().map(|r| r.ops_per_sec).collect());
+                let p50 = median(results.iter().map(|r| r.p50_us as f64).collect());
+                let p99 = median(results.iter().map(|r| r.p99_us as f64).collect());
+                let errors: u64 = results.iter().map(|r| r.errors).sum();
+                println!("{name:<12} {conns:>6} {ops:>12.0} {p50:>9.0} {p99:>9.0} {errors:>7}  {dir}");
+            }
         }
     }
 }
