@@ -8,17 +8,18 @@
 //! change the length and number of runs. `DSM_BENCH_ONLY=writes:10,reads:1` runs only the
 //! listed workloads. `DSM_BENCH_BIN_DIRS=old:new` benchmarks the binaries of each directory in
 //! turn, run by run (old, new, old, new, ...), so a before/after comparison on a noisy machine
-//! sees the same conditions on both sides.
+//! sees the same conditions on both sides. `DSM_BENCH_PERF=1` also counts system calls and
+//! context switches per operation with `perf stat` (master/slaves/clients).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use dsm::client::Client;
 use dsm::cluster::{stat, wait_for, Node};
-use dsm::protocol::Reply;
+use dsm::protocol::{Reply, Request};
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 
@@ -88,6 +89,103 @@ struct RunResult {
     errors: u64,
     /// CPU time per operation, in microseconds: master, slaves together, benchmark clients.
     cpu_us: [f64; 3],
+    /// System calls and context switches per operation (master, slaves, clients), when
+    /// `DSM_BENCH_PERF` is set.
+    counts: Option<[[f64; 3]; 2]>,
+}
+
+/// `perf stat` attached to the master, the slaves and this process for one run, counting
+/// system calls and context switches: steadier than timings on a busy machine. Counting is
+/// switched on and off through perf's control FIFOs, so the window is known exactly.
+struct PerfStat {
+    groups: Vec<PerfGroup>,
+}
+
+struct PerfGroup {
+    child: std::process::Child,
+    out: PathBuf,
+    ctl: std::fs::File,
+    ack: std::io::BufReader<std::fs::File>,
+}
+
+impl PerfStat {
+    /// Attaches (with counting off) if `DSM_BENCH_PERF` is set. Only threads that exist now
+    /// are counted, so the clients must be connected.
+    fn attach(cluster: &Cluster) -> Option<PerfStat> {
+        std::env::var_os("DSM_BENCH_PERF")?;
+        let slaves: Vec<String> =
+            cluster.slaves.iter().filter_map(|s| s.pid()).map(|p| p.to_string()).collect();
+        let pids = [cluster.master.pid()?.to_string(), slaves.join(","), std::process::id().to_string()];
+        let groups = pids
+            .iter()
+            .enumerate()
+            .map(|(i, pids)| {
+                let path = |what: &str| cluster._dir.path().join(format!("perf-{i}.{what}"));
+                for fifo in ["ctl", "ack"] {
+                    let _ = std::fs::remove_file(path(fifo));
+                    let c = std::ffi::CString::new(path(fifo).into_os_string().into_encoded_bytes()).unwrap();
+                    // SAFETY: mkfifo reads a NUL-terminated path we own.
+                    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo failed");
+                }
+                let control = format!("fifo:{},{}", path("ctl").display(), path("ack").display());
+                let events = "raw_syscalls:sys_enter,context-switches";
+                let child = std::process::Command::new("perf")
+                    .args([
+                        "stat",
+                        "-x,",
+                        "--delay=-1",
+                        "--control",
+                        &control,
+                        "-e",
+                        events,
+                        "-p",
+                        pids,
+                        "-o",
+                    ])
+                    .arg(path("csv"))
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("DSM_BENCH_PERF needs perf");
+                let ctl = std::fs::OpenOptions::new().write(true).open(path("ctl")).unwrap();
+                let ack = std::io::BufReader::new(std::fs::File::open(path("ack")).unwrap());
+                PerfGroup { child, out: path("csv"), ctl, ack }
+            })
+            .collect();
+        Some(PerfStat { groups })
+    }
+
+    /// Sends `enable` or `disable` to every perf and waits for their acknowledgements.
+    fn control(&mut self, command: &str) {
+        use std::io::{BufRead, Write};
+        for g in &mut self.groups {
+            g.ctl.write_all(format!("{command}\n").as_bytes()).unwrap();
+        }
+        for g in &mut self.groups {
+            let mut line = String::new();
+            g.ack.read_line(&mut line).unwrap();
+        }
+    }
+
+    /// Stops perf; returns [syscalls, context switches] per group.
+    fn finish(self) -> [[f64; 3]; 2] {
+        let mut counts = [[0.0; 3]; 2];
+        for (i, mut g) in self.groups.into_iter().enumerate() {
+            // SAFETY: kill(2) on a child we spawned and have not reaped.
+            unsafe { libc::kill(g.child.id() as libc::pid_t, libc::SIGINT) };
+            let _ = g.child.wait();
+            let text = std::fs::read_to_string(&g.out).unwrap_or_default();
+            for line in text.lines() {
+                let fields: Vec<&str> = line.split(',').collect();
+                let value = fields.first().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+                match fields.get(2) {
+                    Some(&"raw_syscalls:sys_enter") => counts[0][i] = value,
+                    Some(&"context-switches") => counts[1][i] = value,
+                    _ => {}
+                }
+            }
+        }
+        counts
+    }
 }
 
 /// CPU time (user + system) a process has used so far, in microseconds, threads that have
@@ -125,16 +223,21 @@ fn cpu_sample(cluster: &Cluster) -> [f64; 3] {
 
 fn run(cluster: &Cluster, conns: usize, write_pct: u32, secs: f64) -> RunResult {
     let addr = cluster.master.addr().to_string();
-    let addr = addr.as_str();
-    let cpu_before = cpu_sample(cluster);
     let stop = Arc::new(AtomicBool::new(false));
+    // Operations done so far, per client thread.
+    let done: Arc<Vec<AtomicU64>> = Arc::new((0..conns).map(|_| AtomicU64::new(0)).collect());
+    let connected = Arc::new(Barrier::new(conns + 1));
     let handles: Vec<_> = (0..conns)
         .map(|t| {
-            let (addr, stop) = (addr.to_string(), Arc::clone(&stop));
+            let (addr, stop, done, connected) =
+                (addr.clone(), Arc::clone(&stop), Arc::clone(&done), Arc::clone(&connected));
             thread::spawn(move || {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(t as u64);
                 let mut hist = Histogram::<u64>::new(3).unwrap();
                 let mut c = Client::new(&addr, None);
+                // Connected, with the master's connection thread running, before the clock starts.
+                let _ = c.request(&Request::Ping);
+                connected.wait();
                 let (mut ops, mut errors) = (0u64, 0u64);
                 while !stop.load(Ordering::Relaxed) {
                     let key = format!("key{}", rng.gen_range(0..KEYS));
@@ -145,34 +248,59 @@ fn run(cluster: &Cluster, conns: usize, write_pct: u32, secs: f64) -> RunResult 
                         Ok(Reply::Ok(_) | Reply::Value { .. } | Reply::NotFound) => {
                             hist.record(started.elapsed().as_micros() as u64).unwrap();
                             ops += 1;
+                            done[t].store(ops, Ordering::Relaxed);
                         }
-                        _ => errors += 1,
+                        other => {
+                            if errors == 0 {
+                                eprintln!("first error of client {t}: {other:?}");
+                            }
+                            errors += 1;
+                        }
                     }
                 }
                 (ops, errors, hist)
             })
         })
         .collect();
+    let done_now = || done.iter().map(|d| d.load(Ordering::Relaxed)).sum::<u64>();
+    connected.wait();
+    let mut perf = PerfStat::attach(cluster);
+    let cpu_before = cpu_sample(cluster);
     let started = Instant::now();
     thread::sleep(Duration::from_secs_f64(secs));
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = cpu_sample(cluster);
+    let ops = done_now();
+    // perf counts over a window of its own, inside the run, with the operations done in it.
+    let counts = perf.as_mut().map(|p| {
+        p.control("enable");
+        let before = done_now();
+        thread::sleep(Duration::from_secs_f64(secs / 2.0));
+        p.control("disable");
+        (done_now() - before).max(1) as f64
+    });
     stop.store(true, Ordering::Relaxed);
     let mut hist = Histogram::<u64>::new(3).unwrap();
-    let (mut ops, mut errors) = (0, 0);
+    let mut errors = 0;
     for h in handles {
-        let (o, e, hh) = h.join().unwrap();
-        ops += o;
+        let (_, e, hh) = h.join().unwrap();
         errors += e;
         hist.add(hh).unwrap();
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let cpu_after = cpu_sample(cluster);
+    let counts = perf.zip(counts).map(|(p, n)| p.finish().map(|g| g.map(|v| v / n)));
+    if errors > 0 {
+        let log = std::fs::read_to_string(cluster._dir.path().join("master.out")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        eprintln!("{errors} errors; the master's last log lines:\n{}", tail.join("\n"));
+    }
     let per_op = |i: usize| (cpu_after[i] - cpu_before[i]) / ops.max(1) as f64;
     RunResult {
-        cpu_us: [per_op(0), per_op(1), per_op(2)],
         ops_per_sec: ops as f64 / elapsed,
         p50_us: hist.value_at_quantile(0.5),
         p99_us: hist.value_at_quantile(0.99),
         errors,
+        cpu_us: [per_op(0), per_op(1), per_op(2)],
+        counts,
     }
 }
 
@@ -228,8 +356,24 @@ fn main() {
                 let errors: u64 = results.iter().map(|r| r.errors).sum();
                 let cpu = |i: usize| median(results.iter().map(|r| r.cpu_us[i]).collect());
                 let cpu = format!("{:.1}/{:.1}/{:.1}", cpu(0), cpu(1), cpu(2));
+                let counts = if results.iter().all(|r| r.counts.is_some()) {
+                    let count = |k: usize, i: usize| {
+                        median(results.iter().filter_map(|r| r.counts).map(|c| c[k][i]).collect())
+                    };
+                    format!(
+                        "  syscalls/op {:.2}/{:.2}/{:.2}, switches/op {:.2}/{:.2}/{:.2}",
+                        count(0, 0),
+                        count(0, 1),
+                        count(0, 2),
+                        count(1, 0),
+                        count(1, 1),
+                        count(1, 2)
+                    )
+                } else {
+                    String::new()
+                };
                 println!(
-                    "{name:<12} {conns:>6} {ops:>9.0} {p50:>7.0} {p99:>7.0} {errors:>6} {cpu:>17}  {dir}"
+                    "{name:<12} {conns:>6} {ops:>9.0} {p50:>7.0} {p99:>7.0} {errors:>6} {cpu:>17}  {dir}{counts}"
                 );
             }
         }
