@@ -1,10 +1,17 @@
 //! One registered slave's connection, as the master sees it.
 //!
-//! A [`Link`] is shared by every thread that sends to the slave. Sending is serialised by a
-//! mutex around the socket's write half, so messages never interleave on the wire. Replies
-//! come back on the connection's own reader thread, which looks up the request id in the
-//! link's pending table and forwards the outcome on the channel the requester is waiting on.
-//! When the link dies, every pending requester is told at once, so a write can replace the
+//! A [`Link`] is shared by every thread that sends to the slave. Sends are combined: a sender
+//! appends its encoded request to the link's outbox under a mutex, and if no other thread is
+//! writing to the socket it becomes the writer and writes everything queued, again and again
+//! until the outbox is empty; a sender that finds a writer at work just leaves its request for
+//! it. Only one thread writes at a time and whole requests are appended, so messages never
+//! interleave on the wire, and under load many requests share one `write(2)` (and the slave
+//! reads them with one `read(2)` and answers them with one write). The outbox is bounded by
+//! [`OUTBOX_LIMIT`]: past it, senders wait for the writer.
+//!
+//! Replies come back on the connection's own reader thread, which looks up the request id in
+//! the link's pending table and forwards the outcome on the channel the requester is waiting
+//! on. When the link dies, every pending requester is told at once, so a write can replace the
 //! slave instead of waiting for its timeout.
 
 use std::collections::HashMap;
@@ -13,9 +20,29 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crossbeam_channel::Sender;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use crate::peer::{encode_body, Command, Outcome};
+use crate::peer::{encode_body, push_u64, Command, Outcome};
+
+/// The most bytes of requests queued for one slave while another thread writes to its socket.
+/// A sender that finds the outbox this full waits until the writer has taken it, so a slave that
+/// stops reading holds up its senders (until it is marked down) instead of the master's memory.
+pub const OUTBOX_LIMIT: usize = 4 << 20;
+
+/// The largest outbox buffer kept for reuse after a write; a bigger one, left by a burst of
+/// large values, is freed.
+const OUTBOX_SPARE_LIMIT: usize = 256 << 10;
+
+/// Requests waiting for the socket, and whether a thread is writing them.
+#[derive(Default)]
+struct Outbox {
+    /// Encoded requests not yet taken by a writer.
+    queued: Vec<u8>,
+    /// A thread is writing to the socket, and will write `queued` before it stops.
+    writing: bool,
+    /// An empty buffer to swap in for `queued`, so taking a batch does not allocate.
+    spare: Vec<u8>,
+}
 
 /// What a requester receives for each slave reply.
 #[derive(Debug, Clone)]
@@ -36,7 +63,11 @@ pub struct Link {
     pub slot: usize,
     /// The slave's address, for logs.
     pub peer: String,
-    writer: Mutex<TcpStream>,
+    /// The write half; only the thread that set `Outbox::writing` writes to it.
+    stream: TcpStream,
+    outbox: Mutex<Outbox>,
+    /// Signalled whenever a writer has taken a batch (room in the outbox) or the link died.
+    drained: Condvar,
     pending: Mutex<HashMap<u64, Sender<Ack>>>,
     alive: AtomicBool,
     synced: AtomicBool,
@@ -58,7 +89,9 @@ impl Link {
             id,
             slot,
             peer,
-            writer: Mutex::new(stream),
+            stream,
+            outbox: Mutex::new(Outbox::default()),
+            drained: Condvar::new(),
             pending: Mutex::new(HashMap::new()),
             alive: AtomicBool::new(true),
             synced: AtomicBool::new(false),
@@ -102,29 +135,76 @@ impl Link {
     /// Sends a request. If `reply_to` is given, the reply (or the link's death) is delivered
     /// there. Returns false if the link is dead or the send failed (the link is then killed).
     pub fn send(&self, rid: u64, epoch: u64, command: &Command, reply_to: Option<&Sender<Ack>>) -> bool {
-        let mut body = Vec::with_capacity(64);
-        encode_body(epoch, command, &mut body);
-        self.send_body(rid, &body, reply_to)
+        self.enqueue(rid, reply_to, |out| encode_body(epoch, command, out))
     }
 
     /// Sends a request whose body (everything after `<rid> `) is already encoded.
     pub fn send_body(&self, rid: u64, body: &[u8], reply_to: Option<&Sender<Ack>>) -> bool {
+        self.enqueue(rid, reply_to, |out| out.extend_from_slice(body))
+    }
+
+    /// Registers the requester, appends `<rid> ` and the body written by `encode` to the
+    /// outbox, and writes the outbox out unless another thread is already doing so.
+    fn enqueue(&self, rid: u64, reply_to: Option<&Sender<Ack>>, encode: impl FnOnce(&mut Vec<u8>)) -> bool {
         if !self.is_alive() {
             return false;
         }
         if let Some(tx) = reply_to {
             self.pending.lock().insert(rid, tx.clone());
+            // A kill that ran between the check above and the insert did not see this entry.
+            if !self.is_alive() {
+                self.forget(rid);
+                return false;
+            }
         }
-        let mut buf = Vec::with_capacity(body.len() + 24);
-        let _ = write!(buf, "{rid} ");
-        buf.extend_from_slice(body);
-        let written = self.writer.lock().write_all(&buf);
         self.requests.fetch_add(1, Ordering::Relaxed);
-        match written {
+        let mut outbox = self.outbox.lock();
+        while outbox.writing && outbox.queued.len() >= OUTBOX_LIMIT {
+            if !self.is_alive() {
+                return false;
+            }
+            self.drained.wait(&mut outbox);
+        }
+        push_u64(&mut outbox.queued, rid);
+        outbox.queued.push(b' ');
+        encode(&mut outbox.queued);
+        if outbox.writing {
+            // The writer at work takes this request with its next batch.
+            return true;
+        }
+        outbox.writing = true;
+        match self.write_out(&mut outbox) {
             Ok(()) => true,
             Err(e) => {
+                drop(outbox);
                 self.kill(&format!("send failed: {e}"));
                 false
+            }
+        }
+    }
+
+    /// As the writer: writes batches until the outbox is empty. The lock is released during each
+    /// `write(2)`, so other senders keep queueing meanwhile.
+    fn write_out(&self, outbox: &mut MutexGuard<'_, Outbox>) -> std::io::Result<()> {
+        loop {
+            let spare = std::mem::take(&mut outbox.spare);
+            let mut batch = std::mem::replace(&mut outbox.queued, spare);
+            let written = MutexGuard::unlocked(outbox, || (&self.stream).write_all(&batch));
+            batch.clear();
+            if batch.capacity() <= OUTBOX_SPARE_LIMIT {
+                outbox.spare = batch;
+            }
+            self.drained.notify_all();
+            if let Err(e) = written {
+                // What was queued meanwhile can never be sent; the kill that follows tells its
+                // requesters.
+                outbox.queued.clear();
+                outbox.writing = false;
+                return Err(e);
+            }
+            if outbox.queued.is_empty() {
+                outbox.writing = false;
+                return Ok(());
             }
         }
     }
@@ -146,7 +226,10 @@ impl Link {
     pub fn kill(&self, why: &str) {
         if self.alive.swap(false, Ordering::AcqRel) {
             log::warn!("slave {} ({}) marked down: {why}", self.id, self.peer);
-            let _ = self.writer.lock().shutdown(Shutdown::Both);
+            let _ = self.stream.shutdown(Shutdown::Both);
+            // Senders waiting for room in the outbox give up.
+            let _guard = self.outbox.lock();
+            self.drained.notify_all();
         }
         let pending: Vec<(u64, Sender<Ack>)> = self.pending.lock().drain().collect();
         for (rid, tx) in pending {
