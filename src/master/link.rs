@@ -11,13 +11,17 @@
 //!
 //! Replies come back on the connection's own reader thread, which looks up the request id in
 //! the link's pending table and forwards the outcome on the channel the requester is waiting
-//! on. When the link dies, every pending requester is told at once, so a write can replace the
-//! slave instead of waiting for its timeout.
+//! on. A write sent to several slaves counts their ACKs in a shared [`Quorum`] instead: an ACK
+//! that does not complete the quorum only sets its slave's bit, and the writer is woken once,
+//! by the ACK that does (or by any other outcome), not once per slave. When the link dies,
+//! every pending requester is told at once, so a write can replace the slave instead of
+//! waiting for its timeout.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -55,6 +59,39 @@ pub struct Ack {
     pub outcome: Outcome,
 }
 
+/// The ACKs of one write, counted across the links it was sent on.
+#[derive(Debug)]
+pub struct Quorum {
+    /// Member slots that acknowledged, as a bit set.
+    acked: AtomicU64,
+    /// How many acknowledgements wake the writer.
+    need: usize,
+}
+
+impl Quorum {
+    /// A count that wakes its writer at the `need`th acknowledgement.
+    pub fn new(need: usize) -> Quorum {
+        Quorum { acked: AtomicU64::new(0), need }
+    }
+
+    /// The slots that have acknowledged so far.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Acquire)
+    }
+
+    /// Counts `slot`'s acknowledgement; true if the writer must be woken.
+    fn count(&self, slot: usize) -> bool {
+        let acked = self.acked.fetch_or(1 << slot, Ordering::AcqRel) | 1 << slot;
+        acked.count_ones() as usize >= self.need
+    }
+}
+
+/// Who waits for a reply.
+struct Waiter {
+    tx: Sender<Ack>,
+    quorum: Option<Arc<Quorum>>,
+}
+
 /// A live connection to one slave.
 pub struct Link {
     /// The slave's member id.
@@ -68,7 +105,7 @@ pub struct Link {
     outbox: Mutex<Outbox>,
     /// Signalled whenever a writer has taken a batch (room in the outbox) or the link died.
     drained: Condvar,
-    pending: Mutex<HashMap<u64, Sender<Ack>>>,
+    pending: Mutex<HashMap<u64, Waiter>>,
     alive: AtomicBool,
     synced: AtomicBool,
     /// When the slave last sent anything, in microseconds since the master started.
@@ -135,22 +172,32 @@ impl Link {
     /// Sends a request. If `reply_to` is given, the reply (or the link's death) is delivered
     /// there. Returns false if the link is dead or the send failed (the link is then killed).
     pub fn send(&self, rid: u64, epoch: u64, command: &Command, reply_to: Option<&Sender<Ack>>) -> bool {
-        self.enqueue(rid, reply_to, |out| encode_body(epoch, command, out))
+        let waiter = reply_to.map(|tx| Waiter { tx: tx.clone(), quorum: None });
+        self.enqueue(rid, waiter, |out| encode_body(epoch, command, out))
     }
 
     /// Sends a request whose body (everything after `<rid> `) is already encoded.
     pub fn send_body(&self, rid: u64, body: &[u8], reply_to: Option<&Sender<Ack>>) -> bool {
-        self.enqueue(rid, reply_to, |out| out.extend_from_slice(body))
+        let waiter = reply_to.map(|tx| Waiter { tx: tx.clone(), quorum: None });
+        self.enqueue(rid, waiter, |out| out.extend_from_slice(body))
+    }
+
+    /// Sends a write whose body is already encoded, counting its acknowledgement in `quorum`:
+    /// an `OK` reaches `reply_to` only if it completes the quorum; any other outcome always
+    /// does.
+    pub fn send_counted(&self, rid: u64, body: &[u8], reply_to: &Sender<Ack>, quorum: &Arc<Quorum>) -> bool {
+        let waiter = Waiter { tx: reply_to.clone(), quorum: Some(Arc::clone(quorum)) };
+        self.enqueue(rid, Some(waiter), |out| out.extend_from_slice(body))
     }
 
     /// Registers the requester, appends `<rid> ` and the body written by `encode` to the
     /// outbox, and writes the outbox out unless another thread is already doing so.
-    fn enqueue(&self, rid: u64, reply_to: Option<&Sender<Ack>>, encode: impl FnOnce(&mut Vec<u8>)) -> bool {
+    fn enqueue(&self, rid: u64, waiter: Option<Waiter>, encode: impl FnOnce(&mut Vec<u8>)) -> bool {
         if !self.is_alive() {
             return false;
         }
-        if let Some(tx) = reply_to {
-            self.pending.lock().insert(rid, tx.clone());
+        if let Some(waiter) = waiter {
+            self.pending.lock().insert(rid, waiter);
             // A kill that ran between the check above and the insert did not see this entry.
             if !self.is_alive() {
                 self.forget(rid);
@@ -216,9 +263,15 @@ impl Link {
 
     /// Delivers a reply read from the socket to whoever waits for it.
     pub fn deliver(&self, rid: u64, outcome: Outcome) {
-        if let Some(tx) = self.pending.lock().remove(&rid) {
-            let _ = tx.send(Ack { slot: self.slot, rid, outcome });
+        let Some(waiter) = self.pending.lock().remove(&rid) else {
+            return;
+        };
+        if let (Some(quorum), Outcome::Ok(_)) = (&waiter.quorum, &outcome) {
+            if !quorum.count(self.slot) {
+                return;
+            }
         }
+        let _ = waiter.tx.send(Ack { slot: self.slot, rid, outcome });
     }
 
     /// Marks the link dead, closes the socket (which ends the reader thread) and tells every
@@ -231,10 +284,11 @@ impl Link {
             let _guard = self.outbox.lock();
             self.drained.notify_all();
         }
-        let pending: Vec<(u64, Sender<Ack>)> = self.pending.lock().drain().collect();
-        for (rid, tx) in pending {
-            let _ =
-                tx.send(Ack { slot: self.slot, rid, outcome: Outcome::Err(format!("slave down: {why}")) });
+        let pending: Vec<(u64, Waiter)> = self.pending.lock().drain().collect();
+        for (rid, waiter) in pending {
+            let _ = waiter
+                .tx
+                .send(Ack { slot: self.slot, rid, outcome: Outcome::Err(format!("slave down: {why}")) });
         }
     }
 }
