@@ -286,9 +286,126 @@ impl Link {
         }
         let pending: Vec<(u64, Waiter)> = self.pending.lock().drain().collect();
         for (rid, waiter) in pending {
-            let _ = waiter
-                .tx
-                .send(Ack { slot: self.slot, rid, outcome: Outcome::Err(format!("slave down: {why}")) });
+            let _ = waiter.tx.send(Ack {
+                slot: self.slot,
+                rid,
+                outcome: Outcome::Err(format!("slave down: {why}")),
+            });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framing::LineReader;
+    use crate::peer::Stamp;
+    use crossbeam_channel::unbounded;
+    use std::net::TcpListener;
+
+    /// A link over a loopback connection, and the slave's end of it.
+    fn pair(slot: usize) -> (Arc<Link>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let master_end = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (slave_end, _) = listener.accept().unwrap();
+        (Arc::new(Link::new(format!("s{slot}"), slot, master_end, 0)), slave_end)
+    }
+
+    #[test]
+    fn concurrent_sends_arrive_whole_and_in_each_senders_order() {
+        let (link, slave_end) = pair(0);
+        let (threads, per_thread) = (8u64, 2000u64);
+        let senders: Vec<_> = (0..threads)
+            .map(|t| {
+                let link = Arc::clone(&link);
+                std::thread::spawn(move || {
+                    for i in 0..per_thread {
+                        let body = format!("{t} {i} {}\n", "x".repeat((i % 50) as usize));
+                        assert!(link.send_body(t * per_thread + i, body.as_bytes(), None));
+                    }
+                })
+            })
+            .collect();
+        let mut reader = LineReader::new(slave_end);
+        let mut next = vec![0u64; threads as usize];
+        for _ in 0..threads * per_thread {
+            let line = String::from_utf8(reader.read_line().unwrap().unwrap().to_vec()).unwrap();
+            let f: Vec<&str> = line.split(' ').collect();
+            let (rid, t, i): (u64, u64, u64) =
+                (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].parse().unwrap());
+            assert_eq!(rid, t * per_thread + i, "{line}");
+            assert_eq!(i, next[t as usize], "sender {t} out of order");
+            assert_eq!(f[3].len() as u64, i % 50, "{line}");
+            next[t as usize] += 1;
+        }
+        for s in senders {
+            s.join().unwrap();
+        }
+        assert_eq!(link.requests.load(Ordering::Relaxed), threads * per_thread);
+    }
+
+    #[test]
+    fn a_quorum_wakes_its_writer_once_and_failures_always() {
+        let (a, _a_end) = pair(0);
+        let (b, _b_end) = pair(1);
+        let (c, _c_end) = pair(2);
+        let (tx, rx) = unbounded();
+        let quorum = Arc::new(Quorum::new(2));
+        for (rid, link) in [(1, &a), (2, &b), (3, &c)] {
+            assert!(link.send_counted(rid, b"1 PING\n", &tx, &quorum));
+        }
+        let ok = Outcome::Ok(Stamp::new(1, 1));
+        a.deliver(1, ok.clone());
+        assert!(rx.try_recv().is_err(), "one ACK of two must not wake the writer");
+        assert_eq!(quorum.acked(), 0b001);
+        c.deliver(3, Outcome::Fenced(9));
+        assert_eq!(rx.try_recv().unwrap().outcome, Outcome::Fenced(9));
+        b.deliver(2, ok.clone());
+        let ack = rx.try_recv().unwrap();
+        assert_eq!((ack.rid, ack.slot, quorum.acked()), (2, 1, 0b011));
+        // An answer nobody waits for any more is dropped.
+        b.deliver(2, ok);
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn kill_tells_every_pending_requester_and_refuses_new_sends() {
+        let (link, _slave_end) = pair(3);
+        let (tx, rx) = unbounded();
+        for rid in 1..=3 {
+            assert!(link.send_body(rid, b"1 PING\n", Some(&tx)));
+        }
+        link.forget(2);
+        link.kill("test");
+        let mut told: Vec<u64> = rx.try_iter().map(|a| a.rid).collect();
+        told.sort();
+        assert_eq!(told, [1, 3]);
+        assert!(!link.send_body(4, b"1 PING\n", Some(&tx)));
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn senders_blocked_by_a_slave_that_stopped_reading_are_released_by_kill() {
+        let (link, _slave_end) = pair(4);
+        let body = vec![b'x'; 1 << 20];
+        let senders: Vec<_> = (0..3)
+            .map(|t| {
+                let (link, body) = (Arc::clone(&link), body.clone());
+                std::thread::spawn(move || {
+                    let mut sent = 0u64;
+                    while link.send_body(t, &body, None) {
+                        sent += 1;
+                    }
+                    sent
+                })
+            })
+            .collect();
+        // Let the socket buffers and the outbox fill up, so every sender is stuck.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        link.kill("test");
+        for s in senders {
+            s.join().unwrap();
+        }
+        assert!(link.outbox.lock().queued.len() <= OUTBOX_LIMIT + body.len());
     }
 }
