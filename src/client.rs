@@ -46,13 +46,15 @@ pub struct Client {
     events: Vec<Event>,
     /// Sent as `AUTH <password>` on every new connection.
     password: Option<Vec<u8>>,
+    /// The request being sent, encoded; kept to send again after a redirect, and reused so a
+    /// request does not allocate.
+    out: Vec<u8>,
 }
 
 struct Conn {
     addr: String,
     stream: TcpStream,
     reader: LineReader<TcpStream>,
-    out: Vec<u8>,
 }
 
 impl Client {
@@ -67,6 +69,7 @@ impl Client {
             timeout: DEFAULT_REQUEST_TIMEOUT,
             events: Vec::new(),
             password: None,
+            out: Vec::new(),
         }
     }
 
@@ -124,16 +127,24 @@ impl Client {
     /// Sends a request and returns the server's reply. `ERR NOTPRIMARY` is followed to the
     /// other server; an `ERR` reply is returned as a [`Reply::Err`], not as an `Err`.
     pub fn request(&mut self, request: &Request) -> Result<Reply> {
+        self.out.clear();
+        encode_request(request, &mut self.out);
+        self.send_encoded(is_idempotent(request))
+    }
+
+    /// [`Client::request`] for the request already encoded in `self.out`; `idempotent` when
+    /// sending it twice is harmless (a read).
+    fn send_encoded(&mut self, idempotent: bool) -> Result<Reply> {
         let mut redirects = 0;
         loop {
             self.connect()?;
-            let reply = match self.exchange(request) {
+            let reply = match self.exchange() {
                 Ok(r) => r,
                 Err(e) => {
                     self.disconnect_and_prefer_other();
                     // A read has no effect, so it is safe to send again (once) elsewhere; a
                     // write's outcome is unknown and is left to the caller.
-                    if is_idempotent(request) && redirects < MAX_REDIRECTS {
+                    if idempotent && redirects < MAX_REDIRECTS {
                         redirects += 1;
                         let from = e.to_string();
                         self.connect()?;
@@ -165,12 +176,23 @@ impl Client {
 
     /// `WRITE key value`: the version on success.
     pub fn write(&mut self, key: &str, value: &[u8]) -> Result<Reply> {
-        self.request(&Request::Write { key: key.to_string(), value: value.to_vec() })
+        // What encode_request writes for Request::Write, without building one.
+        self.out.clear();
+        self.out.extend_from_slice(b"WRITE ");
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.push(b' ');
+        self.out.extend_from_slice(value);
+        self.out.push(b'\n');
+        self.send_encoded(false)
     }
 
     /// `READ key`.
     pub fn read(&mut self, key: &str) -> Result<Reply> {
-        self.request(&Request::Read { key: key.to_string() })
+        self.out.clear();
+        self.out.extend_from_slice(b"READ ");
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.push(b'\n');
+        self.send_encoded(true)
     }
 
     /// `STATS` as name/value pairs.
@@ -190,11 +212,9 @@ impl Client {
         }
     }
 
-    fn exchange(&mut self, request: &Request) -> Result<Reply> {
+    fn exchange(&mut self) -> Result<Reply> {
         let conn = self.conn.as_mut().ok_or_else(|| Error::Unavailable("not connected".into()))?;
-        conn.out.clear();
-        encode_request(request, &mut conn.out);
-        conn.stream.write_all(&conn.out)?;
+        conn.stream.write_all(&self.out)?;
         conn.read_reply()
     }
 }
@@ -204,10 +224,11 @@ impl Conn {
         let stream = connect(addr)?;
         stream.set_read_timeout(Some(timeout))?;
         let reader = LineReader::new(stream.try_clone()?);
-        let mut conn = Conn { addr: addr.to_string(), stream, reader, out: Vec::new() };
+        let mut conn = Conn { addr: addr.to_string(), stream, reader };
         if let Some(password) = password {
-            encode_request(&Request::Auth { password: password.to_vec() }, &mut conn.out);
-            conn.stream.write_all(&conn.out)?;
+            let mut auth = Vec::new();
+            encode_request(&Request::Auth { password: password.to_vec() }, &mut auth);
+            conn.stream.write_all(&auth)?;
             match conn.read_reply()? {
                 Reply::Done => {}
                 Reply::Err(e) => return Err(Error::Unavailable(format!("AUTH refused: {e}"))),
@@ -218,10 +239,13 @@ impl Conn {
     }
 
     fn read_reply(&mut self) -> Result<Reply> {
-        let first = self.next_line()?;
-        let mut reply = Reply::parse_line(&first).map_err(Error::Protocol)?;
+        // The first line is parsed where it lies in the reader's buffer, without a copy.
+        let (mut reply, end) = {
+            let first = self.next_line_ref()?;
+            (Reply::parse_line(first).map_err(Error::Protocol)?, first == b"END")
+        };
         if let Reply::Table { rows, .. } = &mut reply {
-            if first != b"END" {
+            if !end {
                 loop {
                     let line = self.next_line()?;
                     if line == b"END" {
@@ -238,8 +262,12 @@ impl Conn {
     }
 
     fn next_line(&mut self) -> Result<Vec<u8>> {
+        self.next_line_ref().map(<[u8]>::to_vec)
+    }
+
+    fn next_line_ref(&mut self) -> Result<&[u8]> {
         match self.reader.read_line() {
-            Ok(Some(line)) => Ok(line.to_vec()),
+            Ok(Some(line)) => Ok(line),
             Ok(None) => Err(Error::Io(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 format!("{} closed the connection", self.addr),
@@ -338,6 +366,38 @@ mod tests {
             encode_request(&r, &mut out);
             assert_eq!(Request::parse(&out[..out.len() - 1]).unwrap(), r);
         }
+    }
+
+    #[test]
+    fn write_and_read_send_what_encode_request_does() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = LineReader::new(stream.try_clone().unwrap());
+            let mut lines = Vec::new();
+            for reply in [&b"OK 7\r\n"[..], b"VALUE 7 a b\r\n"] {
+                lines.push(reader.read_line().unwrap().unwrap().to_vec());
+                (&stream).write_all(reply).unwrap();
+            }
+            lines
+        });
+        let mut c = Client::new(&addr, None);
+        assert_eq!(c.write("k", b"a b").unwrap(), Reply::Ok(7));
+        assert_eq!(c.read("k").unwrap(), Reply::Value { version: 7, value: b"a b".to_vec() });
+        let mut want = Vec::new();
+        encode_request(&Request::Write { key: "k".into(), value: b"a b".to_vec() }, &mut want);
+        encode_request(&Request::Read { key: "k".into() }, &mut want);
+        let got: Vec<u8> = server
+            .join()
+            .unwrap()
+            .into_iter()
+            .flat_map(|mut l| {
+                l.push(b'\n');
+                l
+            })
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]

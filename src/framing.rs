@@ -34,9 +34,13 @@ impl From<io::Error> for LineError {
 /// Reads `\n`-terminated lines from `R`.
 pub struct LineReader<R> {
     inner: R,
+    /// Always fully initialised: bytes `start..end` are read and not yet returned, the rest is
+    /// room for the next read. Reads go straight into it, so nothing is zeroed per read.
     buf: Vec<u8>,
     /// Start of the unread part of `buf`.
     start: usize,
+    /// End of the bytes read into `buf`.
+    end: usize,
     /// Where the search for `\n` resumes, so a long line is scanned only once.
     scanned: usize,
     limit: usize,
@@ -50,14 +54,14 @@ impl<R: Read> LineReader<R> {
 
     /// A reader that refuses lines longer than `limit` bytes.
     pub fn with_limit(inner: R, limit: usize) -> Self {
-        LineReader { inner, buf: Vec::with_capacity(READ_CHUNK), start: 0, scanned: 0, limit }
+        LineReader { inner, buf: vec![0; READ_CHUNK], start: 0, end: 0, scanned: 0, limit }
     }
 
     /// The next line without its terminator, or `None` at a clean end of stream. A final line
     /// without `\n` (the peer hung up mid-line) is dropped: a half request is never acted on.
     pub fn read_line(&mut self) -> Result<Option<&[u8]>, LineError> {
         loop {
-            if let Some(pos) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+            if let Some(pos) = self.buf[self.scanned..self.end].iter().position(|&b| b == b'\n') {
                 let end = self.scanned + pos;
                 let line_start = self.start;
                 self.start = end + 1;
@@ -71,8 +75,8 @@ impl<R: Read> LineReader<R> {
                 }
                 return Ok(Some(&self.buf[line_start..line_end]));
             }
-            self.scanned = self.buf.len();
-            if self.buf.len() - self.start > self.limit + 1 {
+            self.scanned = self.end;
+            if self.end - self.start > self.limit + 1 {
                 return Err(LineError::TooLong);
             }
             if !self.fill()? {
@@ -84,7 +88,7 @@ impl<R: Read> LineReader<R> {
     /// True when a whole line is already buffered, so a server can keep serving pipelined
     /// requests and flush its replies only when it would otherwise block.
     pub fn has_buffered_line(&self) -> bool {
-        self.buf[self.start..].contains(&b'\n')
+        self.buf[self.scanned.max(self.start)..self.end].contains(&b'\n')
     }
 
     /// The wrapped reader.
@@ -94,24 +98,29 @@ impl<R: Read> LineReader<R> {
 
     /// Reads more bytes; false at end of stream.
     fn fill(&mut self) -> io::Result<bool> {
-        if self.start > 0 {
-            self.buf.drain(..self.start);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            self.scanned = 0;
+        } else if self.start > 0 {
+            // Move the partial line to the front, so the room after it is as large as it gets.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.scanned -= self.start;
             self.start = 0;
         }
-        let len = self.buf.len();
-        self.buf.resize(len + READ_CHUNK, 0);
+        if self.buf.len() - self.end < READ_CHUNK / 2 {
+            // A long line: grow (the limit check in `read_line` bounds this).
+            self.buf.resize(self.end + READ_CHUNK, 0);
+        }
         loop {
-            match self.inner.read(&mut self.buf[len..]) {
+            match self.inner.read(&mut self.buf[self.end..]) {
                 Ok(n) => {
-                    self.buf.truncate(len + n);
+                    self.end += n;
                     return Ok(n > 0);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.buf.truncate(len);
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -180,5 +189,19 @@ mod tests {
         assert!(r.has_buffered_line());
         assert_eq!(r.read_line().unwrap(), Some(&b"b"[..]));
         assert!(!r.has_buffered_line());
+    }
+
+    #[test]
+    fn long_lines_grow_the_buffer_across_many_reads() {
+        let mut input = Vec::new();
+        for len in [10, READ_CHUNK * 3 + 5, 1, READ_CHUNK - 1, READ_CHUNK, 0, 7] {
+            input.extend(std::iter::repeat_n(b'x', len));
+            input.push(b'\n');
+        }
+        for chunk in [1000, 4096, READ_CHUNK, usize::MAX] {
+            let got = lines(&input, chunk, MAX_LINE);
+            let lens: Vec<usize> = got.iter().map(|l| l.as_ref().unwrap().len()).collect();
+            assert_eq!(lens, [10, READ_CHUNK * 3 + 5, 1, READ_CHUNK - 1, READ_CHUNK, 0, 7], "chunk {chunk}");
+        }
     }
 }

@@ -185,8 +185,8 @@ impl Hello {
 impl Request {
     /// Appends the request line, `\n` included.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        use std::io::Write;
-        let _ = write!(out, "{} ", self.rid);
+        push_u64(out, self.rid);
+        out.push(b' ');
         encode_body(self.epoch, &self.command, out);
     }
     /// Parses a request line (terminator removed).
@@ -232,58 +232,87 @@ impl Request {
 /// Appends everything of a request line after `<rid> `, `\n` included: a master encodes a
 /// write once and sends it to several slaves, each with its own id in front.
 pub fn encode_body(epoch: u64, command: &Command, out: &mut Vec<u8>) {
-    use std::io::Write;
-    let _ = write!(out, "{epoch} ");
-    let _ = match command {
+    push_u64(out, epoch);
+    match command {
         Command::Set { stamp, key, value } => {
-            let _ = write!(out, "SET {stamp} {key} ");
+            out.extend_from_slice(b" SET ");
+            push_stamp(out, *stamp);
+            out.push(b' ');
+            out.extend_from_slice(key.as_bytes());
+            out.push(b' ');
             escape::escape_into(value, out);
-            Ok(())
         }
-        Command::Del { stamp, key } => write!(out, "DEL {stamp} {key}"),
-        Command::Get { key } => write!(out, "GET {key}"),
-        Command::Ping => write!(out, "PING"),
-        Command::Epoch => write!(out, "EPOCH"),
-        Command::Scan { from_seq } => write!(out, "SCAN {from_seq}"),
-    };
+        Command::Del { stamp, key } => {
+            out.extend_from_slice(b" DEL ");
+            push_stamp(out, *stamp);
+            out.push(b' ');
+            out.extend_from_slice(key.as_bytes());
+        }
+        Command::Get { key } => {
+            out.extend_from_slice(b" GET ");
+            out.extend_from_slice(key.as_bytes());
+        }
+        Command::Ping => out.extend_from_slice(b" PING"),
+        Command::Epoch => out.extend_from_slice(b" EPOCH"),
+        Command::Scan { from_seq } => {
+            out.extend_from_slice(b" SCAN ");
+            push_u64(out, *from_seq);
+        }
+    }
     out.push(b'\n');
 }
 
 impl Reply {
     /// Appends the reply line, `\n` included.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        use std::io::Write;
-        let rid = self.rid;
-        let _ = match &self.outcome {
-            Outcome::Ok(s) => write!(out, "{rid} OK {s}"),
-            Outcome::Value(s, value) => {
-                let _ = write!(out, "{rid} VALUE {s} ");
-                escape::escape_into(value, out);
-                Ok(())
+        push_u64(out, self.rid);
+        match &self.outcome {
+            Outcome::Ok(s) => {
+                out.extend_from_slice(b" OK ");
+                push_stamp(out, *s);
             }
-            Outcome::Tomb(s) => write!(out, "{rid} TOMB {s}"),
-            Outcome::None => write!(out, "{rid} NONE"),
-            Outcome::Pong => write!(out, "{rid} PONG"),
-            Outcome::Fenced(e) => write!(out, "{rid} FENCED {e}"),
-            Outcome::Wait(ms) => write!(out, "{rid} WAIT {ms}"),
+            Outcome::Value(s, value) => {
+                out.extend_from_slice(b" VALUE ");
+                push_stamp(out, *s);
+                out.push(b' ');
+                escape::escape_into(value, out);
+            }
+            Outcome::Tomb(s) => {
+                out.extend_from_slice(b" TOMB ");
+                push_stamp(out, *s);
+            }
+            Outcome::None => out.extend_from_slice(b" NONE"),
+            Outcome::Pong => out.extend_from_slice(b" PONG"),
+            Outcome::Fenced(e) => {
+                out.extend_from_slice(b" FENCED ");
+                push_u64(out, *e);
+            }
+            Outcome::Wait(ms) => {
+                out.extend_from_slice(b" WAIT ");
+                push_u64(out, *ms);
+            }
             Outcome::Err(m) => {
-                let _ = write!(out, "{rid} ERR ");
+                out.extend_from_slice(b" ERR ");
                 escape::escape_into(m.as_bytes(), out);
-                Ok(())
             }
             Outcome::Item { stamp, key, value } => {
-                let _ = write!(out, "{rid} ITEM {stamp} {key} ");
+                out.extend_from_slice(b" ITEM ");
+                push_stamp(out, *stamp);
+                out.push(b' ');
+                out.extend_from_slice(key.as_bytes());
                 match value {
                     Some(v) => {
-                        out.extend_from_slice(b"V ");
+                        out.extend_from_slice(b" V ");
                         escape::escape_into(v, out);
                     }
-                    None => out.push(b'T'),
+                    None => out.extend_from_slice(b" T"),
                 }
-                Ok(())
             }
-            Outcome::End(n) => write!(out, "{rid} END {n}"),
-        };
+            Outcome::End(n) => {
+                out.extend_from_slice(b" END ");
+                push_u64(out, *n);
+            }
+        }
         out.push(b'\n');
     }
 
@@ -334,6 +363,28 @@ impl Reply {
         };
         Ok(Reply { rid, outcome })
     }
+}
+
+/// Appends `n` in decimal: what `write!(out, "{n}")` does, without the formatting machinery.
+pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends a stamp as `<epoch> <seq>`, like its `Display`.
+fn push_stamp(out: &mut Vec<u8>, stamp: Stamp) {
+    push_u64(out, stamp.epoch);
+    out.push(b' ');
+    push_u64(out, stamp.seq);
 }
 
 fn fields(line: &[u8]) -> Vec<&[u8]> {
@@ -431,6 +482,38 @@ mod tests {
         assert!(Hello::parse(b"SLAVE bad/id 1 1").is_err());
         assert!(Hello::parse(b"SLAVE a 1").is_err());
         assert!(parse_slave_id(&[b'a'; MAX_ID + 1]).is_err());
+    }
+
+    #[test]
+    fn push_u64_writes_decimal() {
+        for n in [0, 1, 9, 10, 99, 100, 12345, u64::MAX] {
+            let mut out = b"x".to_vec();
+            push_u64(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
+    }
+
+    #[test]
+    fn encodes_the_documented_lines() {
+        let s = Stamp::new(2, 41);
+        let mut out = Vec::new();
+        Request {
+            rid: 7,
+            epoch: 3,
+            command: Command::Set { stamp: s, key: "k".into(), value: b"a b".to_vec() },
+        }
+        .encode_into(&mut out);
+        Request { rid: 8, epoch: 3, command: Command::Del { stamp: s, key: "k".into() } }
+            .encode_into(&mut out);
+        Request { rid: 9, epoch: 3, command: Command::Get { key: "k".into() } }.encode_into(&mut out);
+        Request { rid: 10, epoch: 3, command: Command::Ping }.encode_into(&mut out);
+        Reply { rid: 7, outcome: Outcome::Ok(s) }.encode_into(&mut out);
+        Reply { rid: 9, outcome: Outcome::Value(s, b"a b".to_vec()) }.encode_into(&mut out);
+        Reply { rid: 9, outcome: Outcome::Fenced(4) }.encode_into(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "7 3 SET 2 41 k a b\n8 3 DEL 2 41 k\n9 3 GET k\n10 3 PING\n7 OK 2 41\n9 VALUE 2 41 a b\n9 FENCED 4\n"
+        );
     }
 
     #[test]

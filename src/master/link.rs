@@ -1,21 +1,52 @@
 //! One registered slave's connection, as the master sees it.
 //!
-//! A [`Link`] is shared by every thread that sends to the slave. Sending is serialised by a
-//! mutex around the socket's write half, so messages never interleave on the wire. Replies
-//! come back on the connection's own reader thread, which looks up the request id in the
-//! link's pending table and forwards the outcome on the channel the requester is waiting on.
-//! When the link dies, every pending requester is told at once, so a write can replace the
-//! slave instead of waiting for its timeout.
+//! A [`Link`] is shared by every thread that sends to the slave. Sends are combined: a sender
+//! appends its encoded request to the link's outbox under a mutex, and if no other thread is
+//! writing to the socket it becomes the writer and writes everything queued, again and again
+//! until the outbox is empty; a sender that finds a writer at work just leaves its request for
+//! it. Only one thread writes at a time and whole requests are appended, so messages never
+//! interleave on the wire, and under load many requests share one `write(2)` (and the slave
+//! reads them with one `read(2)` and answers them with one write). The outbox is bounded by
+//! [`OUTBOX_LIMIT`]: past it, senders wait for the writer.
+//!
+//! Replies come back on the connection's own reader thread, which looks up the request id in
+//! the link's pending table and forwards the outcome on the channel the requester is waiting
+//! on. A write sent to several slaves counts their ACKs in a shared [`Quorum`] instead: an ACK
+//! that does not complete the quorum only sets its slave's bit, and the writer is woken once,
+//! by the ACK that does (or by any other outcome), not once per slave. When the link dies,
+//! every pending requester is told at once, so a write can replace the slave instead of
+//! waiting for its timeout.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crossbeam_channel::Sender;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use crate::peer::{encode_body, Command, Outcome};
+use crate::peer::{encode_body, push_u64, Command, Outcome};
+
+/// The most bytes of requests queued for one slave while another thread writes to its socket.
+/// A sender that finds the outbox this full waits until the writer has taken it, so a slave that
+/// stops reading holds up its senders (until it is marked down) instead of the master's memory.
+pub const OUTBOX_LIMIT: usize = 4 << 20;
+
+/// The largest outbox buffer kept for reuse after a write; a bigger one, left by a burst of
+/// large values, is freed.
+const OUTBOX_SPARE_LIMIT: usize = 256 << 10;
+
+/// Requests waiting for the socket, and whether a thread is writing them.
+#[derive(Default)]
+struct Outbox {
+    /// Encoded requests not yet taken by a writer.
+    queued: Vec<u8>,
+    /// A thread is writing to the socket, and will write `queued` before it stops.
+    writing: bool,
+    /// An empty buffer to swap in for `queued`, so taking a batch does not allocate.
+    spare: Vec<u8>,
+}
 
 /// What a requester receives for each slave reply.
 #[derive(Debug, Clone)]
@@ -28,6 +59,39 @@ pub struct Ack {
     pub outcome: Outcome,
 }
 
+/// The ACKs of one write, counted across the links it was sent on.
+#[derive(Debug)]
+pub struct Quorum {
+    /// Member slots that acknowledged, as a bit set.
+    acked: AtomicU64,
+    /// How many acknowledgements wake the writer.
+    need: usize,
+}
+
+impl Quorum {
+    /// A count that wakes its writer at the `need`th acknowledgement.
+    pub fn new(need: usize) -> Quorum {
+        Quorum { acked: AtomicU64::new(0), need }
+    }
+
+    /// The slots that have acknowledged so far.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Acquire)
+    }
+
+    /// Counts `slot`'s acknowledgement; true if the writer must be woken.
+    fn count(&self, slot: usize) -> bool {
+        let acked = self.acked.fetch_or(1 << slot, Ordering::AcqRel) | 1 << slot;
+        acked.count_ones() as usize >= self.need
+    }
+}
+
+/// Who waits for a reply.
+struct Waiter {
+    tx: Sender<Ack>,
+    quorum: Option<Arc<Quorum>>,
+}
+
 /// A live connection to one slave.
 pub struct Link {
     /// The slave's member id.
@@ -36,8 +100,12 @@ pub struct Link {
     pub slot: usize,
     /// The slave's address, for logs.
     pub peer: String,
-    writer: Mutex<TcpStream>,
-    pending: Mutex<HashMap<u64, Sender<Ack>>>,
+    /// The write half; only the thread that set `Outbox::writing` writes to it.
+    stream: TcpStream,
+    outbox: Mutex<Outbox>,
+    /// Signalled whenever a writer has taken a batch (room in the outbox) or the link died.
+    drained: Condvar,
+    pending: Mutex<HashMap<u64, Waiter>>,
     alive: AtomicBool,
     synced: AtomicBool,
     /// When the slave last sent anything, in microseconds since the master started.
@@ -58,7 +126,9 @@ impl Link {
             id,
             slot,
             peer,
-            writer: Mutex::new(stream),
+            stream,
+            outbox: Mutex::new(Outbox::default()),
+            drained: Condvar::new(),
             pending: Mutex::new(HashMap::new()),
             alive: AtomicBool::new(true),
             synced: AtomicBool::new(false),
@@ -102,29 +172,86 @@ impl Link {
     /// Sends a request. If `reply_to` is given, the reply (or the link's death) is delivered
     /// there. Returns false if the link is dead or the send failed (the link is then killed).
     pub fn send(&self, rid: u64, epoch: u64, command: &Command, reply_to: Option<&Sender<Ack>>) -> bool {
-        let mut body = Vec::with_capacity(64);
-        encode_body(epoch, command, &mut body);
-        self.send_body(rid, &body, reply_to)
+        let waiter = reply_to.map(|tx| Waiter { tx: tx.clone(), quorum: None });
+        self.enqueue(rid, waiter, |out| encode_body(epoch, command, out))
     }
 
     /// Sends a request whose body (everything after `<rid> `) is already encoded.
     pub fn send_body(&self, rid: u64, body: &[u8], reply_to: Option<&Sender<Ack>>) -> bool {
+        let waiter = reply_to.map(|tx| Waiter { tx: tx.clone(), quorum: None });
+        self.enqueue(rid, waiter, |out| out.extend_from_slice(body))
+    }
+
+    /// Sends a write whose body is already encoded, counting its acknowledgement in `quorum`:
+    /// an `OK` reaches `reply_to` only if it completes the quorum; any other outcome always
+    /// does.
+    pub fn send_counted(&self, rid: u64, body: &[u8], reply_to: &Sender<Ack>, quorum: &Arc<Quorum>) -> bool {
+        let waiter = Waiter { tx: reply_to.clone(), quorum: Some(Arc::clone(quorum)) };
+        self.enqueue(rid, Some(waiter), |out| out.extend_from_slice(body))
+    }
+
+    /// Registers the requester, appends `<rid> ` and the body written by `encode` to the
+    /// outbox, and writes the outbox out unless another thread is already doing so.
+    fn enqueue(&self, rid: u64, waiter: Option<Waiter>, encode: impl FnOnce(&mut Vec<u8>)) -> bool {
         if !self.is_alive() {
             return false;
         }
-        if let Some(tx) = reply_to {
-            self.pending.lock().insert(rid, tx.clone());
+        if let Some(waiter) = waiter {
+            self.pending.lock().insert(rid, waiter);
+            // A kill that ran between the check above and the insert did not see this entry.
+            if !self.is_alive() {
+                self.forget(rid);
+                return false;
+            }
         }
-        let mut buf = Vec::with_capacity(body.len() + 24);
-        let _ = write!(buf, "{rid} ");
-        buf.extend_from_slice(body);
-        let written = self.writer.lock().write_all(&buf);
         self.requests.fetch_add(1, Ordering::Relaxed);
-        match written {
+        let mut outbox = self.outbox.lock();
+        while outbox.writing && outbox.queued.len() >= OUTBOX_LIMIT {
+            if !self.is_alive() {
+                return false;
+            }
+            self.drained.wait(&mut outbox);
+        }
+        push_u64(&mut outbox.queued, rid);
+        outbox.queued.push(b' ');
+        encode(&mut outbox.queued);
+        if outbox.writing {
+            // The writer at work takes this request with its next batch.
+            return true;
+        }
+        outbox.writing = true;
+        match self.write_out(&mut outbox) {
             Ok(()) => true,
             Err(e) => {
+                drop(outbox);
                 self.kill(&format!("send failed: {e}"));
                 false
+            }
+        }
+    }
+
+    /// As the writer: writes batches until the outbox is empty. The lock is released during each
+    /// `write(2)`, so other senders keep queueing meanwhile.
+    fn write_out(&self, outbox: &mut MutexGuard<'_, Outbox>) -> std::io::Result<()> {
+        loop {
+            let spare = std::mem::take(&mut outbox.spare);
+            let mut batch = std::mem::replace(&mut outbox.queued, spare);
+            let written = MutexGuard::unlocked(outbox, || (&self.stream).write_all(&batch));
+            batch.clear();
+            if batch.capacity() <= OUTBOX_SPARE_LIMIT {
+                outbox.spare = batch;
+            }
+            self.drained.notify_all();
+            if let Err(e) = written {
+                // What was queued meanwhile can never be sent; the kill that follows tells its
+                // requesters.
+                outbox.queued.clear();
+                outbox.writing = false;
+                return Err(e);
+            }
+            if outbox.queued.is_empty() {
+                outbox.writing = false;
+                return Ok(());
             }
         }
     }
@@ -138,14 +265,20 @@ impl Link {
     pub fn deliver(&self, rid: u64, outcome: Outcome) {
         if matches!(outcome, Outcome::Item { .. }) {
             // A SCAN answers with many items before its END: keep waiting for more.
-            if let Some(tx) = self.pending.lock().get(&rid) {
-                let _ = tx.send(Ack { slot: self.slot, rid, outcome });
+            if let Some(waiter) = self.pending.lock().get(&rid) {
+                let _ = waiter.tx.send(Ack { slot: self.slot, rid, outcome });
             }
             return;
         }
-        if let Some(tx) = self.pending.lock().remove(&rid) {
-            let _ = tx.send(Ack { slot: self.slot, rid, outcome });
+        let Some(waiter) = self.pending.lock().remove(&rid) else {
+            return;
+        };
+        if let (Some(quorum), Outcome::Ok(_)) = (&waiter.quorum, &outcome) {
+            if !quorum.count(self.slot) {
+                return;
+            }
         }
+        let _ = waiter.tx.send(Ack { slot: self.slot, rid, outcome });
     }
 
     /// Marks the link dead, closes the socket (which ends the reader thread) and tells every
@@ -153,12 +286,133 @@ impl Link {
     pub fn kill(&self, why: &str) {
         if self.alive.swap(false, Ordering::AcqRel) {
             log::warn!("slave {} ({}) marked down: {why}", self.id, self.peer);
-            let _ = self.writer.lock().shutdown(Shutdown::Both);
+            let _ = self.stream.shutdown(Shutdown::Both);
+            // Senders waiting for room in the outbox give up.
+            let _guard = self.outbox.lock();
+            self.drained.notify_all();
         }
-        let pending: Vec<(u64, Sender<Ack>)> = self.pending.lock().drain().collect();
-        for (rid, tx) in pending {
-            let _ =
-                tx.send(Ack { slot: self.slot, rid, outcome: Outcome::Err(format!("slave down: {why}")) });
+        let pending: Vec<(u64, Waiter)> = self.pending.lock().drain().collect();
+        for (rid, waiter) in pending {
+            let _ = waiter.tx.send(Ack {
+                slot: self.slot,
+                rid,
+                outcome: Outcome::Err(format!("slave down: {why}")),
+            });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framing::LineReader;
+    use crate::peer::Stamp;
+    use crossbeam_channel::unbounded;
+    use std::net::TcpListener;
+
+    /// A link over a loopback connection, and the slave's end of it.
+    fn pair(slot: usize) -> (Arc<Link>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let master_end = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (slave_end, _) = listener.accept().unwrap();
+        (Arc::new(Link::new(format!("s{slot}"), slot, master_end, 0)), slave_end)
+    }
+
+    #[test]
+    fn concurrent_sends_arrive_whole_and_in_each_senders_order() {
+        let (link, slave_end) = pair(0);
+        let (threads, per_thread) = (8u64, 2000u64);
+        let senders: Vec<_> = (0..threads)
+            .map(|t| {
+                let link = Arc::clone(&link);
+                std::thread::spawn(move || {
+                    for i in 0..per_thread {
+                        let body = format!("{t} {i} {}\n", "x".repeat((i % 50) as usize));
+                        assert!(link.send_body(t * per_thread + i, body.as_bytes(), None));
+                    }
+                })
+            })
+            .collect();
+        let mut reader = LineReader::new(slave_end);
+        let mut next = vec![0u64; threads as usize];
+        for _ in 0..threads * per_thread {
+            let line = String::from_utf8(reader.read_line().unwrap().unwrap().to_vec()).unwrap();
+            let f: Vec<&str> = line.split(' ').collect();
+            let (rid, t, i): (u64, u64, u64) =
+                (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].parse().unwrap());
+            assert_eq!(rid, t * per_thread + i, "{line}");
+            assert_eq!(i, next[t as usize], "sender {t} out of order");
+            assert_eq!(f[3].len() as u64, i % 50, "{line}");
+            next[t as usize] += 1;
+        }
+        for s in senders {
+            s.join().unwrap();
+        }
+        assert_eq!(link.requests.load(Ordering::Relaxed), threads * per_thread);
+    }
+
+    #[test]
+    fn a_quorum_wakes_its_writer_once_and_failures_always() {
+        let (a, _a_end) = pair(0);
+        let (b, _b_end) = pair(1);
+        let (c, _c_end) = pair(2);
+        let (tx, rx) = unbounded();
+        let quorum = Arc::new(Quorum::new(2));
+        for (rid, link) in [(1, &a), (2, &b), (3, &c)] {
+            assert!(link.send_counted(rid, b"1 PING\n", &tx, &quorum));
+        }
+        let ok = Outcome::Ok(Stamp::new(1, 1));
+        a.deliver(1, ok.clone());
+        assert!(rx.try_recv().is_err(), "one ACK of two must not wake the writer");
+        assert_eq!(quorum.acked(), 0b001);
+        c.deliver(3, Outcome::Fenced(9));
+        assert_eq!(rx.try_recv().unwrap().outcome, Outcome::Fenced(9));
+        b.deliver(2, ok.clone());
+        let ack = rx.try_recv().unwrap();
+        assert_eq!((ack.rid, ack.slot, quorum.acked()), (2, 1, 0b011));
+        // An answer nobody waits for any more is dropped.
+        b.deliver(2, ok);
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn kill_tells_every_pending_requester_and_refuses_new_sends() {
+        let (link, _slave_end) = pair(3);
+        let (tx, rx) = unbounded();
+        for rid in 1..=3 {
+            assert!(link.send_body(rid, b"1 PING\n", Some(&tx)));
+        }
+        link.forget(2);
+        link.kill("test");
+        let mut told: Vec<u64> = rx.try_iter().map(|a| a.rid).collect();
+        told.sort();
+        assert_eq!(told, [1, 3]);
+        assert!(!link.send_body(4, b"1 PING\n", Some(&tx)));
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn senders_blocked_by_a_slave_that_stopped_reading_are_released_by_kill() {
+        let (link, _slave_end) = pair(4);
+        let body = vec![b'x'; 1 << 20];
+        let senders: Vec<_> = (0..3)
+            .map(|t| {
+                let (link, body) = (Arc::clone(&link), body.clone());
+                std::thread::spawn(move || {
+                    let mut sent = 0u64;
+                    while link.send_body(t, &body, None) {
+                        sent += 1;
+                    }
+                    sent
+                })
+            })
+            .collect();
+        // Let the socket buffers and the outbox fill up, so every sender is stuck.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        link.kill("test");
+        for s in senders {
+            s.join().unwrap();
+        }
+        assert!(link.outbox.lock().queued.len() <= OUTBOX_LIMIT + body.len());
     }
 }

@@ -5,11 +5,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, RecvTimeoutError};
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use rand::seq::SliceRandom;
 
 use super::index::{KeyState, Value};
-use super::link::Link;
+use super::link::{Ack, Link, Quorum};
 use super::{Shared, WRITE_DEADLINE_ACK_TIMEOUTS};
 use crate::peer::{encode_body, Command, Outcome, Stamp};
 use crate::protocol::{ErrorReply, Reply, Request};
@@ -130,9 +130,28 @@ fn delete(shared: &Arc<Shared>, key: String) -> Reply {
     write(shared, key, None)
 }
 
+thread_local! {
+    /// This thread's channel for slave replies, reused by every request it makes so that a
+    /// request does not build a channel of its own. Replies are matched by request id, so a late
+    /// reply to an earlier request is recognised and dropped.
+    static REPLIES: (Sender<Ack>, Receiver<Ack>) = unbounded();
+}
+
+/// Runs `f` with this thread's reply channel, emptied of late replies to earlier requests.
+fn with_replies<T>(f: impl FnOnce(&Sender<Ack>, &Receiver<Ack>) -> T) -> T {
+    REPLIES.with(|(tx, rx)| {
+        while rx.try_recv().is_ok() {}
+        f(tx, rx)
+    })
+}
+
 /// Sends `command` to `need` of `candidates` (in random order) and collects ACKs, replacing a
 /// member that fails or does not answer within the ACK timeout, until `need` acknowledged, the
 /// candidates ran out, or `deadline` passed.
+///
+/// ACKs are counted in a [`Quorum`] shared with the links, so this thread wakes once when the
+/// quorum is complete, not once per ACK; it also wakes for every failure, and at each
+/// member's ACK deadline.
 fn replicate(
     shared: &Shared,
     mut candidates: Vec<Arc<Link>>,
@@ -144,65 +163,73 @@ fn replicate(
     candidates.shuffle(&mut rand::thread_rng());
     let mut body = Vec::with_capacity(64);
     encode_body(epoch, command, &mut body);
-    let (tx, rx) = unbounded();
-    let ack_timeout = shared.config.ack_timeout;
-    // (link index, rid, when its ACK is due)
-    let mut outstanding: Vec<(usize, u64, Instant)> = Vec::with_capacity(need);
-    let mut next = 0;
-    let mut acked = 0u64;
-    let mut acks = 0;
-    let result = loop {
-        while acks + outstanding.len() < need && next < candidates.len() {
-            let rid = shared.rid();
-            if candidates[next].send_body(rid, &body, Some(&tx)) {
-                outstanding.push((next, rid, Instant::now() + ack_timeout));
-            }
-            next += 1;
-        }
-        if acks >= need {
-            break Replicated::Quorum(acked);
-        }
-        if outstanding.is_empty() {
-            break Replicated::Short(acked);
-        }
-        let due = outstanding.iter().map(|o| o.2).min().unwrap_or(deadline).min(deadline);
-        match rx.recv_deadline(due) {
-            Ok(ack) => {
-                let Some(pos) = outstanding.iter().position(|o| o.1 == ack.rid) else {
-                    continue;
-                };
-                outstanding.swap_remove(pos);
-                match ack.outcome {
-                    Outcome::Ok(_) => {
-                        acked |= 1 << ack.slot;
-                        acks += 1;
-                    }
-                    Outcome::Fenced(newer) => break Replicated::Fenced(newer),
-                    other => log::debug!("slave slot {} did not apply: {other:?}", ack.slot),
+    with_replies(|tx, rx| {
+        let quorum = Arc::new(Quorum::new(need));
+        let ack_timeout = shared.config.ack_timeout;
+        // (link index, rid, when its ACK is due)
+        let mut outstanding: Vec<(usize, u64, Instant)> = Vec::with_capacity(need);
+        let mut next = 0;
+        let result = loop {
+            // ACKs that did not complete the quorum arrive as bits, without a message.
+            let acked = quorum.acked();
+            outstanding.retain(|o| acked & (1 << candidates[o.0].slot) == 0);
+            let acks = acked.count_ones() as usize;
+            while acks + outstanding.len() < need && next < candidates.len() {
+                let rid = shared.rid();
+                if candidates[next].send_counted(rid, &body, tx, &quorum) {
+                    outstanding.push((next, rid, Instant::now() + ack_timeout));
                 }
+                next += 1;
             }
-            Err(RecvTimeoutError::Timeout) => {
-                let now = Instant::now();
-                if now >= deadline {
-                    break Replicated::Short(acked);
-                }
-                outstanding.retain(|&(i, rid, due)| {
-                    if due > now {
-                        return true;
+            if acks >= need {
+                break Replicated::Quorum(acked);
+            }
+            if outstanding.is_empty() {
+                break Replicated::Short(acked);
+            }
+            let due = outstanding.iter().map(|o| o.2).min().unwrap_or(deadline).min(deadline);
+            match rx.recv_deadline(due) {
+                Ok(ack) => {
+                    let Some(pos) = outstanding.iter().position(|o| o.1 == ack.rid) else {
+                        continue;
+                    };
+                    match ack.outcome {
+                        // Counted in `quorum` already.
+                        Outcome::Ok(_) => {}
+                        Outcome::Fenced(newer) => break Replicated::Fenced(newer),
+                        other => {
+                            log::debug!("slave slot {} did not apply: {other:?}", ack.slot);
+                            outstanding.swap_remove(pos);
+                        }
                     }
-                    let link = &candidates[i];
-                    link.forget(rid);
-                    link.kill(&format!("no acknowledgement within {} ms", ack_timeout.as_millis()));
-                    false
-                });
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let now = Instant::now();
+                    let acked = quorum.acked();
+                    if now >= deadline {
+                        if acked.count_ones() as usize >= need {
+                            break Replicated::Quorum(acked);
+                        }
+                        break Replicated::Short(acked);
+                    }
+                    outstanding.retain(|&(i, rid, due)| {
+                        let link = &candidates[i];
+                        if due > now || acked & (1 << link.slot) != 0 {
+                            return true;
+                        }
+                        link.forget(rid);
+                        link.kill(&format!("no acknowledgement within {} ms", ack_timeout.as_millis()));
+                        false
+                    });
+                }
+                Err(RecvTimeoutError::Disconnected) => break Replicated::Short(quorum.acked()),
             }
-            Err(RecvTimeoutError::Disconnected) => break Replicated::Short(acked),
+        };
+        for (i, rid, _) in outstanding {
+            candidates[i].forget(rid);
         }
-    };
-    for (i, rid, _) in outstanding {
-        candidates[i].forget(rid);
-    }
-    result
+        result
+    })
 }
 
 /// The connected, caught-up links and the majority, if this master holds read leases from a
@@ -241,12 +268,23 @@ fn read(shared: &Arc<Shared>, key: &str) -> Reply {
     let command = Command::Get { key: key.to_string() };
     let epoch = shared.epoch();
     for link in holders {
-        let (tx, rx) = unbounded();
         let rid = shared.rid();
-        if !link.send(rid, epoch, &command, Some(&tx)) {
+        let answer = with_replies(|tx, rx| {
+            if !link.send(rid, epoch, &command, Some(tx)) {
+                return None;
+            }
+            let deadline = Instant::now() + shared.config.ack_timeout;
+            Some(loop {
+                match rx.recv_deadline(deadline) {
+                    Ok(ack) if ack.rid != rid => continue,
+                    other => break other,
+                }
+            })
+        });
+        let Some(answer) = answer else {
             continue;
-        }
-        match rx.recv_timeout(shared.config.ack_timeout) {
+        };
+        match answer {
             Ok(ack) => match ack.outcome {
                 Outcome::Value(s, v) if s == committed => {
                     shared.stats.reads.fetch_add(1, Ordering::Relaxed);
