@@ -34,6 +34,22 @@ pub fn escape_into(value: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// Appends `n` in decimal: what `write!(out, "{n}")` does, without the formatting machinery
+/// (log lines and slave messages are mostly numbers, on the hot path).
+pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
 /// Returns the escaped form of `value`.
 pub fn escape(value: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(value.len());

@@ -39,6 +39,7 @@
 use std::fmt;
 
 use crate::escape;
+use crate::escape::push_u64;
 use crate::protocol::{parse_key, split_word, truncate_for_display};
 
 /// The longest slave id, in bytes.
@@ -363,21 +364,6 @@ impl Reply {
         };
         Ok(Reply { rid, outcome })
     }
-}
-
-/// Appends `n` in decimal: what `write!(out, "{n}")` does, without the formatting machinery.
-pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 /// Appends a stamp as `<epoch> <seq>`, like its `Display`.

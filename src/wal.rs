@@ -139,6 +139,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::escape;
+use crate::escape::push_u64;
 use crate::peer::parse_slave_id;
 use crate::protocol::{parse_key, truncate_for_display};
 use crate::{Error, Result};
@@ -1076,21 +1077,6 @@ fn parse_number(field: &[u8]) -> std::result::Result<u64, String> {
             .ok_or_else(|| format!("number too large: '{}'", truncate_for_display(field)))?;
     }
     Ok(n)
-}
-
-/// Appends `n` in decimal, without going through `fmt`.
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 #[cfg(test)]

@@ -26,7 +26,8 @@ use std::sync::Arc;
 use crossbeam_channel::Sender;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use crate::peer::{encode_body, push_u64, Command, Outcome};
+use crate::escape::push_u64;
+use crate::peer::{encode_body, Command, Outcome};
 
 /// The most bytes of requests queued for one slave while another thread writes to its socket.
 /// A sender that finds the outbox this full waits until the writer has taken it, so a slave that
