@@ -44,10 +44,42 @@ pub fn bin_dir() -> PathBuf {
 }
 
 /// A free TCP port on loopback, for a server whose address others must know before it starts
-/// (the backup's). The port is free when this returns; a process binding it shortly after
-/// almost always gets it.
+/// (the backup's, and the primary's when the backup is started with it).
+///
+/// The port is taken from below the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`). A port the kernel hands out for `bind(:0)` comes
+/// from that range, and so does the local port of every outgoing connection: between this call
+/// and the server's `bind`, any test's client connection could take it, and the server would
+/// fail with "address in use". Ports below the range are never given to outgoing connections.
+/// Each process starts at a random point and walks forward, so parallel callers rarely meet;
+/// a port is returned only after a successful trial `bind`.
 pub fn free_port() -> Result<SocketAddr> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let (low, high) = PRIVATE_PORTS;
+    let floor = ephemeral_floor().clamp(low + 1, high);
+    let span = floor - low;
+    let start = rand::random::<u32>() % span;
+    for _ in 0..span {
+        let step = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = low + (start + step) % span;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port as u16));
+        if TcpListener::bind(addr).is_ok() {
+            return Ok(addr);
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Where [`free_port`] looks: from `PRIVATE_PORTS.0` up to the start of the ephemeral range,
+/// never above `PRIVATE_PORTS.1`.
+const PRIVATE_PORTS: (u32, u32) = (20_000, 32_768);
+
+/// The first port of the kernel's ephemeral range (32768 when it cannot be read).
+fn ephemeral_floor() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(32_768)
 }
 
 /// One running dsm process.
@@ -98,32 +130,44 @@ impl Node {
         let log_path = self.dir.join(format!("{}.out", self.name));
         let log = File::options().create(true).append(true).open(&log_path)?;
         let (tx, rx) = bounded(1);
+        // Each copier holds a sender; when both have seen end of file, `copied` disconnects.
+        let (copied_tx, copied) = bounded::<()>(0);
         if let Some(stdout) = child.stdout.take() {
-            let (log, name, echo) = (log.try_clone()?, self.name.clone(), self.echo);
-            thread::spawn(move || copy_output(stdout, log, &name, echo, Some(tx)));
+            let (log, name, echo, done) = (log.try_clone()?, self.name.clone(), self.echo, copied_tx.clone());
+            thread::spawn(move || {
+                copy_output(stdout, log, &name, echo, Some(tx));
+                drop(done);
+            });
         }
         if let Some(stderr) = child.stderr.take() {
-            let (name, echo) = (self.name.clone(), self.echo);
-            thread::spawn(move || copy_output(stderr, log, &name, echo, None));
+            let (name, echo, done) = (self.name.clone(), self.echo, copied_tx);
+            thread::spawn(move || {
+                copy_output(stderr, log, &name, echo, None);
+                drop(done);
+            });
         }
         self.child = Some(child);
         if wait_listening {
-            self.addr = Some(self.wait_listening(&rx)?);
+            self.addr = Some(self.wait_listening(&rx, &copied)?);
         }
         Ok(())
     }
 
-    fn wait_listening(&mut self, rx: &Receiver<SocketAddr>) -> Result<SocketAddr> {
+    fn wait_listening(&mut self, rx: &Receiver<SocketAddr>, copied: &Receiver<()>) -> Result<SocketAddr> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Ok(addr) = rx.recv_timeout(POLL_INTERVAL) {
                 return Ok(addr);
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                // Let the copiers finish, so the error can quote why the process stopped.
+                let _ = copied.recv_timeout(Duration::from_secs(2));
+                let path = self.dir.join(format!("{}.out", self.name));
                 return Err(Error::Unavailable(format!(
-                    "{} exited with {status} before listening; see {}",
+                    "{} exited with {status} before listening; see {}; its last output:\n{}",
                     self.name,
-                    self.dir.join(format!("{}.out", self.name)).display()
+                    path.display(),
+                    tail(&path, 10)
                 )));
             }
             if Instant::now() > deadline {
@@ -246,6 +290,13 @@ fn copy_output(
             eprintln!("[{name}] {text}");
         }
     }
+}
+
+/// The last `lines` lines of the file at `path` (empty if it cannot be read).
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Waits until `condition` holds, polling; `what` names it in the timeout error.
@@ -438,4 +489,25 @@ pub fn registered_slaves(addr: &str) -> Option<usize> {
     let mut c = Client::new(addr, None);
     c.set_timeout(STATS_TIMEOUT);
     c.stats().ok()?.into_iter().find(|(n, _)| n == "slaves").and_then(|(_, v)| v.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_bindable_distinct_and_outside_the_ephemeral_range() {
+        let floor = ephemeral_floor();
+        let ports: Vec<u16> = (0..50).map(|_| free_port().unwrap().port()).collect();
+        for &port in &ports {
+            if floor > PRIVATE_PORTS.0 + 1 {
+                assert!((PRIVATE_PORTS.0..floor).contains(&u32::from(port)), "port {port}, floor {floor}");
+            }
+            TcpListener::bind(("127.0.0.1", port)).unwrap_or_else(|e| panic!("port {port}: {e}"));
+        }
+        let mut distinct = ports.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ports.len(), "one process walks forward, never repeats soon");
+    }
 }

@@ -211,3 +211,17 @@ fn keys_losing_their_copies_are_re_replicated() {
         assert_eq!(must_read(&mut client, &format!("k{i}")), Some(format!("v{i}")));
     }
 }
+
+#[test]
+fn a_server_that_exits_before_listening_is_reported_with_its_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let args = vec!["--listen".into(), taken.local_addr().unwrap().to_string()];
+    let program = dsm::cluster::bin_dir().join("dsm-master");
+    let err = match dsm::cluster::Node::start("master", &program, args, dir.path(), false, true) {
+        Ok(_) => panic!("a master on a taken port must not start"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("exited with"), "{err}");
+    assert!(err.contains("cannot listen on"), "the error quotes the server's own reason: {err}");
+}
