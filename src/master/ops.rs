@@ -9,7 +9,7 @@ use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use rand::seq::SliceRandom;
 
 use super::index::{KeyState, Value};
-use super::link::{Ack, Link, Quorum};
+use super::link::{recv_parked, Ack, Link, Quorum};
 use super::{Shared, WRITE_DEADLINE_ACK_TIMEOUTS};
 use crate::peer::{encode_body, Command, Outcome, Stamp};
 use crate::protocol::{ErrorReply, Reply, Request};
@@ -188,7 +188,7 @@ fn replicate(
                 break Replicated::Short(acked);
             }
             let due = outstanding.iter().map(|o| o.2).min().unwrap_or(deadline).min(deadline);
-            match rx.recv_deadline(due) {
+            match recv_parked(rx, due) {
                 Ok(ack) => {
                     let Some(pos) = outstanding.iter().position(|o| o.1 == ack.rid) else {
                         continue;
@@ -275,7 +275,7 @@ fn read(shared: &Arc<Shared>, key: &str) -> Reply {
             }
             let deadline = Instant::now() + shared.config.ack_timeout;
             Some(loop {
-                match rx.recv_deadline(deadline) {
+                match recv_parked(rx, deadline) {
                     Ok(ack) if ack.rid != rid => continue,
                     other => break other,
                 }
