@@ -54,14 +54,14 @@ pub fn bin_dir() -> PathBuf {
 /// Each process starts at a random point and walks forward, so parallel callers rarely meet;
 /// a port is returned only after a successful trial `bind`.
 pub fn free_port() -> Result<SocketAddr> {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    // The walk's position: random for each process, then one step per port tried.
+    static NEXT: std::sync::OnceLock<std::sync::atomic::AtomicU32> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| std::sync::atomic::AtomicU32::new(rand::random::<u16>().into()));
     let (low, high) = PRIVATE_PORTS;
     let floor = ephemeral_floor().clamp(low + 1, high);
     let span = floor - low;
-    let start = rand::random::<u32>() % span;
     for _ in 0..span {
-        let step = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let port = low + (start + step) % span;
+        let port = low + next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % span;
         let addr = SocketAddr::from(([127, 0, 0, 1], port as u16));
         if TcpListener::bind(addr).is_ok() {
             return Ok(addr);
