@@ -11,12 +11,15 @@
 //! sees the same conditions on both sides. `DSM_BENCH_PERF=1` also counts system calls and
 //! context switches per operation with `perf stat` (master/slaves/clients).
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::median;
 use dsm::client::Client;
 use dsm::cluster::{stat, wait_for, Node};
 use dsm::protocol::{Reply, Request};
@@ -204,20 +207,12 @@ fn process_cpu_us(pid: Option<u32>) -> f64 {
     ticks * 1e6 / hz
 }
 
-/// CPU time this benchmark process (all its client threads) has used, in microseconds.
-fn own_cpu_us() -> f64 {
-    // SAFETY: getrusage only writes the struct we pass.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let us = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
-    us(ru.ru_utime) + us(ru.ru_stime)
-}
-
 fn cpu_sample(cluster: &Cluster) -> [f64; 3] {
     [
         process_cpu_us(cluster.master.pid()),
         cluster.slaves.iter().map(|s| process_cpu_us(s.pid())).sum(),
-        own_cpu_us(),
+        // This benchmark process: all its client threads.
+        common::own_cpu_time().as_micros() as f64,
     ]
 }
 
@@ -304,11 +299,6 @@ fn run(cluster: &Cluster, conns: usize, write_pct: u32, secs: f64) -> RunResult 
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() {
     let secs: f64 = std::env::var("DSM_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(3.0);
     let runs: usize = std::env::var("DSM_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
@@ -319,8 +309,7 @@ fn main() {
         Ok(s) => s.split(':').map(|d| Some(d.to_string())).collect(),
         Err(_) => vec![None],
     };
-    // `cargo bench` passes --bench; under `cargo test --all-targets` this is a no-op.
-    if !std::env::args().any(|a| a == "--bench") {
+    if !common::requested() {
         return;
     }
     let clusters: Vec<(String, Cluster)> = bin_dirs

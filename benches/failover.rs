@@ -5,12 +5,15 @@
 //!
 //! `cargo bench --bench failover` (or `make bench`). `DSM_FAILOVER_CYCLES` sets the cycles.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::median;
 use dsm::client::Client;
 use dsm::cluster::{free_port, stat, wait_for, Node};
 use dsm::protocol::Reply;
@@ -75,13 +78,8 @@ fn first_ack(addr: &str, key: &str) -> Instant {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    if !common::requested() {
         return;
     }
     let cycles: usize = std::env::var("DSM_FAILOVER_CYCLES").ok().and_then(|s| s.parse().ok()).unwrap_or(5);

@@ -5,28 +5,18 @@
 //!
 //! `cargo bench --bench replay`.
 
-use std::io::Write;
-use std::time::{Duration, Instant};
+mod common;
 
+use std::io::Write;
+use std::time::Instant;
+
+use common::{median, own_cpu_time};
 use dsm::master::{Config, Master};
 
 const RECORDS: u64 = 1_000_000;
 
-fn cpu_time() -> Duration {
-    // SAFETY: getrusage fills the struct we pass; no other memory is touched.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    if !common::requested() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -41,9 +31,9 @@ fn main() {
     for _ in 0..5 {
         let config =
             Config { listen: "127.0.0.1:0".into(), wal: path.clone(), peer: None, ..Config::default() };
-        let (w0, c0) = (Instant::now(), cpu_time());
+        let (w0, c0) = (Instant::now(), own_cpu_time());
         let master = Master::bind(config).unwrap();
-        let (w, c) = (w0.elapsed(), cpu_time() - c0);
+        let (w, c) = (w0.elapsed(), own_cpu_time() - c0);
         drop(master);
         wall.push(RECORDS as f64 / w.as_secs_f64());
         cpu.push(RECORDS as f64 / c.as_secs_f64());

@@ -11,6 +11,8 @@
 //! fsync policy. Every figure is the median of [`RUNS`] runs. `fsync always` measures the disk
 //! under the temporary directory, so it means little on tmpfs.
 
+mod common;
+
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
+use common::median;
 use dsm::wal::{Fsync, Record, Wal};
 
 /// Records in the replayed log.
@@ -44,11 +47,6 @@ fn record(n: u64) -> Record {
     } else {
         Record::Set { key, value: format!("value-{n}").into_bytes() }
     }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 fn human(rate: f64) -> String {
@@ -163,8 +161,7 @@ fn bench_appends(dir: &Path) {
 }
 
 fn main() {
-    // `cargo bench` passes --bench; under `cargo test --all-targets` this is a no-op.
-    if !std::env::args().any(|a| a == "--bench") {
+    if !common::requested() {
         return;
     }
     let base = std::env::var_os("DSM_BENCH_DIR").map(PathBuf::from);

@@ -15,8 +15,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
+use plotters::chart::MeshStyle;
 use plotters::coord::combinators::{BindKeyPoints, LogCoord};
 use plotters::coord::ranged1d::{AsRangedCoord, Ranged, ValueFormatter};
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
@@ -160,6 +163,78 @@ fn segments(points: &[(f64, Option<f64>)]) -> Vec<Vec<(f64, f64)>> {
     out
 }
 
+/// A whole PNG, to draw on.
+type Page<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+
+/// A chart on a PNG whose y axis is a count or a latency.
+type Chart<'a, X> = ChartContext<'a, BitMapBackend<'a>, Cartesian2d<X, RangedCoordf64>>;
+
+/// The outcome of drawing on a PNG.
+type Drawn = DrawResult<(), BitMapBackend<'static>>;
+
+/// Draws a PNG of [`PLOT_SIZE`] at `path`: `draw` fills in a white page, which is then saved.
+fn draw_png(path: &Path, draw: impl FnOnce(&Page) -> Drawn) -> Result<()> {
+    let root = BitMapBackend::new(path, PLOT_SIZE).into_drawing_area();
+    let result = (|| {
+        root.fill(&WHITE)?;
+        draw(&root)?;
+        root.present()
+    })();
+    result.map_err(draw_err(path))
+}
+
+/// The axes every chart shares, with `y_desc` on the y axis: a light grid, the plot fonts and
+/// short y tick labels. The caller adds its x axis and draws the mesh.
+fn axes<'a, 'b, X>(
+    chart: &'b mut Chart<'a, X>,
+    y_desc: &str,
+) -> MeshStyle<'a, 'b, X, RangedCoordf64, BitMapBackend<'a>>
+where
+    X: Ranged + ValueFormatter<X::ValueType>,
+{
+    let mut mesh = chart.configure_mesh();
+    mesh.light_line_style(C_GRID)
+        .y_desc(y_desc)
+        .axis_desc_style((FAMILY, LABEL_SIZE))
+        .label_style((FAMILY, TICK_SIZE))
+        .y_label_formatter(&format_tick);
+    mesh
+}
+
+/// Draws `s` as lines through dots of `radius` pixels, split at its gaps, with one entry in the
+/// legend.
+fn draw_line<X: Ranged<ValueType = f64>>(chart: &mut Chart<X>, s: &Series, radius: i32) -> Drawn {
+    let style = s.color.stroke_width(3);
+    let mut first = true;
+    for seg in segments(&s.points) {
+        let drawn = if s.dashed {
+            chart.draw_series(DashedLineSeries::new(seg.clone(), 10, 6, style))?
+        } else {
+            chart.draw_series(LineSeries::new(seg.clone(), style))?
+        };
+        if first {
+            let color = s.color;
+            drawn
+                .label(s.label.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3)));
+            first = false;
+        }
+        chart.draw_series(seg.iter().map(|&(x, y)| Circle::new((x, y), radius, s.color.filled())))?;
+    }
+    Ok(())
+}
+
+/// Draws the legend of a chart at `position`, in `font_size` pixels on a white box.
+fn draw_legend<X: Ranged>(chart: &mut Chart<X>, position: SeriesLabelPosition, font_size: u32) -> Drawn {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font((FAMILY, font_size))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+}
+
 /// Draws a line chart with points and a legend.
 #[allow(clippy::too_many_arguments)]
 fn line_chart<XR>(
@@ -175,58 +250,25 @@ where
     XR: AsRangedCoord<Value = f64>,
     XR::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
 {
-    let err = draw_err(path);
     let y_max = (max_of(series.iter().flat_map(|s| s.points.iter().map(|p| &p.1))) * Y_HEADROOM).max(1.0);
-    let root = BitMapBackend::new(path, PLOT_SIZE).into_drawing_area();
-    let result = (|| {
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
+    draw_png(path, |root| {
+        let mut chart = ChartBuilder::on(root)
             .caption(title, (FAMILY, TITLE_SIZE))
             .margin(20)
             .x_label_area_size(60)
             .y_label_area_size(100)
             .build_cartesian_2d(x_range, 0f64..y_max)?;
-        chart
-            .configure_mesh()
+        axes(&mut chart, y_desc)
             .x_desc(x_desc)
-            .y_desc(y_desc)
             .x_labels(x_ticks)
             .y_labels(10)
-            .light_line_style(C_GRID)
-            .axis_desc_style((FAMILY, LABEL_SIZE))
-            .label_style((FAMILY, TICK_SIZE))
-            .x_label_formatter(&|v| format_number(*v))
-            .y_label_formatter(&|v| format_number(*v))
+            .x_label_formatter(&format_tick)
             .draw()?;
         for s in series {
-            let style = s.color.stroke_width(3);
-            let mut first = true;
-            for seg in segments(&s.points) {
-                let drawn = if s.dashed {
-                    chart.draw_series(DashedLineSeries::new(seg.clone(), 10, 6, style))?
-                } else {
-                    chart.draw_series(LineSeries::new(seg.clone(), style))?
-                };
-                if first {
-                    let color = s.color;
-                    drawn.label(s.label.as_str()).legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
-                    });
-                    first = false;
-                }
-                chart.draw_series(seg.iter().map(|&(x, y)| Circle::new((x, y), 4, s.color.filled())))?;
-            }
+            draw_line(&mut chart, s, 4)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .label_font((FAMILY, LABEL_SIZE))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
-        root.present()
-    })();
-    result.map_err(err)
+        draw_legend(&mut chart, SeriesLabelPosition::UpperLeft, LABEL_SIZE)
+    })
 }
 
 /// `12345.6` as `12346`, `2.5` as `2.5`: tick labels without noise.
@@ -236,6 +278,11 @@ fn format_number(v: f64) -> String {
     } else {
         format!("{v:.1}")
     }
+}
+
+/// [`format_number`] as a tick label formatter.
+fn format_tick(v: &f64) -> String {
+    format_number(*v)
 }
 
 /// Draws the three plots of a sweep from its summary CSV (`by_slave_count.csv` or
@@ -342,10 +389,7 @@ pub fn plot_load_distribution(slaves_csv: &Path, png: &Path) -> Result<()> {
     let requests = t.numbers("requests")?;
     let keys = t.numbers("keys")?;
     let total: f64 = requests.iter().flatten().sum();
-    let err = draw_err(png);
-    let root = BitMapBackend::new(png, PLOT_SIZE).into_drawing_area();
-    let result = (|| {
-        root.fill(&WHITE)?;
+    draw_png(png, |root| {
         let root = root
             .margin(TITLE_MARGIN, 0, 0, 0)
             .titled("Load distribution across slaves (measured by the master)", (FAMILY, TITLE_SIZE))?;
@@ -365,20 +409,14 @@ pub fn plot_load_distribution(slaves_csv: &Path, png: &Path) -> Result<()> {
                 .y_label_area_size(90)
                 .build_cartesian_2d((0..n.saturating_sub(1)).into_segmented(), 0f64..y_max)?;
             let ids_for_labels = ids.clone();
-            chart
-                .configure_mesh()
+            axes(&mut chart, y_desc)
                 .disable_x_mesh()
-                .light_line_style(C_GRID)
                 .x_desc("slave id")
-                .y_desc(y_desc)
-                .axis_desc_style((FAMILY, LABEL_SIZE))
-                .label_style((FAMILY, TICK_SIZE))
                 .x_labels(n.max(1))
                 .x_label_formatter(&move |v| match v {
                     SegmentValue::CenterOf(i) => ids_for_labels.get(*i).cloned().unwrap_or_default(),
                     _ => String::new(),
                 })
-                .y_label_formatter(&|v| format_number(*v))
                 .draw()?;
             chart
                 .draw_series(values.iter().enumerate().map(|(i, v)| {
@@ -408,17 +446,10 @@ pub fn plot_load_distribution(slaves_csv: &Path, png: &Path) -> Result<()> {
                     })
                 }))?;
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .label_font((FAMILY, LABEL_SIZE))
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()?;
+            draw_legend(&mut chart, SeriesLabelPosition::UpperRight, LABEL_SIZE)?;
         }
-        root.present()
-    })();
-    result.map_err(err)
+        Ok(())
+    })
 }
 
 /// Draws `failover_timeline.png` from a run's `metrics.csv` and `events.csv`: successful
@@ -444,10 +475,7 @@ pub fn plot_failover(metrics_csv: &Path, events_csv: Option<&Path>, png: &Path) 
         None => Vec::new(),
     };
     let x_max = xs.iter().copied().fold(0.0_f64, f64::max) + 1.0;
-    let err = draw_err(png);
-    let root = BitMapBackend::new(png, PLOT_SIZE).into_drawing_area();
-    let result = (|| {
-        root.fill(&WHITE)?;
+    draw_png(png, |root| {
         let root = root.margin(TITLE_MARGIN, 0, 0, 0).titled(
             "Failover timeline: requests per second across a kill of the primary",
             (FAMILY, TITLE_SIZE),
@@ -466,29 +494,14 @@ pub fn plot_failover(metrics_csv: &Path, events_csv: Option<&Path>, png: &Path) 
                 .x_label_area_size(if i == 1 { 55 } else { 30 })
                 .y_label_area_size(100)
                 .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
-            chart
-                .configure_mesh()
-                .light_line_style(C_GRID)
+            axes(&mut chart, y_desc)
                 .x_desc(if i == 1 { "seconds since the end of the warm-up" } else { "" })
-                .y_desc(y_desc)
-                .axis_desc_style((FAMILY, LABEL_SIZE))
-                .label_style((FAMILY, TICK_SIZE))
-                .x_label_formatter(&|v| format_number(*v))
-                .y_label_formatter(&|v| format_number(*v))
+                .x_label_formatter(&format_tick)
                 .draw()?;
             // Each second's count is drawn at the middle of its second.
-            let shifted: Vec<(f64, Option<f64>)> = points.iter().map(|(x, y)| (x + 0.5, *y)).collect();
-            let mut first = true;
-            for seg in segments(&shifted) {
-                let s = chart.draw_series(LineSeries::new(seg.clone(), color.stroke_width(3)))?;
-                if first {
-                    s.label(label).legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
-                    });
-                    first = false;
-                }
-                chart.draw_series(seg.iter().map(|&(x, y)| Circle::new((x, y), 3, color.filled())))?;
-            }
+            let shifted = points.iter().map(|(x, y)| (x + 0.5, *y)).collect();
+            let series = Series { label: label.into(), color, points: shifted, dashed: false };
+            draw_line(&mut chart, &series, 3)?;
             for (at, what) in &events {
                 let s = chart.draw_series(DashedLineSeries::new(
                     vec![(*at, 0.0), (*at, y_max)],
@@ -502,17 +515,10 @@ pub fn plot_failover(metrics_csv: &Path, events_csv: Option<&Path>, png: &Path) 
                         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], BLACK.stroke_width(2)));
                 }
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .label_font((FAMILY, LABEL_SIZE - 2))
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()?;
+            draw_legend(&mut chart, SeriesLabelPosition::UpperRight, LABEL_SIZE - 2)?;
         }
-        root.present()
-    })();
-    result.map_err(err)
+        Ok(())
+    })
 }
 
 /// Draws every plot whose data exists under `out` (see the module doc), and says for each

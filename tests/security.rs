@@ -4,9 +4,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use common::{bin, start_master, Raw, READY};
+use common::{bin, start_master, stat_with_password, FailoverCluster, Raw, READY};
 use dsm::auth::{PeerHandshake, PeerRole, Secret, MASTER_ID};
 use dsm::client::Client;
 use dsm::cluster::{wait_for, Node};
@@ -26,23 +25,14 @@ fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
-fn start_slave(dir: &Path, id: &str, master: &str, backup: Option<&str>, secret: Option<&Path>) -> Node {
-    let mut args: Vec<String> = vec!["--id".into(), id.into(), "--master".into(), master.into()];
-    args.extend(["--backup".into(), backup.unwrap_or("none").to_string()]);
+/// A slave of the master at `master` alone (no backup).
+fn start_slave(dir: &Path, id: &str, master: &str, secret: Option<&Path>) -> Node {
+    let mut args: Vec<String> =
+        vec!["--id".into(), id.into(), "--master".into(), master.into(), "--backup".into(), "none".into()];
     if let Some(s) = secret {
         args.extend(["--secret-file".into(), s.display().to_string()]);
     }
     Node::start(id, &bin("dsm-slave"), args, dir, false, false).expect("start slave")
-}
-
-/// One `STATS` value, authenticating first when `password` is given.
-fn stat(addr: &str, name: &str, password: Option<&str>) -> Option<String> {
-    let mut c = Client::new(addr, None);
-    c.set_timeout(Duration::from_secs(2));
-    if let Some(p) = password {
-        c.set_password(p.as_bytes());
-    }
-    c.stats().ok()?.into_iter().find(|(n, _)| n == name).map(|(_, v)| v)
 }
 
 /// Waits until a process's output (stdout and stderr, copied to `<name>.out`) contains `text`.
@@ -88,10 +78,12 @@ impl Secured {
         let master = start_master(dir.path(), &flags, "127.0.0.1:0");
         let addr = master.addr().to_string();
         let slaves =
-            (1..=3).map(|i| start_slave(dir.path(), &format!("s{i}"), &addr, None, Some(&secret))).collect();
+            (1..=3).map(|i| start_slave(dir.path(), &format!("s{i}"), &addr, Some(&secret))).collect();
         let c = Secured { master, slaves, secret, dir };
-        wait_for("3 slaves up", READY, || stat(&c.addr(), "slaves", Some(PASSWORD)).as_deref() == Some("3"))
-            .unwrap();
+        wait_for("3 slaves up", READY, || {
+            stat_with_password(&c.addr(), "slaves", Some(PASSWORD)).as_deref() == Some("3")
+        })
+        .unwrap();
         c
     }
 
@@ -110,8 +102,8 @@ fn slaves_with_the_secret_join_and_others_are_refused() {
 
     // A slave with the wrong secret, and one with none, never become members.
     let wrong = write_file(c.dir.path(), "wrong", "another-secret-0123456789");
-    c.slaves.push(start_slave(c.dir.path(), "intruder", &addr, None, Some(&wrong)));
-    c.slaves.push(start_slave(c.dir.path(), "nosecret", &addr, None, None));
+    c.slaves.push(start_slave(c.dir.path(), "intruder", &addr, Some(&wrong)));
+    c.slaves.push(start_slave(c.dir.path(), "nosecret", &addr, None));
     wait_output(c.dir.path(), "master", "refused a slave connection (intruder)");
     wait_output(c.dir.path(), "master", "refused a slave connection (nosecret)");
     wait_output(c.dir.path(), "intruder", "auth failed");
@@ -126,7 +118,7 @@ fn slaves_with_the_secret_join_and_others_are_refused() {
     assert!(r.line_lf().starts_with("ERR auth failed: wrong proof"));
     assert!(r.closed());
     // Claiming a newer epoch did not make the unauthenticated peer able to depose the primary.
-    assert_eq!(stat(&addr, "role", Some(PASSWORD)).as_deref(), Some("primary"));
+    assert_eq!(stat_with_password(&addr, "role", Some(PASSWORD)).as_deref(), Some("primary"));
     assert_eq!(members(&addr, Some(PASSWORD)).len(), 3);
     assert!(matches!(client.read("k"), Ok(Reply::Value { value, .. }) if value == b"v"));
 }
@@ -143,7 +135,7 @@ fn master_to_master_connections_need_the_secret_and_do_not_replay() {
     r.send(b"HANDOFF\n");
     assert!(r.line_lf().starts_with("ERR auth failed"));
     assert!(r.closed());
-    assert_eq!(stat(&addr, "role", Some(PASSWORD)).as_deref(), Some("primary"));
+    assert_eq!(stat_with_password(&addr, "role", Some(PASSWORD)).as_deref(), Some("primary"));
 
     // A real STREAM handshake succeeds and the log follows...
     let mut r = Raw::connect(&addr);
@@ -169,7 +161,7 @@ fn master_to_master_connections_need_the_secret_and_do_not_replay() {
     let proof = peer.answer(other.line_lf().as_bytes()).unwrap();
     other.send(format!("{proof}\n").as_bytes());
     assert!(other.line_lf().starts_with("ERR auth failed"));
-    assert_eq!(stat(&addr, "role", Some(PASSWORD)).as_deref(), Some("primary"));
+    assert_eq!(stat_with_password(&addr, "role", Some(PASSWORD)).as_deref(), Some("primary"));
 }
 
 #[test]
@@ -178,10 +170,10 @@ fn a_slave_with_a_secret_refuses_a_master_without_one() {
     let secret = write_file(dir.path(), "secret", SECRET);
     let master = start_master(dir.path(), &[], "127.0.0.1:0");
     let addr = master.addr().to_string();
-    let _slave = start_slave(dir.path(), "s1", &addr, None, Some(&secret));
+    let _slave = start_slave(dir.path(), "s1", &addr, Some(&secret));
     wait_output(dir.path(), "s1", "did not ask for a proof");
     // The master welcomed it (it has no secret), but the slave did not stay.
-    assert_eq!(stat(&addr, "slaves", None).as_deref(), Some("0"));
+    assert_eq!(stat_with_password(&addr, "slaves", None).as_deref(), Some("0"));
 }
 
 #[test]
@@ -228,55 +220,19 @@ fn the_client_password_gates_every_command_but_auth_ping_and_quit() {
 
 #[test]
 fn a_secured_cluster_fails_over_and_back_over_tcp() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = write_file(dir.path(), "secret", SECRET);
-    let secret_s = secret.display().to_string();
-    let primary_addr = dsm::cluster::free_port().unwrap().to_string();
-    let backup_addr = dsm::cluster::free_port().unwrap().to_string();
-    let common_flags = ["--secret-file", &secret_s, "--requirepass", PASSWORD, "--heartbeat-ms", "50"];
-    let mut primary_args: Vec<String> = vec![
-        "--listen".into(),
-        primary_addr.clone(),
-        "--wal".into(),
-        dir.path().join("kv.log").display().to_string(),
-        "--backup".into(),
-        backup_addr.clone(),
-    ];
-    primary_args.extend(common_flags.iter().map(|s| s.to_string()));
-    let mut primary =
-        Node::start("primary", &bin("dsm-master"), primary_args, dir.path(), false, true).expect("primary");
-    let mut backup_args: Vec<String> = vec![
-        "--listen".into(),
-        backup_addr.clone(),
-        "--primary".into(),
-        primary_addr.clone(),
-        "--wal".into(),
-        dir.path().join("backup.log").display().to_string(),
-        "--follow-primary".into(),
-    ];
-    backup_args.extend(common_flags.iter().map(|s| s.to_string()));
-    let _backup =
-        Node::start("backup", &bin("dsm-backup"), backup_args, dir.path(), false, true).expect("backup");
-    let _slaves: Vec<Node> = (1..=3)
-        .map(|i| start_slave(dir.path(), &format!("s{i}"), &primary_addr, Some(&backup_addr), Some(&secret)))
-        .collect();
-    let wait_role = |addr: &str, role: &str| {
-        wait_for(&format!("{addr} {role} with 3 slaves"), READY, || {
-            stat(addr, "role", Some(PASSWORD)).as_deref() == Some(role)
-                && stat(addr, "slaves", Some(PASSWORD)).as_deref() == Some("3")
-        })
-        .unwrap();
-    };
-    wait_role(&primary_addr, "primary");
-    let mut client = Client::new(&primary_addr, Some(&backup_addr));
-    client.set_timeout(Duration::from_secs(30));
-    client.set_password(PASSWORD.as_bytes());
+    // Declared before the cluster, so the secret outlives the processes that read it.
+    let keys = tempfile::tempdir().unwrap();
+    let secret = write_file(keys.path(), "secret", SECRET).display().to_string();
+    let server_flags = ["--secret-file", &secret, "--requirepass", PASSWORD, "--heartbeat-ms", "50"];
+    let mut c =
+        FailoverCluster::start_with(3, true, &server_flags, &["--secret-file", &secret], Some(PASSWORD));
+    let mut client = c.client();
     assert!(matches!(client.write("a", b"1"), Ok(Reply::Ok(_))));
     // The backup follows the log over an authenticated stream.
-    wait_output(dir.path(), "primary", "streaming the log to");
+    wait_output(c.dir.path(), "primary", "streaming the log to");
 
-    primary.kill();
-    wait_role(&backup_addr, "primary");
+    c.primary.kill();
+    c.wait_role(&c.backup_addr, "primary", 3);
     let mut got = None;
     wait_for("a write on the backup", READY, || {
         got = Some(client.write("b", b"2"));
@@ -285,15 +241,15 @@ fn a_secured_cluster_fails_over_and_back_over_tcp() {
     .unwrap_or_else(|e| panic!("{e}: {got:?}"));
 
     // The primary comes back, streams from the backup and makes it hand off: both authenticated.
-    primary.restart().unwrap();
-    wait_role(&primary_addr, "primary");
-    wait_output(dir.path(), "primary", "handed off at seq");
-    let mut c = Client::new(&primary_addr, None);
-    c.set_password(PASSWORD.as_bytes());
-    assert!(matches!(c.read("a"), Ok(Reply::Value { value, .. }) if value == b"1"));
-    assert!(matches!(c.read("b"), Ok(Reply::Value { value, .. }) if value == b"2"));
-    let log = std::fs::read_to_string(dir.path().join("primary.out")).unwrap()
-        + &std::fs::read_to_string(dir.path().join("backup.out")).unwrap();
+    c.primary.restart().unwrap();
+    c.wait_role(&c.primary_addr, "primary", 3);
+    wait_output(c.dir.path(), "primary", "handed off at seq");
+    let mut primary = Client::new(&c.primary_addr, None);
+    primary.set_password(PASSWORD.as_bytes());
+    assert!(matches!(primary.read("a"), Ok(Reply::Value { value, .. }) if value == b"1"));
+    assert!(matches!(primary.read("b"), Ok(Reply::Value { value, .. }) if value == b"2"));
+    let log = std::fs::read_to_string(c.dir.path().join("primary.out")).unwrap()
+        + &std::fs::read_to_string(c.dir.path().join("backup.out")).unwrap();
     assert!(!log.contains("auth failed"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
 }

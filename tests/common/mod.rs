@@ -101,6 +101,16 @@ pub fn start_master(dir: &Path, extra: &[&str], listen: &str) -> Node {
     Node::start("master", &bin("dsm-master"), args, dir, false, true).expect("start master")
 }
 
+/// One `STATS` value, like [`stat`], authenticating first when `password` is given.
+pub fn stat_with_password(addr: &str, name: &str, password: Option<&str>) -> Option<String> {
+    let mut c = Client::new(addr, None);
+    c.set_timeout(Duration::from_secs(2));
+    if let Some(p) = password {
+        c.set_password(p.as_bytes());
+    }
+    c.stats().ok()?.into_iter().find(|(n, _)| n == name).map(|(_, v)| v)
+}
+
 /// A raw TCP line connection, like `nc`.
 pub struct Raw {
     pub stream: TcpStream,
@@ -216,17 +226,36 @@ pub struct FailoverCluster {
     pub slaves: Vec<Node>,
     pub primary_addr: String,
     pub backup_addr: String,
+    /// The client password (`--requirepass`), sent by [`FailoverCluster::wait_role`] and
+    /// [`FailoverCluster::client`].
+    pub password: Option<String>,
+    /// Declared last so the processes die before their directory is removed.
     pub dir: TempDir,
 }
 
 impl FailoverCluster {
-    /// `tcp_follow`: the backup streams the log over TCP instead of reading the file.
+    /// Starts a primary, a backup and `n` slaves (ids `s1`..), and waits until the primary has
+    /// all slaves caught up. `tcp_follow`: the backup streams the log over TCP instead of
+    /// reading the file.
     pub fn start(n: usize, tcp_follow: bool) -> FailoverCluster {
+        Self::start_with(n, tcp_follow, &[], &[], None)
+    }
+
+    /// Like [`FailoverCluster::start`], with extra flags for the primary and the backup
+    /// (`server_flags`) and for the slaves (`slave_flags`). `password` is the client password the
+    /// servers require, if `server_flags` set one; files the flags name must outlive the cluster.
+    pub fn start_with(
+        n: usize,
+        tcp_follow: bool,
+        server_flags: &[&str],
+        slave_flags: &[&str],
+        password: Option<&str>,
+    ) -> FailoverCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let primary_addr = dsm::cluster::free_port().unwrap().to_string();
         let backup_addr = dsm::cluster::free_port().unwrap().to_string();
         let wal = dir.path().join("kv.log").display().to_string();
-        let primary_args = vec![
+        let mut primary_args: Vec<String> = vec![
             "--listen".into(),
             primary_addr.clone(),
             "--wal".into(),
@@ -234,6 +263,7 @@ impl FailoverCluster {
             "--backup".into(),
             backup_addr.clone(),
         ];
+        primary_args.extend(server_flags.iter().map(|s| s.to_string()));
         let primary = Node::start("primary", &bin("dsm-master"), primary_args, dir.path(), false, true)
             .expect("start primary");
         let mut backup_args = vec![
@@ -249,11 +279,14 @@ impl FailoverCluster {
         } else {
             backup_args.extend(["--follow".to_string(), wal]);
         }
+        backup_args.extend(server_flags.iter().map(|s| s.to_string()));
         let backup = Node::start("backup", &bin("dsm-backup"), backup_args, dir.path(), false, true)
             .expect("start backup");
-        let mut c = FailoverCluster { primary, backup, slaves: Vec::new(), primary_addr, backup_addr, dir };
+        let password = password.map(str::to_string);
+        let mut c =
+            FailoverCluster { primary, backup, slaves: Vec::new(), primary_addr, backup_addr, password, dir };
         for i in 1..=n {
-            let args = vec![
+            let mut args: Vec<String> = vec![
                 "--id".into(),
                 format!("s{i}"),
                 "--master".into(),
@@ -261,6 +294,7 @@ impl FailoverCluster {
                 "--backup".into(),
                 c.backup_addr.clone(),
             ];
+            args.extend(slave_flags.iter().map(|s| s.to_string()));
             let node = Node::start(&format!("s{i}"), &bin("dsm-slave"), args, c.dir.path(), false, false)
                 .expect("start slave");
             c.slaves.push(node);
@@ -271,16 +305,20 @@ impl FailoverCluster {
 
     /// Waits until the master at `addr` has `role` and `slaves` caught-up slaves.
     pub fn wait_role(&self, addr: &str, role: &str, slaves: usize) {
+        let stat = |name| stat_with_password(addr, name, self.password.as_deref());
         wait_for(&format!("{addr} to be {role} with {slaves} slaves"), READY, || {
-            stat(addr, "role").as_deref() == Some(role) && stat(addr, "slaves") == Some(slaves.to_string())
+            stat("role").as_deref() == Some(role) && stat("slaves") == Some(slaves.to_string())
         })
-        .unwrap_or_else(|e| panic!("{e}: role={:?} slaves={:?}", stat(addr, "role"), stat(addr, "slaves")));
+        .unwrap_or_else(|e| panic!("{e}: role={:?} slaves={:?}", stat("role"), stat("slaves")));
     }
 
-    /// A client of both masters, primary first.
+    /// A client of both masters, primary first, with the password if there is one.
     pub fn client(&self) -> Client {
         let mut c = Client::new(&self.primary_addr, Some(&self.backup_addr));
         c.set_timeout(Duration::from_secs(30));
+        if let Some(p) = &self.password {
+            c.set_password(p.as_bytes());
+        }
         c
     }
 }
