@@ -1,8 +1,8 @@
 //! Closed-loop benchmark of a real cluster on loopback: one master, three slaves, N client
-//! threads each with one blocking connection. Writes, reads, and a 30% write mix, at 1 and 10
-//! connections; prints ops/s, p50/p99 latency and the CPU time per operation of the master, the
-//! slaves and the benchmark clients (less sensitive to a busy machine than ops/s), the median of
-//! several runs.
+//! threads each with one blocking connection. Writes, reads, a 30% write mix and `PING`s (the
+//! bare round trip to the master, for reference), at 1 and 10 connections; prints ops/s,
+//! p50/p99 latency and the CPU time per operation of the master, the slaves and the benchmark
+//! clients (less sensitive to a busy machine than ops/s), the median of several runs.
 //!
 //! `cargo bench --bench cluster` (or `make bench`). `DSM_BENCH_SECS` and `DSM_BENCH_RUNS`
 //! change the length and number of runs. `DSM_BENCH_ONLY=writes:10,reads:1` runs only the
@@ -216,7 +216,9 @@ fn cpu_sample(cluster: &Cluster) -> [f64; 3] {
     ]
 }
 
-fn run(cluster: &Cluster, conns: usize, write_pct: u32, secs: f64) -> RunResult {
+/// `write_pct`: the share of writes among reads; `None`: `PING`s only, the round trip to the
+/// master with no slave involved, the floor under every other workload's latency.
+fn run(cluster: &Cluster, conns: usize, write_pct: Option<u32>, secs: f64) -> RunResult {
     let addr = cluster.master.addr().to_string();
     let stop = Arc::new(AtomicBool::new(false));
     // Operations done so far, per client thread.
@@ -237,10 +239,13 @@ fn run(cluster: &Cluster, conns: usize, write_pct: u32, secs: f64) -> RunResult 
                 while !stop.load(Ordering::Relaxed) {
                     let key = format!("key{}", rng.gen_range(0..KEYS));
                     let started = Instant::now();
-                    let reply =
-                        if rng.gen_range(0..100) < write_pct { c.write(&key, VALUE) } else { c.read(&key) };
+                    let reply = match write_pct {
+                        None => c.request(&Request::Ping),
+                        Some(pct) if rng.gen_range(0..100) < pct => c.write(&key, VALUE),
+                        Some(_) => c.read(&key),
+                    };
                     match reply {
-                        Ok(Reply::Ok(_) | Reply::Value { .. } | Reply::NotFound) => {
+                        Ok(Reply::Ok(_) | Reply::Value { .. } | Reply::NotFound | Reply::Pong) => {
                             hist.record(started.elapsed().as_micros() as u64).unwrap();
                             ops += 1;
                             done[t].store(ops, Ordering::Relaxed);
@@ -317,7 +322,7 @@ fn main() {
         .map(|d| {
             let cluster = start(&fsync, d.as_deref());
             // Fill the key space so reads find values.
-            run(&cluster, 4, 100, 1.0);
+            run(&cluster, 4, Some(100), 1.0);
             (d.clone().unwrap_or_default(), cluster)
         })
         .collect();
@@ -326,7 +331,9 @@ fn main() {
         "{:<12} {:>6} {:>9} {:>7} {:>7} {:>6} {:>17}  binaries",
         "workload", "conns", "ops/s", "p50 us", "p99 us", "errors", "cpu us/op m/s/c"
     );
-    for (name, write_pct) in [("writes", 100), ("reads", 0), ("mix-30%w", 30)] {
+    for (name, write_pct) in
+        [("writes", Some(100)), ("reads", Some(0)), ("mix-30%w", Some(30)), ("pings", None)]
+    {
         for conns in [1, 10] {
             if only.as_ref().is_some_and(|o| !o.iter().any(|w| *w == format!("{name}:{conns}") || w == name))
             {
