@@ -382,6 +382,8 @@ fn serve_connection(shared: &Arc<Shared>, stream: TcpStream) {
     let mut out = Vec::with_capacity(4096);
     let mut first = true;
     let mut authenticated = shared.config.requirepass.is_none();
+    // The write half shared with slave readers, made at the first client request.
+    let mut client_out: Option<Arc<ops::ClientOut>> = None;
     loop {
         let line = match reader.read_line() {
             Ok(Some(line)) => line,
@@ -431,7 +433,19 @@ fn serve_connection(shared: &Arc<Shared>, stream: TcpStream) {
             Ok(request) if !authenticated && request != Request::Ping => {
                 Some(Reply::invalid("NOAUTH authentication required"))
             }
-            Ok(request) => Some(ops::execute(shared, request)),
+            Ok(request) => {
+                // The answer may be sent by another thread only when it would be sent at once
+                // anyway: nothing is waiting in `out` and no further request is buffered.
+                let early = if out.is_empty() && !reader.has_buffered_line() {
+                    if client_out.is_none() {
+                        client_out = stream.try_clone().ok().map(|s| Arc::new(ops::ClientOut::new(s)));
+                    }
+                    client_out.as_ref()
+                } else {
+                    None
+                };
+                ops::execute(shared, request, early)
+            }
             Err(msg) => Some(Reply::invalid(msg)),
         };
         if let Some(reply) = reply {
