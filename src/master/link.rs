@@ -13,7 +13,9 @@
 //! the link's pending table and forwards the outcome on the channel the requester is waiting
 //! on. A write sent to several slaves counts their ACKs in a shared [`Quorum`] instead: an ACK
 //! that does not complete the quorum only sets its slave's bit, and the writer is woken once,
-//! by the ACK that does (or by any other outcome), not once per slave. When the link dies,
+//! by the ACK that does (or by any other outcome), not once per slave. The reader whose ACK
+//! completes the quorum first runs the write's [`Finish`], if it has one: it commits the write
+//! and answers the client, one thread hop sooner than the writer could. When the link dies,
 //! every pending requester is told at once, so a write can replace the slave instead of
 //! waiting for its timeout.
 
@@ -395,6 +397,43 @@ mod tests {
     use crate::peer::Stamp;
     use crossbeam_channel::unbounded;
     use std::net::TcpListener;
+
+    /// A finish that counts its runs and records the acknowledgements it was given.
+    fn counting_finish(runs: &Arc<AtomicU64>) -> Option<Finish> {
+        let runs = Arc::clone(runs);
+        Some(Box::new(move |acked| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            assert_eq!(acked.count_ones(), 2);
+        }))
+    }
+
+    #[test]
+    fn the_completing_ack_runs_the_finish_once() {
+        let runs = Arc::new(AtomicU64::new(0));
+        let quorum = Quorum::with_finish(2, counting_finish(&runs));
+        assert!(!quorum.count(0));
+        assert!(quorum.count(3));
+        quorum.complete();
+        assert!(quorum.finished());
+        // A later ACK, or the writer, finds the finish taken.
+        assert!(quorum.count(1));
+        quorum.complete();
+        assert!(quorum.take_finish().is_none());
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_writer_that_takes_the_finish_first_keeps_a_late_ack_from_answering() {
+        let runs = Arc::new(AtomicU64::new(0));
+        let quorum = Quorum::with_finish(2, counting_finish(&runs));
+        assert!(!quorum.count(0));
+        // The writer gave up (its deadline passed) and answers itself.
+        assert!(quorum.take_finish().is_some());
+        assert!(quorum.count(1));
+        quorum.complete();
+        assert!(!quorum.finished());
+        assert_eq!(runs.load(Ordering::SeqCst), 0);
+    }
 
     /// A link over a loopback connection, and the slave's end of it.
     fn pair(slot: usize) -> (Arc<Link>, TcpStream) {
