@@ -32,9 +32,20 @@ pub struct ClientOut {
 }
 
 impl ClientOut {
-    /// Shares `stream`'s write half.
+    /// Wraps a client connection's socket.
     pub fn new(stream: TcpStream) -> ClientOut {
         ClientOut { stream, unsent: Mutex::new(Vec::new()) }
+    }
+
+    /// The connection's socket, for the connection's own thread.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// The socket back, when nothing else shares it (a peer connection, told apart by its first
+    /// line before any request could have shared it).
+    pub fn into_stream(this: Arc<ClientOut>) -> Option<TcpStream> {
+        Arc::into_inner(this).map(|out| out.stream)
     }
 
     /// Sends `bytes` without blocking; what the socket does not take is kept in `unsent`
