@@ -203,19 +203,9 @@ pub struct At {
 /// Applies the log streamed by the master at `addr` to `shared` until `keep_going` returns
 /// false (it is called after every `AT` heartbeat with what it said) or the stream fails.
 pub fn follow_stream(shared: &Shared, addr: &str, mut keep_going: impl FnMut(At) -> bool) -> Result<()> {
-    let stream = crate::client::connect(addr)?;
+    let (stream, mut reader) =
+        open_master_link(addr, b"STREAM\n", crate::auth::PeerRole::Stream, shared.config.secret.as_ref())?;
     stream.set_read_timeout(Some(STREAM_SILENCE))?;
-    (&stream).write_all(b"STREAM\n")?;
-    let mut reader = LineReader::new(stream.try_clone()?);
-    if let Some(secret) = &shared.config.secret {
-        crate::auth::peer_handshake(
-            secret,
-            crate::auth::PeerRole::Stream,
-            crate::auth::MASTER_ID,
-            &stream,
-            &mut reader,
-        )?;
-    }
     loop {
         let line = match reader.read_line() {
             Ok(Some(line)) => line,
@@ -242,22 +232,29 @@ pub fn follow_stream(shared: &Shared, addr: &str, mut keep_going: impl FnMut(At)
     }
 }
 
-/// Asks the master at `addr` to hand off, proving the cluster secret first if there is one;
-/// returns the last seq it logged and its epoch.
-pub fn request_handoff(addr: &str, secret: Option<&crate::auth::Secret>) -> Result<At> {
+/// Connects to the master at `addr`, sends `first_line` (`STREAM` or `HANDOFF`) and, with a
+/// cluster secret, proves to be a master in `role` (allowing [`crate::auth::AUTH_TIMEOUT`] for
+/// the handshake).
+fn open_master_link(
+    addr: &str,
+    first_line: &[u8],
+    role: crate::auth::PeerRole,
+    secret: Option<&crate::auth::Secret>,
+) -> Result<(TcpStream, LineReader<TcpStream>)> {
     let stream = crate::client::connect(addr)?;
-    (&stream).write_all(b"HANDOFF\n")?;
+    (&stream).write_all(first_line)?;
     let mut reader = LineReader::new(stream.try_clone()?);
     if let Some(secret) = secret {
         stream.set_read_timeout(Some(crate::auth::AUTH_TIMEOUT))?;
-        crate::auth::peer_handshake(
-            secret,
-            crate::auth::PeerRole::Handoff,
-            crate::auth::MASTER_ID,
-            &stream,
-            &mut reader,
-        )?;
+        crate::auth::peer_handshake(secret, role, crate::auth::MASTER_ID, &stream, &mut reader)?;
     }
+    Ok((stream, reader))
+}
+
+/// Asks the master at `addr` to hand off, proving the cluster secret first if there is one;
+/// returns the last seq it logged and its epoch.
+pub fn request_handoff(addr: &str, secret: Option<&crate::auth::Secret>) -> Result<At> {
+    let (stream, mut reader) = open_master_link(addr, b"HANDOFF\n", crate::auth::PeerRole::Handoff, secret)?;
     stream.set_read_timeout(Some(HANDOFF_DRAIN + STREAM_SILENCE))?;
     let line = match reader.read_line() {
         Ok(Some(line)) => String::from_utf8_lossy(line).into_owned(),
