@@ -8,9 +8,11 @@
 
 use std::io::{self, Read};
 
-/// The longest line any dsm peer may send, terminator excluded: 1 MiB. Longer lines are refused
-/// and the connection is closed, because the rest of the stream can no longer be trusted.
-pub const MAX_LINE: usize = 1 << 20;
+pub use crate::limits::{MAX_LINE, MAX_PEER_LINE};
+
+/// How many bytes of a line that was too long [`LineReader::skip_long_line`] keeps, so the
+/// caller can tell what it was (a slave reads the request id from them).
+pub const LONG_LINE_PREFIX: usize = 64;
 
 /// How many bytes are read from the socket at once. Bigger reads let a pipelining peer deliver
 /// many requests per system call.
@@ -44,6 +46,9 @@ pub struct LineReader<R> {
     /// Where the search for `\n` resumes, so a long line is scanned only once.
     scanned: usize,
     limit: usize,
+    /// After [`LineError::TooLong`]: the first bytes of the long line, and whether its `\n`
+    /// is still to come.
+    long_line: Option<(Vec<u8>, bool)>,
 }
 
 impl<R: Read> LineReader<R> {
@@ -54,7 +59,12 @@ impl<R: Read> LineReader<R> {
 
     /// A reader that refuses lines longer than `limit` bytes.
     pub fn with_limit(inner: R, limit: usize) -> Self {
-        LineReader { inner, buf: vec![0; READ_CHUNK], start: 0, end: 0, scanned: 0, limit }
+        LineReader { inner, buf: vec![0; READ_CHUNK], start: 0, end: 0, scanned: 0, limit, long_line: None }
+    }
+
+    /// Changes the limit, for a connection whose first line showed it is a server peer.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
     }
 
     /// The next line without its terminator, or `None` at a clean end of stream. A final line
@@ -66,17 +76,20 @@ impl<R: Read> LineReader<R> {
                 let line_start = self.start;
                 self.start = end + 1;
                 self.scanned = self.start;
-                if end - line_start > self.limit {
-                    return Err(LineError::TooLong);
-                }
                 let mut line_end = end;
                 if line_end > line_start && self.buf[line_end - 1] == b'\r' {
                     line_end -= 1;
                 }
+                if line_end - line_start > self.limit {
+                    self.note_long_line(line_start, line_end, false);
+                    return Err(LineError::TooLong);
+                }
                 return Ok(Some(&self.buf[line_start..line_end]));
             }
             self.scanned = self.end;
-            if self.end - self.start > self.limit + 1 {
+            // The limit plus room for a `\r\n` terminator.
+            if self.end - self.start > self.limit + 2 {
+                self.note_long_line(self.start, self.end, true);
                 return Err(LineError::TooLong);
             }
             if !self.fill()? {
@@ -91,9 +104,34 @@ impl<R: Read> LineReader<R> {
         self.buf[self.scanned.max(self.start)..self.end].contains(&b'\n')
     }
 
-    /// The wrapped reader.
-    pub fn get_ref(&self) -> &R {
-        &self.inner
+    /// After [`LineError::TooLong`], discards the rest of the long line (reading up to its `\n`
+    /// without buffering it), so the next [`LineReader::read_line`] returns the line after it.
+    /// Returns the long line's first [`LONG_LINE_PREFIX`] bytes. A peer that must stay
+    /// connected after a message it cannot take (a slave) uses this; a server answering a
+    /// client closes the connection instead, so an endless line cannot keep it reading.
+    pub fn skip_long_line(&mut self) -> io::Result<Vec<u8>> {
+        let Some((prefix, mut pending)) = self.long_line.take() else {
+            return Ok(Vec::new());
+        };
+        while pending {
+            if let Some(pos) = self.buf[self.scanned..self.end].iter().position(|&b| b == b'\n') {
+                self.start = self.scanned + pos + 1;
+                self.scanned = self.start;
+                pending = false;
+            } else {
+                self.start = self.end;
+                self.scanned = self.end;
+                if !self.fill()? {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed inside a long line"));
+                }
+            }
+        }
+        Ok(prefix)
+    }
+
+    fn note_long_line(&mut self, line_start: usize, line_end: usize, pending: bool) {
+        let shown = (line_end - line_start).min(LONG_LINE_PREFIX);
+        self.long_line = Some((self.buf[line_start..line_start + shown].to_vec(), pending));
     }
 
     /// Reads more bytes; false at end of stream.
@@ -180,6 +218,34 @@ mod tests {
         // Without any newline at all, the reader gives up instead of buffering forever.
         let endless = vec![b'x'; 100];
         assert_eq!(lines(&endless, 7, 10), vec![Err("too long".into())]);
+    }
+
+    #[test]
+    fn the_limit_excludes_the_terminator() {
+        assert_eq!(lines(b"12345\r\n", 1, 5), vec![Ok(b"12345".to_vec())]);
+        assert_eq!(lines(b"12345\r\n", 100, 5), vec![Ok(b"12345".to_vec())]);
+        assert_eq!(lines(b"123456\r\n", 1, 5), vec![Err("too long".into())]);
+    }
+
+    #[test]
+    fn a_long_line_can_be_skipped_and_reading_goes_on() {
+        for chunk in [1, 3, 8, 1000] {
+            let mut input = b"ok\n77 ".to_vec();
+            input.extend(std::iter::repeat_n(b'x', 100));
+            input.extend_from_slice(b"\nnext\n");
+            let mut r = LineReader::with_limit(Trickle(&input, chunk), 10);
+            assert_eq!(r.read_line().unwrap(), Some(&b"ok"[..]));
+            assert!(matches!(r.read_line(), Err(LineError::TooLong)), "chunk {chunk}");
+            let prefix = r.skip_long_line().unwrap();
+            assert!(prefix.starts_with(b"77 x"), "chunk {chunk}: {prefix:?}");
+            assert!(prefix.len() <= LONG_LINE_PREFIX, "chunk {chunk}: {prefix:?}");
+            assert_eq!(r.read_line().unwrap(), Some(&b"next"[..]), "chunk {chunk}");
+            assert_eq!(r.read_line().unwrap(), None);
+        }
+        // A stream that ends inside the long line is an error, not a hang.
+        let mut r = LineReader::with_limit(Trickle(&[b'y'; 50], 4), 10);
+        assert!(matches!(r.read_line(), Err(LineError::TooLong)));
+        assert!(r.skip_long_line().is_err());
     }
 
     #[test]

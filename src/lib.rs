@@ -14,6 +14,7 @@ pub mod escape;
 pub mod failpoint;
 pub mod framing;
 pub mod harness;
+pub mod limits;
 pub mod logging;
 pub mod master;
 pub mod nemesis;

@@ -151,6 +151,14 @@ pub struct Reply {
     pub outcome: Outcome,
 }
 
+/// The request id at the start of a message, if it has one: what a reply to a message that
+/// could not be parsed (or was too long to read) is tagged with.
+pub fn leading_rid(line: &[u8]) -> Option<u64> {
+    let (rid, rest) = split_word(line);
+    rest?;
+    number(rid).ok()
+}
+
 /// Checks a slave id: 1..=MAX_ID bytes of letters, digits, `-`, `_`, `.`, `:`.
 pub fn parse_slave_id(id: &[u8]) -> Result<String, String> {
     if id.is_empty() || id.len() > MAX_ID {

@@ -24,8 +24,7 @@
 
 use std::fmt;
 
-/// The longest key, in bytes (as memcached).
-pub const MAX_KEY: usize = 250;
+pub use crate::limits::{MAX_KEY, MAX_VALUE};
 
 /// A parsed client request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,7 +235,9 @@ impl Request {
                 let rest = rest.ok_or_else(|| format!("wrong number of arguments for '{name}'"))?;
                 let (key, value) = split_word(rest);
                 let value = value.ok_or_else(|| format!("wrong number of arguments for '{name}'"))?;
-                Ok(Request::Write { key: parse_key(key)?, value: value.to_vec() })
+                let key = parse_key(key)?;
+                check_value(value)?;
+                Ok(Request::Write { key, value: value.to_vec() })
             }
             b"READ" | b"GET" => Ok(Request::Read { key: parse_key(args(1)?[0])? }),
             b"DELETE" | b"DEL" => Ok(Request::Delete { key: parse_key(args(1)?[0])? }),
@@ -276,6 +277,14 @@ pub fn parse_key(key: &[u8]) -> Result<String, String> {
         Ok(k) => Ok(k.to_string()),
         Err(_) => Err("key is not valid UTF-8".to_string()),
     }
+}
+
+/// Checks a value's length: at most [`MAX_VALUE`] bytes.
+pub fn check_value(value: &[u8]) -> Result<(), String> {
+    if value.len() > MAX_VALUE {
+        return Err(format!("value too long ({} bytes, max {MAX_VALUE})", value.len()));
+    }
+    Ok(())
 }
 
 /// Splits at the first space: the word before it, and everything after that single space.
@@ -366,6 +375,11 @@ mod tests {
         for (line, want) in cases {
             assert_eq!(&err(line), want, "{:?}", String::from_utf8_lossy(line));
         }
+        let mut long_value = b"WRITE k ".to_vec();
+        long_value.resize(long_value.len() + MAX_VALUE + 1, b'v');
+        assert_eq!(err(&long_value), format!("value too long ({} bytes, max {MAX_VALUE})", MAX_VALUE + 1));
+        long_value.pop();
+        assert!(Request::parse(&long_value).is_ok());
         let long = format!("READ {}", "k".repeat(MAX_KEY + 1));
         assert_eq!(err(long.as_bytes()), "key too long (251 bytes, max 250)");
         assert!(Request::parse(format!("READ {}", "k".repeat(MAX_KEY)).as_bytes()).is_ok());

@@ -36,6 +36,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// slave drops the connection and looks for a master again.
 pub const MASTER_SILENCE_TIMEOUT: Duration = Duration::from_millis(1000);
 
+/// A session with a master that lasted at least this long was a working one: the slave tries
+/// again at once after it ends. A shorter one counts as a failed connection and backs off.
+pub const STABLE_SESSION: Duration = Duration::from_secs(1);
+
 /// A slave's configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -93,12 +97,17 @@ pub fn run(config: Config) -> ! {
     let mut which = 0;
     loop {
         let mut registered = false;
+        let mut lost_early = false;
         for _ in 0..servers.len() {
             let addr = servers[which].clone();
+            let started = Instant::now();
             match node.session(&addr) {
                 End::Lost(why) => {
                     log::warn!("lost master {addr}: {why}");
-                    registered = true;
+                    // A session that ends as soon as it began is a fault that reconnecting at
+                    // once would only repeat: back off as after a failed connection.
+                    registered = started.elapsed() >= STABLE_SESSION;
+                    lost_early = !registered;
                     break;
                 }
                 End::Unreachable(why) => {
@@ -114,7 +123,11 @@ pub fn run(config: Config) -> ! {
             continue;
         }
         let pause = jitter(backoff);
-        log::info!("no master reachable; retrying in {} ms", pause.as_millis());
+        if lost_early {
+            log::info!("the session ended at once; retrying in {} ms", pause.as_millis());
+        } else {
+            log::info!("no master reachable; retrying in {} ms", pause.as_millis());
+        }
         thread::sleep(pause);
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
@@ -143,7 +156,20 @@ impl Node {
             let line = match reader.read_line() {
                 Ok(Some(line)) => line,
                 Ok(None) => return End::Lost("connection closed".into()),
-                Err(LineError::TooLong) => return End::Lost("message too long".into()),
+                Err(LineError::TooLong) => {
+                    // Cannot happen with a dsm master (see crate::limits). If it does, the one
+                    // request fails and the connection goes on: reconnecting would only be
+                    // sent the same message again.
+                    let prefix = match reader.skip_long_line() {
+                        Ok(prefix) => prefix,
+                        Err(e) => return End::Lost(format!("inside a message too long to take: {e}")),
+                    };
+                    let why = format!("message longer than {} bytes", crate::limits::MAX_PEER_LINE);
+                    log::error!("refused a {why} from {addr}");
+                    let rid = crate::peer::leading_rid(&prefix).unwrap_or(0);
+                    Reply { rid, outcome: Outcome::Err(why) }.encode_into(&mut out);
+                    continue;
+                }
                 Err(LineError::Io(e)) if crate::client::is_timeout(&e) => {
                     return End::Lost(format!("silent for {} ms", MASTER_SILENCE_TIMEOUT.as_millis()))
                 }
@@ -159,11 +185,8 @@ impl Node {
                 }
                 Err(e) => {
                     // The id may be unreadable; answer with id 0 so the master logs it.
-                    let rid = line
-                        .split(|&b| b == b' ')
-                        .next()
-                        .and_then(|f| std::str::from_utf8(f).ok()?.parse().ok());
-                    Reply { rid: rid.unwrap_or(0), outcome: Outcome::Err(e) }
+                    log::warn!("refused a malformed message from {addr}: {e}");
+                    Reply { rid: crate::peer::leading_rid(line).unwrap_or(0), outcome: Outcome::Err(e) }
                 }
             };
             reply.encode_into(&mut out);
@@ -188,7 +211,7 @@ impl Node {
         stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
         let hello = Hello { id: self.config.id.clone(), epoch: self.epoch, max_seq: self.store.max_seq() };
         (&stream).write_all(format!("{}\n", hello.encode()).as_bytes())?;
-        let mut reader = LineReader::new(stream.try_clone()?);
+        let mut reader = LineReader::with_limit(stream.try_clone()?, crate::limits::MAX_PEER_LINE);
         if let Some(secret) = &self.config.secret {
             crate::auth::peer_handshake(
                 secret,

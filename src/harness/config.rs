@@ -28,9 +28,8 @@ pub const DEFAULT_VALUE_SIZE: usize = 16;
 /// How long a request may take before it counts as a `deadline` error, in milliseconds.
 /// Shorter than the client library's default so a stall is visible within a second or two.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 2000;
-/// The largest `--value-size`: a `WRITE` line must stay under the protocol's 1 MiB line limit
-/// with room for the command and the longest key.
-pub const MAX_VALUE_SIZE: usize = crate::framing::MAX_LINE - 512;
+/// The largest `--value-size`: the protocol's longest value (see `crate::limits`).
+pub const MAX_VALUE_SIZE: usize = crate::limits::MAX_VALUE;
 /// The most client threads (times connections) one run may open, so a typo cannot exhaust the
 /// machine's file descriptors.
 pub const MAX_CONNECTIONS: usize = 20_000;

@@ -413,6 +413,8 @@ fn serve_connection(shared: &Arc<Shared>, stream: TcpStream) {
         if first && line.len() > 6 && line[..6].eq_ignore_ascii_case(b"SLAVE ") {
             match Hello::parse(line) {
                 Ok(hello) => {
+                    // A slave's replies carry escaped values, longer than a client's lines.
+                    reader.set_limit(crate::limits::MAX_PEER_LINE);
                     if admit(shared, client.stream(), &mut reader, PeerRole::Slave, &hello.id) {
                         if let Some(stream) = ops::ClientOut::into_stream(client) {
                             slaves::serve_slave(shared, stream, reader, hello);

@@ -243,7 +243,7 @@ fn open_master_link(
 ) -> Result<(TcpStream, LineReader<TcpStream>)> {
     let stream = crate::client::connect(addr)?;
     (&stream).write_all(first_line)?;
-    let mut reader = LineReader::new(stream.try_clone()?);
+    let mut reader = LineReader::with_limit(stream.try_clone()?, crate::limits::MAX_PEER_LINE);
     if let Some(secret) = secret {
         stream.set_read_timeout(Some(crate::auth::AUTH_TIMEOUT))?;
         crate::auth::peer_handshake(secret, role, crate::auth::MASTER_ID, &stream, &mut reader)?;

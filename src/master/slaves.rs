@@ -11,7 +11,7 @@ use crossbeam_channel::unbounded;
 
 use super::link::Link;
 use super::{Role, Shared, HEARTBEAT_MISSES, SYNC_WINDOW};
-use crate::framing::LineReader;
+use crate::framing::{LineError, LineReader};
 use crate::peer::{Command, Hello, Outcome, Reply, Stamp};
 use crate::wal::Record;
 
@@ -90,7 +90,24 @@ pub fn serve_slave(shared: &Arc<Shared>, stream: TcpStream, mut reader: LineRead
 }
 
 fn read_replies(shared: &Shared, link: &Link, reader: &mut LineReader<TcpStream>) {
-    while let Ok(Some(line)) = reader.read_line() {
+    loop {
+        let line = match reader.read_line() {
+            Ok(Some(line)) => line,
+            Ok(None) | Err(LineError::Io(_)) => return,
+            Err(LineError::TooLong) => {
+                // Cannot happen between two dsm servers (see crate::limits); if it does, the
+                // request it answers fails and the link goes on.
+                let Ok(prefix) = reader.skip_long_line() else {
+                    return;
+                };
+                let why = format!("reply longer than {} bytes", crate::limits::MAX_PEER_LINE);
+                log::error!("slave {} sent a {why}", link.id);
+                if let Some(rid) = crate::peer::leading_rid(&prefix) {
+                    link.deliver(rid, Outcome::Err(why));
+                }
+                continue;
+            }
+        };
         link.last_heard_us.store(shared.now_us(), Ordering::Release);
         match Reply::parse(line) {
             Ok(Reply { rid, outcome }) => {
@@ -156,6 +173,13 @@ fn catch_up(shared: &Arc<Shared>, link: &Arc<Link>) {
                     match ack.outcome {
                         Outcome::Ok(_) => shared.index.lock().add_holders(&key, stamp, 1 << link.slot),
                         Outcome::Fenced(newer) => return shared.step_down(newer),
+                        Outcome::Err(why) => {
+                            // The slave could not take this one record (it cannot happen with
+                            // agreeing limits; see crate::limits). Killing the link would only
+                            // send it again after the reconnect, for ever: skip it. The slave
+                            // is not a holder of the key, so its reads go elsewhere.
+                            log::error!("slave {} refused {key} in catch-up, skipped: {why}", link.id);
+                        }
                         other => {
                             link.kill(&format!("catch-up write failed: {other:?}"));
                             return;

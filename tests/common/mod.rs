@@ -135,11 +135,18 @@ impl Raw {
 
     /// Reads one `\r\n`-terminated reply line (without the terminator).
     pub fn line(&mut self) -> String {
+        String::from_utf8_lossy(&self.line_bytes()).into_owned()
+    }
+
+    /// [`Raw::line`], byte for byte.
+    pub fn line_bytes(&mut self) -> Vec<u8> {
+        let mut scanned = 0;
         loop {
-            if let Some(pos) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                let line: Vec<u8> = self.buf.drain(..pos + 2).take(pos).collect();
-                return String::from_utf8_lossy(&line).into_owned();
+            if let Some(pos) = self.buf[scanned..].windows(2).position(|w| w == b"\r\n") {
+                let pos = scanned + pos;
+                return self.buf.drain(..pos + 2).take(pos).collect();
             }
+            scanned = self.buf.len().saturating_sub(1);
             let mut chunk = [0u8; 65536];
             let n = self.stream.read(&mut chunk).expect("read reply");
             assert!(n > 0, "connection closed; buffered: {:?}", String::from_utf8_lossy(&self.buf));
@@ -169,6 +176,12 @@ impl Raw {
     pub fn ask(&mut self, request: &str) -> String {
         self.send(format!("{request}\r\n").as_bytes());
         self.line()
+    }
+
+    /// [`Raw::ask`], byte for byte.
+    pub fn ask_bytes(&mut self, request: &str) -> Vec<u8> {
+        self.send(format!("{request}\r\n").as_bytes());
+        self.line_bytes()
     }
 
     /// True when the server closed the connection (after any buffered replies).
