@@ -75,9 +75,7 @@ fn one_shot(client: &mut Client, cmd: Cmd) -> ExitCode {
         Cmd::Stats => Request::Stats,
     };
     // Check locally first, so a bad key is reported without a round trip.
-    let mut line = Vec::new();
-    dsm::client::encode_request(&request, &mut line);
-    if let Err(e) = Request::parse(&line[..line.len() - 1]) {
+    if let Err(e) = request.validate() {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }

@@ -13,7 +13,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use crate::framing::{LineError, LineReader};
-use crate::protocol::{parse_table_row, ErrorReply, Reply, Request};
+use crate::protocol::{check_key, check_line_value, parse_table_row, ErrorReply, Reply, Request};
 use crate::{Error, Result};
 
 /// How long a connection attempt to one server may take.
@@ -126,9 +126,12 @@ impl Client {
 
     /// Sends a request and returns the server's reply. `ERR NOTPRIMARY` is followed to the
     /// other server; an `ERR` reply is returned as a [`Reply::Err`], not as an `Err`.
+    ///
+    /// A request the line protocol cannot carry (a key with a space, a value with a line break)
+    /// is refused with [`Error::Invalid`] before anything is sent.
     pub fn request(&mut self, request: &Request) -> Result<Reply> {
         self.out.clear();
-        encode_request(request, &mut self.out);
+        request.encode_into(&mut self.out).map_err(Error::Invalid)?;
         self.send_encoded(is_idempotent(request))
     }
 
@@ -176,7 +179,9 @@ impl Client {
 
     /// `WRITE key value`: the version on success.
     pub fn write(&mut self, key: &str, value: &[u8]) -> Result<Reply> {
-        // What encode_request writes for Request::Write, without building one.
+        // What Request::encode_into writes for a Write, without building one.
+        check_key(key.as_bytes()).map_err(Error::Invalid)?;
+        check_line_value(value, "value").map_err(Error::Invalid)?;
         self.out.clear();
         self.out.extend_from_slice(b"WRITE ");
         self.out.extend_from_slice(key.as_bytes());
@@ -188,6 +193,7 @@ impl Client {
 
     /// `READ key`.
     pub fn read(&mut self, key: &str) -> Result<Reply> {
+        check_key(key.as_bytes()).map_err(Error::Invalid)?;
         self.out.clear();
         self.out.extend_from_slice(b"READ ");
         self.out.extend_from_slice(key.as_bytes());
@@ -227,7 +233,7 @@ impl Conn {
         let mut conn = Conn { addr: addr.to_string(), stream, reader };
         if let Some(password) = password {
             let mut auth = Vec::new();
-            encode_request(&Request::Auth { password: password.to_vec() }, &mut auth);
+            Request::Auth { password: password.to_vec() }.encode_into(&mut auth).map_err(Error::Invalid)?;
             conn.stream.write_all(&auth)?;
             match conn.read_reply()? {
                 Reply::Done => {}
@@ -308,40 +314,6 @@ pub fn is_timeout(e: &std::io::Error) -> bool {
     matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
 }
 
-/// Appends the wire form of a request (what a user would type), `\n` included.
-pub fn encode_request(request: &Request, out: &mut Vec<u8>) {
-    match request {
-        Request::Write { key, value } => {
-            out.extend_from_slice(b"WRITE ");
-            out.extend_from_slice(key.as_bytes());
-            out.push(b' ');
-            out.extend_from_slice(value);
-        }
-        Request::Read { key } => {
-            out.extend_from_slice(b"READ ");
-            out.extend_from_slice(key.as_bytes());
-        }
-        Request::Delete { key } => {
-            out.extend_from_slice(b"DELETE ");
-            out.extend_from_slice(key.as_bytes());
-        }
-        Request::Remove { id } => {
-            out.extend_from_slice(b"REMOVE ");
-            out.extend_from_slice(id.as_bytes());
-        }
-        Request::Ping => out.extend_from_slice(b"PING"),
-        Request::Stats => out.extend_from_slice(b"STATS"),
-        Request::Members => out.extend_from_slice(b"MEMBERS"),
-        Request::Quit => out.extend_from_slice(b"QUIT"),
-        Request::Hello => out.extend_from_slice(b"CLIENT"),
-        Request::Auth { password } => {
-            out.extend_from_slice(b"AUTH ");
-            out.extend_from_slice(password);
-        }
-    }
-    out.push(b'\n');
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,7 +335,7 @@ mod tests {
         ];
         for r in requests {
             let mut out = Vec::new();
-            encode_request(&r, &mut out);
+            r.encode_into(&mut out).unwrap();
             assert_eq!(Request::parse(&out[..out.len() - 1]).unwrap(), r);
         }
     }
@@ -386,8 +358,8 @@ mod tests {
         assert_eq!(c.write("k", b"a b").unwrap(), Reply::Ok(7));
         assert_eq!(c.read("k").unwrap(), Reply::Value { version: 7, value: b"a b".to_vec() });
         let mut want = Vec::new();
-        encode_request(&Request::Write { key: "k".into(), value: b"a b".to_vec() }, &mut want);
-        encode_request(&Request::Read { key: "k".into() }, &mut want);
+        Request::Write { key: "k".into(), value: b"a b".to_vec() }.encode_into(&mut want).unwrap();
+        Request::Read { key: "k".into() }.encode_into(&mut want).unwrap();
         let got: Vec<u8> = server
             .join()
             .unwrap()

@@ -21,6 +21,9 @@ pub enum Error {
     Timeout(String),
     /// A configuration or command-line value that cannot be used.
     Config(String),
+    /// A request the client refused to send, because the protocol cannot carry it; the
+    /// message is the one the server would give.
+    Invalid(String),
 }
 
 /// The crate's result type.
@@ -35,6 +38,7 @@ impl fmt::Display for Error {
             Error::Unavailable(m) => write!(f, "unavailable: {m}"),
             Error::Timeout(m) => write!(f, "timeout: {m}"),
             Error::Config(m) => write!(f, "configuration error: {m}"),
+            Error::Invalid(m) => write!(f, "{m} (refused by the client; nothing was sent)"),
         }
     }
 }

@@ -259,8 +259,84 @@ impl Request {
     }
 }
 
+impl Request {
+    /// Appends the wire form of the request (what a user would type), `\n` included, after
+    /// checking that one line can carry it and that the server will parse it back to exactly
+    /// this request. A key the protocol cannot carry is refused with the server's own message
+    /// (`key contains whitespace or control bytes`, ...), and so is a value with a line break
+    /// in it, which would end the line early and send the rest as a second request.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), String> {
+        self.validate()?;
+        match self {
+            Request::Write { key, value } => {
+                out.extend_from_slice(b"WRITE ");
+                out.extend_from_slice(key.as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(value);
+            }
+            Request::Read { key } => {
+                out.extend_from_slice(b"READ ");
+                out.extend_from_slice(key.as_bytes());
+            }
+            Request::Delete { key } => {
+                out.extend_from_slice(b"DELETE ");
+                out.extend_from_slice(key.as_bytes());
+            }
+            Request::Remove { id } => {
+                out.extend_from_slice(b"REMOVE ");
+                out.extend_from_slice(id.as_bytes());
+            }
+            Request::Ping => out.extend_from_slice(b"PING"),
+            Request::Stats => out.extend_from_slice(b"STATS"),
+            Request::Members => out.extend_from_slice(b"MEMBERS"),
+            Request::Quit => out.extend_from_slice(b"QUIT"),
+            Request::Hello => out.extend_from_slice(b"CLIENT"),
+            Request::Auth { password } => {
+                out.extend_from_slice(b"AUTH ");
+                out.extend_from_slice(password);
+            }
+        }
+        out.push(b'\n');
+        Ok(())
+    }
+
+    /// Checks what [`Request::parse`] would refuse, or parse differently, in this request.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Request::Write { key, value } => {
+                check_key(key.as_bytes())?;
+                check_line_value(value, "value")
+            }
+            Request::Read { key } | Request::Delete { key } => check_key(key.as_bytes()),
+            Request::Remove { id } => crate::peer::parse_slave_id(id.as_bytes()).map(|_| ()),
+            Request::Auth { password } if password.is_empty() => {
+                Err("wrong number of arguments for 'auth'".to_string())
+            }
+            Request::Auth { password } => check_line_value(password, "password"),
+            Request::Ping | Request::Stats | Request::Members | Request::Quit | Request::Hello => Ok(()),
+        }
+    }
+}
+
+/// Checks the last field of a request line: no longer than a value may be, and without `\r`
+/// or `\n` (a `\n` ends the line; a `\r` before it is taken as part of the line end).
+pub fn check_line_value(value: &[u8], what: &str) -> Result<(), String> {
+    check_value(value)?;
+    if value.iter().any(|&b| b == b'\n' || b == b'\r') {
+        return Err(format!("{what} contains a line break (\\r or \\n), which a request line cannot carry"));
+    }
+    Ok(())
+}
+
 /// Checks a key: 1..=MAX_KEY bytes of UTF-8, no whitespace or control bytes.
 pub fn parse_key(key: &[u8]) -> Result<String, String> {
+    check_key(key)?;
+    // check_key has seen valid UTF-8.
+    Ok(String::from_utf8_lossy(key).into_owned())
+}
+
+/// [`parse_key`] without making a `String` of the key.
+pub fn check_key(key: &[u8]) -> Result<(), String> {
     if key.is_empty() {
         return Err("empty key".to_string());
     }
@@ -274,7 +350,7 @@ pub fn parse_key(key: &[u8]) -> Result<String, String> {
         Ok(k) if k.chars().any(|c| c.is_whitespace() || c.is_control()) => {
             Err("key contains whitespace or control bytes".to_string())
         }
-        Ok(k) => Ok(k.to_string()),
+        Ok(_) => Ok(()),
         Err(_) => Err("key is not valid UTF-8".to_string()),
     }
 }

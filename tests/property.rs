@@ -199,7 +199,7 @@ fn random_and_mutated_lines_never_panic_any_parser() {
     let mut valid = Vec::new();
     for _ in 0..CASES {
         let mut wire = Vec::new();
-        dsm::client::encode_request(&request(&mut rng), &mut wire);
+        request(&mut rng).encode_into(&mut wire).unwrap();
         valid.push(wire);
         let mut wire = Vec::new();
         peer::Request { rid: num(&mut rng), epoch: num(&mut rng), command: command(&mut rng) }
@@ -230,7 +230,7 @@ fn client_requests_and_replies_round_trip() {
     for _ in 0..CASES {
         let r = request(&mut rng);
         let mut wire = Vec::new();
-        dsm::client::encode_request(&r, &mut wire);
+        r.encode_into(&mut wire).unwrap();
         assert_eq!(Request::parse(&wire[..wire.len() - 1]), Ok(r));
         let reply = match rng.gen_range(0..5) {
             0 => Reply::Ok(num(&mut rng)),
@@ -325,4 +325,59 @@ fn handshakes_pass_with_the_secret_and_mutations_are_refused() {
         }
         peer.verify(answer.as_bytes()).unwrap();
     }
+}
+
+/// Random bytes, biased towards the ones a line protocol cares about.
+fn hostile_bytes(rng: &mut StdRng, max: usize) -> Vec<u8> {
+    const NASTY: &[u8] = b" \t\r\n\x00\x7f\\";
+    let len = rng.gen_range(0..=max);
+    (0..len)
+        .map(|_| match rng.gen_range(0..4) {
+            0 => NASTY[rng.gen_range(0..NASTY.len())],
+            1 => rng.gen_range(0x80..=0xff),
+            _ => rng.gen_range(b'a'..=b'z'),
+        })
+        .collect()
+}
+
+#[test]
+fn every_request_the_client_encodes_parses_back_to_exactly_itself() {
+    let mut rng = StdRng::seed_from_u64(0x5eed_0004);
+    let (mut sent, mut refused) = (0, 0);
+    for _ in 0..CASES * 4 {
+        let key = String::from_utf8_lossy(&hostile_bytes(&mut rng, 12)).into_owned();
+        let r = match rng.gen_range(0..5) {
+            0 | 1 => Request::Write { key, value: hostile_bytes(&mut rng, 16) },
+            2 => Request::Read { key },
+            3 => Request::Delete { key },
+            _ => Request::Auth { password: hostile_bytes(&mut rng, 8) },
+        };
+        let mut wire = Vec::new();
+        match r.encode_into(&mut wire) {
+            Ok(()) => {
+                sent += 1;
+                assert_eq!(wire.iter().filter(|&&b| b == b'\n').count(), 1, "{r:?} is one line");
+                assert_eq!(wire.last(), Some(&b'\n'));
+                assert_eq!(Request::parse(&wire[..wire.len() - 1]), Ok(r));
+            }
+            Err(why) => {
+                refused += 1;
+                assert!(wire.is_empty(), "{r:?} was refused ({why}) but partly encoded");
+            }
+        }
+    }
+    // Both branches ran, so the property was really tested.
+    assert!(sent > 100 && refused > 100, "sent {sent}, refused {refused}");
+}
+
+#[test]
+fn a_value_cannot_smuggle_a_second_request() {
+    for value in [&b"x\nDELETE a"[..], b"a\nb", b"a\r", b"a\rb"] {
+        let r = Request::Write { key: "k".into(), value: value.to_vec() };
+        let why = r.encode_into(&mut Vec::new()).expect_err("a line break must be refused");
+        assert!(why.contains("line break"), "{why}");
+    }
+    let why =
+        Request::Write { key: "a b".into(), value: b"v".to_vec() }.encode_into(&mut Vec::new()).unwrap_err();
+    assert_eq!(why, "key contains whitespace or control bytes", "the server's own words");
 }
