@@ -1,24 +1,49 @@
 //! `dsm-client`: read and write from the command line, once or interactively.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
+use std::net::ToSocketAddrs;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use dsm::client::{Client, Event};
 use dsm::master::{DEFAULT_BACKUP_ADDR, DEFAULT_PRIMARY_ADDR};
 use dsm::protocol::{Reply, Request};
 
-/// A dsm client. With a command it runs it, prints the server's reply and exits (non-zero on an
-/// error); without one it reads commands from the terminal (`READ k`, `WRITE k v`, `DELETE k`,
-/// `STATS`, `MEMBERS`, `PING`, `QUIT`).
+/// How long a request that no master can take yet (a takeover in progress) is retried by
+/// default, in milliseconds: a takeover takes about a second.
+const DEFAULT_WAIT_MS: u64 = 5000;
+
+/// The interactive history file, in the user's home directory.
+const HISTORY_FILE: &str = ".dsm_history";
+
+/// What `help` prints in the interactive mode.
+const HELP: &str = "\
+commands (case-insensitive):
+  READ <key>             the value and its version, or NOT_FOUND    (alias GET)
+  WRITE <key> <value>    store a value; the value is the rest of the line (aliases SET, PUT)
+  DELETE <key>           delete a key                                (alias DEL)
+  PING                   is the server there?
+  STATS                  the server's counters
+  MEMBERS                the slaves and their state
+  REMOVE <slave-id>      forget a dead slave for good
+  AUTH <password>        authenticate (servers started with --requirepass)
+  help                   this text
+  QUIT                   leave (Ctrl-D too)
+Lines starting with 'ERR' are the server's answers; 'error:' lines are the client's own.";
+
+/// A dsm client. With a command it runs it, prints the server's reply and exits (0 on success,
+/// 1 on an error reply or no server, 2 on a usage error); without one it reads commands from
+/// the terminal, with history and line editing (`help` lists them), or from standard input.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// The primary master.
-    #[arg(long, default_value = DEFAULT_PRIMARY_ADDR)]
+    /// The primary master (host:port).
+    #[arg(long, default_value = DEFAULT_PRIMARY_ADDR, value_parser = parse_addr)]
     master: String,
     /// The backup master, tried when the primary is down or not the primary (`none` to disable).
-    #[arg(long, default_value = DEFAULT_BACKUP_ADDR)]
+    #[arg(long, default_value = DEFAULT_BACKUP_ADDR, value_parser = parse_backup)]
     backup: String,
     /// Send `AUTH <password>` on every connection (servers started with --requirepass).
     /// Visible to other users in `ps`: prefer --password-file or DSM_PASSWORD.
@@ -26,7 +51,12 @@ struct Args {
     password: Option<String>,
     /// Like --password, with the password read from a file (surrounding whitespace ignored).
     #[arg(long, value_name = "PATH")]
-    password_file: Option<std::path::PathBuf>,
+    password_file: Option<PathBuf>,
+    /// How long to keep retrying a request that no master can take yet (`ERR UNAVAILABLE`,
+    /// `ERR NOTPRIMARY`, no server reachable), as during a takeover. Only requests that
+    /// certainly did nothing are retried, so a write is never applied twice.
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_WAIT_MS)]
+    wait_ms: u64,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -34,19 +64,43 @@ struct Args {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Print `VALUE <version> <value>` or `NOT_FOUND`.
+    #[command(visible_alias = "get")]
     Read { key: String },
     /// Store a value; prints `OK <version>`.
+    #[command(visible_alias = "set")]
     Write { key: String, value: String },
     /// Delete a key; prints `OK <version>` or `NOT_FOUND`.
+    #[command(visible_alias = "del")]
     Delete { key: String },
+    /// Print `PONG` if the server answers.
+    Ping,
     /// Print the server's counters.
     Stats,
+    /// Print the slaves and their state.
+    Members,
+}
+
+/// A `host:port` that resolves.
+fn parse_addr(text: &str) -> Result<String, String> {
+    match text.to_socket_addrs().map(|mut addrs| addrs.next()) {
+        Ok(Some(_)) => Ok(text.to_string()),
+        Ok(None) => Err(format!("{text} resolves to no address")),
+        Err(e) => Err(format!("expected host:port ({e})")),
+    }
+}
+
+fn parse_backup(text: &str) -> Result<String, String> {
+    if text == "none" {
+        return Ok(text.to_string());
+    }
+    parse_addr(text)
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let backup = (args.backup != "none").then_some(args.backup.as_str());
     let mut client = Client::new(&args.master, backup);
+    client.set_wait(Duration::from_millis(args.wait_ms));
     let password = match (&args.password, &args.password_file) {
         (Some(p), _) => Some(p.as_bytes().to_vec()),
         (None, Some(path)) => match std::fs::read(path) {
@@ -63,7 +117,8 @@ fn main() -> ExitCode {
     }
     match args.command {
         Some(cmd) => one_shot(&mut client, cmd),
-        None => interactive(&mut client),
+        None if std::io::stdin().is_terminal() => interactive(&mut client),
+        None => piped(&mut client),
     }
 }
 
@@ -72,77 +127,149 @@ fn one_shot(client: &mut Client, cmd: Cmd) -> ExitCode {
         Cmd::Read { key } => Request::Read { key },
         Cmd::Write { key, value } => Request::Write { key, value: value.into_bytes() },
         Cmd::Delete { key } => Request::Delete { key },
+        Cmd::Ping => Request::Ping,
         Cmd::Stats => Request::Stats,
+        Cmd::Members => Request::Members,
     };
-    // Check locally first, so a bad key is reported without a round trip.
+    // Check locally first, so a request the protocol cannot carry is a usage error.
     if let Err(e) = request.validate() {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    let result = client.request(&request);
+    if run(client, &request) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Sends one request, prints the reply (or the client's error, on stderr) and the failovers it
+/// caused; true when it succeeded.
+fn run(client: &mut Client, request: &Request) -> bool {
+    let result = client.request(request);
     report_events(client);
     match result {
         Ok(reply) => {
             print_reply(&reply);
-            if matches!(reply, Reply::Err(_)) {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            }
+            !matches!(reply, Reply::Err(_))
         }
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            false
         }
     }
 }
 
-fn interactive(client: &mut Client) -> ExitCode {
-    let stdin = std::io::stdin();
-    let mut role = String::from("?");
-    if let Err(e) = client.connect() {
-        eprintln!("warning: {e}; will retry on the first command");
+/// What one typed line asks for.
+enum Line {
+    Nothing,
+    Help,
+    Quit,
+    Send(Request),
+    Refused(String),
+}
+
+fn parse_line(line: &str) -> Line {
+    let line = line.trim_end_matches(['\n', '\r']);
+    if line.trim().is_empty() {
+        return Line::Nothing;
     }
-    role = refresh_role(client).unwrap_or(role);
+    if line.trim().eq_ignore_ascii_case("help") {
+        return Line::Help;
+    }
+    match Request::parse(line.as_bytes()) {
+        Ok(Request::Quit) => Line::Quit,
+        Ok(r) => Line::Send(r),
+        Err(e) => Line::Refused(e),
+    }
+}
+
+/// Commands from standard input that is not a terminal (a pipe, a file): no prompts, and a
+/// non-zero exit when any command failed.
+fn piped(client: &mut Client) -> ExitCode {
+    let mut failed = false;
+    for line in std::io::stdin().lock().lines() {
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot read standard input: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match parse_line(&line) {
+            Line::Nothing => {}
+            Line::Help => println!("{HELP}"),
+            Line::Quit => break,
+            Line::Send(request) => failed |= !run(client, &request),
+            Line::Refused(e) => {
+                eprintln!("error: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The interactive mode on a terminal: line editing, history kept in the user's home.
+fn interactive(client: &mut Client) -> ExitCode {
+    let mut editor = match rustyline::DefaultEditor::new() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: cannot use the terminal ({e}); reading commands without line editing");
+            return piped(client);
+        }
+    };
+    let history = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(HISTORY_FILE));
+    if let Some(path) = &history {
+        // A first run has no history yet.
+        let _ = editor.load_history(path);
+    }
+    println!("dsm-client {}: type 'help' for the commands, Ctrl-D to leave", env!("CARGO_PKG_VERSION"));
+    if let Err(e) = client.connect() {
+        eprintln!("error: {e}; will retry on the first command");
+    }
+    let mut role = refresh_role(client).unwrap_or_else(|| "?".into());
     report_events(client);
     loop {
         let prompt = match client.connected_to() {
             Some(addr) => format!("[{role} {addr}]> "),
             None => "[disconnected]> ".to_string(),
         };
-        print!("{prompt}");
-        let _ = std::io::stdout().flush();
-        let mut line = String::new();
-        match stdin.lock().read_line(&mut line) {
-            Ok(0) => return ExitCode::SUCCESS,
-            Ok(_) => {}
+        let line = match editor.readline(&prompt) {
+            Ok(line) => line,
+            Err(rustyline::error::ReadlineError::Eof | rustyline::error::ReadlineError::Interrupted) => break,
             Err(e) => {
                 eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-        let line = line.trim_end_matches(['\n', '\r']);
-        if line.trim().is_empty() {
-            continue;
-        }
-        let request = match Request::parse(line.as_bytes()) {
-            Ok(Request::Quit) => return ExitCode::SUCCESS,
-            Ok(r) => r,
-            Err(e) => {
-                println!("ERR {e}");
-                continue;
+                break;
             }
         };
-        let before = client.connected_to().map(str::to_string);
-        match client.request(&request) {
-            Ok(reply) => print_reply(&reply),
-            Err(e) => println!("error: {e}"),
+        if !line.trim().is_empty() {
+            let _ = editor.add_history_entry(line.as_str());
         }
-        if client.connected_to().map(str::to_string) != before {
-            role = refresh_role(client).unwrap_or_else(|| "?".into());
+        match parse_line(&line) {
+            Line::Nothing => continue,
+            Line::Help => println!("{HELP}"),
+            Line::Quit => break,
+            Line::Refused(e) => eprintln!("error: {e} (type 'help' for the commands)"),
+            Line::Send(request) => {
+                let before = client.connected_to().map(str::to_string);
+                run(client, &request);
+                if client.connected_to().map(str::to_string) != before {
+                    role = refresh_role(client).unwrap_or_else(|| "?".into());
+                }
+            }
         }
-        report_events(client);
     }
+    if let Some(path) = &history {
+        if let Err(e) = editor.save_history(path) {
+            eprintln!("warning: cannot save the history in {}: {e}", path.display());
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn refresh_role(client: &mut Client) -> Option<String> {
@@ -165,4 +292,5 @@ fn print_reply(reply: &Reply) {
     // The server's own words, with its \r\n line ends made local.
     let text = String::from_utf8_lossy(&wire).replace("\r\n", "\n");
     let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
 }

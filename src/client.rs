@@ -2,15 +2,16 @@
 //!
 //! A [`Client`] knows the primary's address and optionally the backup's. It connects to the
 //! first that accepts, sends one request at a time and reads its reply. When the server answers
-//! `ERR NOTPRIMARY <addr>` (nothing was done) the client moves to the other server and sends the
-//! request again; when the connection breaks, the request fails with an I/O error (a write's
-//! outcome is then unknown, so it is never silently re-sent) and the next request reconnects,
-//! trying the servers in order. Every failover is reported through [`Client::take_events`] so a
-//! user interface can say so.
+//! `ERR NOTPRIMARY <addr>` or `ERR UNAVAILABLE` (nothing was done) the client moves to the other
+//! server and sends the request again, and with [`Client::set_wait`] it keeps trying for a
+//! while (a takeover takes about a second). When the connection breaks, a write fails with an
+//! I/O error (its outcome is then unknown, so it is never silently re-sent) and the next request
+//! reconnects, trying the servers in order. Every failover is reported once through
+//! [`Client::take_events`] so a user interface can say so.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::framing::{LineError, LineReader};
 use crate::protocol::{check_key, check_line_value, parse_table_row, ErrorReply, Reply, Request};
@@ -23,9 +24,13 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// so a slow quorum shows as `ERR TIMEOUT` from the server rather than as a client timeout.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How many times one request follows `ERR NOTPRIMARY` before giving up, so two servers that
-/// each point at the other cannot bounce a client forever.
+/// How many times one attempt of a request moves to the other server before giving up, so two
+/// servers that each point at the other cannot bounce a client forever.
 const MAX_REDIRECTS: usize = 3;
+
+/// The pause between two attempts of a request that no master could take yet (during a
+/// takeover), within the client's wait ([`Client::set_wait`]).
+pub const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Something the user may want to be told about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +54,11 @@ pub struct Client {
     /// The request being sent, encoded; kept to send again after a redirect, and reused so a
     /// request does not allocate.
     out: Vec<u8>,
+    /// How long a request that no master could take (`ERR UNAVAILABLE`, `ERR NOTPRIMARY`, no
+    /// server reachable) is retried; zero by default.
+    wait: Duration,
+    /// The last move reported, so a retried request does not report it again.
+    last_failover: Option<(String, String)>,
 }
 
 struct Conn {
@@ -70,7 +80,16 @@ impl Client {
             events: Vec::new(),
             password: None,
             out: Vec::new(),
+            wait: Duration::ZERO,
+            last_failover: None,
         }
+    }
+
+    /// Retries, for up to `wait`, a request that certainly did nothing because no master could
+    /// take it: both answered `ERR UNAVAILABLE` or `ERR NOTPRIMARY` (as during a takeover), or
+    /// neither could be reached. A write whose outcome is unknown is never sent again.
+    pub fn set_wait(&mut self, wait: Duration) {
+        self.wait = wait;
     }
 
     /// Sets how long a request waits for its reply.
@@ -110,13 +129,14 @@ impl Client {
             match Conn::open(&addr, self.timeout, self.password.as_deref()) {
                 Ok(conn) => {
                     if let Some((from, why)) = failures.last().cloned() {
-                        self.events.push(Event::FailedOver { from, to: addr.clone(), why });
+                        self.failed_over(from, addr.clone(), why);
                     }
                     self.events.push(Event::Connected(addr));
                     self.preferred = idx;
                     self.conn = Some(conn);
                     return Ok(());
                 }
+                Err(Error::Auth(why)) => return Err(Error::Auth(format!("{addr}: {why}"))),
                 Err(e) => failures.push((addr, e.to_string())),
             }
         }
@@ -124,8 +144,10 @@ impl Client {
         Err(Error::Unavailable(format!("no server reachable ({})", tried.join("; "))))
     }
 
-    /// Sends a request and returns the server's reply. `ERR NOTPRIMARY` is followed to the
-    /// other server; an `ERR` reply is returned as a [`Reply::Err`], not as an `Err`.
+    /// Sends a request and returns the server's reply. `ERR NOTPRIMARY` and `ERR UNAVAILABLE`
+    /// (nothing was done) are followed to the other server; with [`Client::set_wait`], they
+    /// are retried until the wait runs out. An `ERR` reply is returned as a [`Reply::Err`],
+    /// not as an `Err`.
     ///
     /// A request the line protocol cannot carry (a key with a space, a value with a line break)
     /// is refused with [`Error::Invalid`] before anything is sent.
@@ -138,43 +160,93 @@ impl Client {
     /// [`Client::request`] for the request already encoded in `self.out`; `idempotent` when
     /// sending it twice is harmless (a read).
     fn send_encoded(&mut self, idempotent: bool) -> Result<Reply> {
+        let deadline = Instant::now() + self.wait;
+        loop {
+            let result = self.send_once(idempotent);
+            // Retry only what certainly did nothing: a refusal before the request was sent,
+            // or a reply that says nothing was done. A write whose connection broke has an
+            // unknown outcome and is never sent again.
+            let retry = match &result {
+                Ok(Reply::Err(e @ (ErrorReply::NotPrimary(_) | ErrorReply::Unavailable(_)))) => {
+                    e.had_no_effect()
+                }
+                Err(Error::Unavailable(_)) => true,
+                _ => false,
+            };
+            if !retry || Instant::now() >= deadline {
+                return result;
+            }
+            std::thread::sleep(RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now())));
+        }
+    }
+
+    /// One attempt: the preferred server, then (after `ERR NOTPRIMARY`, `ERR UNAVAILABLE`, or
+    /// for a read a broken connection) the other one.
+    fn send_once(&mut self, idempotent: bool) -> Result<Reply> {
         let mut redirects = 0;
+        let mut first_refusal: Option<Reply> = None;
         loop {
             self.connect()?;
             let reply = match self.exchange() {
                 Ok(r) => r,
                 Err(e) => {
-                    self.disconnect_and_prefer_other();
-                    // A read has no effect, so it is safe to send again (once) elsewhere; a
-                    // write's outcome is unknown and is left to the caller.
+                    let from = self.connected_to().unwrap_or_default().to_string();
+                    // A read has no effect, so it is safe to send again elsewhere; a write's
+                    // outcome is unknown and is left to the caller.
                     if idempotent && redirects < MAX_REDIRECTS {
                         redirects += 1;
-                        let from = e.to_string();
-                        self.connect()?;
-                        if let Some(Event::Connected(to)) = self.events.last().cloned() {
-                            self.events.push(Event::FailedOver { from: from.clone(), to, why: from });
-                        }
+                        self.switch_server(from, e.to_string())?;
                         continue;
                     }
+                    self.disconnect_and_prefer_other();
                     return Err(e);
                 }
             };
-            match &reply {
-                Reply::Err(ErrorReply::NotPrimary(_))
-                    if redirects < MAX_REDIRECTS && self.servers.len() > 1 =>
-                {
-                    redirects += 1;
-                    let from = self.connected_to().unwrap_or_default().to_string();
-                    self.disconnect_and_prefer_other();
-                    self.connect()
-                        .map_err(|e| Error::Unavailable(format!("{from} is not the primary, and {e}")))?;
-                    if let Some(Event::Connected(to)) = self.events.last().cloned() {
-                        self.events.push(Event::FailedOver { from, to, why: "not the primary".into() });
-                    }
-                }
+            let why = match &reply {
+                Reply::Err(ErrorReply::NotPrimary(_)) => "not the primary",
+                Reply::Err(ErrorReply::Unavailable(_)) => "unavailable",
                 _ => return Ok(reply),
+            };
+            if redirects >= MAX_REDIRECTS || self.servers.len() < 2 {
+                return Ok(first_refusal.unwrap_or(reply));
+            }
+            redirects += 1;
+            let from = self.connected_to().unwrap_or_default().to_string();
+            // Both servers refused: tell the first refusal, which names the primary.
+            let first = first_refusal.get_or_insert(reply).clone();
+            if redirects > 1 {
+                return Ok(first);
+            }
+            if self.switch_server(from, why.to_string()).is_err() {
+                return Ok(first);
             }
         }
+    }
+
+    /// Reports a move from one server to another, unless it is the same move as the last one
+    /// reported (a request retried through a takeover makes it again and again).
+    fn failed_over(&mut self, from: String, to: String, why: String) {
+        let this = (from, to);
+        if self.last_failover.as_ref() != Some(&this) {
+            self.events.push(Event::FailedOver { from: this.0.clone(), to: this.1.clone(), why });
+            self.last_failover = Some(this);
+        }
+    }
+
+    /// Leaves the server `from` for the other one, and reports the move once.
+    fn switch_server(&mut self, from: String, why: String) -> Result<()> {
+        self.disconnect_and_prefer_other();
+        let connected = self.connect();
+        if let Some(to) = self.connected_to() {
+            if to != from {
+                let to = to.to_string();
+                // `connect` reports its own failovers; add this one only if it did not.
+                if !matches!(self.events.last(), Some(Event::FailedOver { .. })) {
+                    self.failed_over(from, to, why);
+                }
+            }
+        }
+        connected
     }
 
     /// `WRITE key value`: the version on success.
@@ -237,7 +309,7 @@ impl Conn {
             conn.stream.write_all(&auth)?;
             match conn.read_reply()? {
                 Reply::Done => {}
-                Reply::Err(e) => return Err(Error::Unavailable(format!("AUTH refused: {e}"))),
+                Reply::Err(e) => return Err(Error::Auth(format!("ERR {e}"))),
                 other => return Err(Error::Protocol(format!("unexpected reply to AUTH: {other:?}"))),
             }
         }

@@ -24,6 +24,8 @@ pub enum Error {
     /// A request the client refused to send, because the protocol cannot carry it; the
     /// message is the one the server would give.
     Invalid(String),
+    /// A server refused the client's password.
+    Auth(String),
 }
 
 /// The crate's result type.
@@ -39,6 +41,7 @@ impl fmt::Display for Error {
             Error::Timeout(m) => write!(f, "timeout: {m}"),
             Error::Config(m) => write!(f, "configuration error: {m}"),
             Error::Invalid(m) => write!(f, "{m} (refused by the client; nothing was sent)"),
+            Error::Auth(m) => write!(f, "authentication failed: {m}"),
         }
     }
 }
