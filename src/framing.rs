@@ -87,8 +87,11 @@ impl<R: Read> LineReader<R> {
                 return Ok(Some(&self.buf[line_start..line_end]));
             }
             self.scanned = self.end;
-            // The limit plus room for a `\r\n` terminator.
-            if self.end - self.start > self.limit + 2 {
+            // Too long already, unless all that is over the limit is a `\r` whose `\n` is
+            // still to come.
+            let pending = self.end - self.start;
+            let cr_last = pending > 0 && self.buf[self.end - 1] == b'\r';
+            if pending > self.limit + 1 || (pending == self.limit + 1 && !cr_last) {
                 self.note_long_line(self.start, self.end, true);
                 return Err(LineError::TooLong);
             }
@@ -225,6 +228,8 @@ mod tests {
         assert_eq!(lines(b"12345\r\n", 1, 5), vec![Ok(b"12345".to_vec())]);
         assert_eq!(lines(b"12345\r\n", 100, 5), vec![Ok(b"12345".to_vec())]);
         assert_eq!(lines(b"123456\r\n", 1, 5), vec![Err("too long".into())]);
+        // Refused as soon as the line is over the limit, before its terminator comes.
+        assert_eq!(lines(b"123456", 1, 5), vec![Err("too long".into())]);
     }
 
     #[test]

@@ -168,6 +168,10 @@ impl Node {
                     log::error!("refused a {why} from {addr}");
                     let rid = crate::peer::leading_rid(&prefix).unwrap_or(0);
                     Reply { rid, outcome: Outcome::Err(why) }.encode_into(&mut out);
+                    if let Err(e) = (&stream).write_all(&out) {
+                        return End::Lost(e.to_string());
+                    }
+                    out.clear();
                     continue;
                 }
                 Err(LineError::Io(e)) if crate::client::is_timeout(&e) => {

@@ -16,11 +16,8 @@ use faults::{wait_acked, Cluster, READY};
 /// The client id of the test's own client of the isolated primary alone.
 const ISOLATED_CLIENT: u64 = 50;
 
-/// Known to fail about one run in three as of this commit: the isolated primary answers
-/// `NOT_FOUND` for keys it has never seen without checking its read lease (`read()` in
-/// `src/master/ops.rs` returns before the lease check), a stale read of a key written through
-/// the new primary. Note also that once the backup hands off, slaves follow its
-/// `ERR NOTPRIMARY <real primary address>` and reach the old primary around the proxies.
+/// Once the backup hands off, slaves follow its `ERR NOTPRIMARY <real primary address>` and
+/// reach the old primary around the proxies; the test allows for that.
 #[test]
 fn primary_cut_off_from_slaves_and_backup_neither_acknowledges_nor_serves_stale_reads() {
     let c = Cluster::start(3, None, true);
@@ -85,6 +82,71 @@ fn false_failover_backup_cut_off_from_primary_only_has_no_split_brain() {
     probe.set_fault(Fault::None);
     c.wait_any_serving(3);
     wait_acked(&workload, during, 50, "writes after healing");
+    let counts = workload.stop();
+    let verdict = c.judge(&history);
+    if !verdict.is_ok() {
+        let kept = c.dir.keep();
+        panic!("{counts:?}\n{verdict}\nlogs in {}", kept.display());
+    }
+}
+
+/// The false failover of a cut between the two masters, healed: the backup took over with every
+/// slave, and the old primary, restarted while cut off, tried to take over from its own log and
+/// waited for slaves that never came. Once the cut heals it must find out that the backup
+/// serves and fail back, and a client that asks the old primary first must reach whichever
+/// master serves all along.
+#[test]
+fn after_a_cut_between_the_masters_heals_the_old_primary_steps_aside_and_fails_back() {
+    let mut c = Cluster::start(3, None, true);
+    let history = Arc::new(History::new());
+    let workload = c.workload(&history, 3, 40, 23);
+    let acked = wait_acked(&workload, 0, 50, "writes before the cut");
+    let cut_masters = |c: &faults::Cluster, fault: Fault| {
+        c.links.backup_to_primary.as_ref().expect("proxied").set_fault(fault);
+        c.links.primary_to_backup.as_ref().expect("proxied").set_fault(fault);
+    };
+
+    // The masters lose each other, and the slaves lose the primary: the backup takes over.
+    cut_masters(&c, Fault::Blackhole);
+    for p in &c.links.slave_to_primary {
+        p.set_fault(Fault::Blackhole);
+    }
+    c.wait_serving(&c.backup_addr, 3);
+    for p in &c.links.slave_to_primary {
+        p.set_fault(Fault::None);
+    }
+    // Restarted while it cannot see the backup, the old primary starts a takeover of its own
+    // and waits for a majority that stays with the backup.
+    c.restart_primary();
+    wait_for("the old primary to try a takeover", READY, || {
+        stat(&c.primary_addr, "role").as_deref() == Some("candidate")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", c.roles()));
+    let acked = wait_acked(&workload, acked, 30, "writes through the backup during the cut");
+
+    // A client that asks the old primary first is sent on to the master that serves.
+    let mut primary_first = Client::new(&c.primary_addr, Some(&c.backup_addr));
+    primary_first.set_timeout(REQUEST_DEADLINE);
+    let key = history.keys()[0].clone();
+    assert_eq!(
+        history.write(ISOLATED_CLIENT, &mut primary_first, &key, "primary-first"),
+        Answer::Done,
+        "{}",
+        c.roles()
+    );
+
+    cut_masters(&c, Fault::None);
+    // The old primary gives its takeover up and fails back (or stays aside): never a candidate
+    // for good.
+    wait_for("the old primary to serve again", READY, || faults::serving(&c.primary_addr, 3))
+        .unwrap_or_else(|e| panic!("{e}: {}", c.roles()));
+    assert_eq!(
+        history.write(ISOLATED_CLIENT, &mut primary_first, &key, "after-healing"),
+        Answer::Done,
+        "{}",
+        c.roles()
+    );
+    wait_acked(&workload, acked, 30, "writes after healing");
     let counts = workload.stop();
     let verdict = c.judge(&history);
     if !verdict.is_ok() {

@@ -548,7 +548,27 @@ pub fn run_primary(shared: Arc<Shared>) {
                 None => log::info!("backup {peer} unreachable; starting from this master's log"),
             }
         }
-        match takeover(&shared, next_epoch(known, 1), &mut || false) {
+        // Give up if the backup turns out to be serving (a cut between the two masters that
+        // healed, or a primary restarted while it was cut off): its slaves will not come back
+        // to a candidate, and the way back is the failback at the top of this loop.
+        let mut last_check = Instant::now();
+        let mut abort = || {
+            let Some(peer) = shared.config.peer.as_deref() else { return false };
+            if last_check.elapsed() < PEER_WATCH_INTERVAL {
+                return false;
+            }
+            last_check = Instant::now();
+            let serving = probe(peer, PEER_WATCH_INTERVAL, shared.config.requirepass.as_ref())
+                .filter(PeerState::serving);
+            if let Some(p) = &serving {
+                log::warn!(
+                    "the backup {peer} serves in epoch {} with a majority: giving the takeover up",
+                    p.epoch
+                );
+            }
+            serving.is_some()
+        };
+        match takeover(&shared, next_epoch(known, 1), &mut abort) {
             Ok(()) => {
                 watch_peer(&shared);
                 log::warn!("no longer primary; looking for the newer master");

@@ -111,8 +111,12 @@ fn read_replies(shared: &Shared, link: &Link, reader: &mut LineReader<TcpStream>
         link.last_heard_us.store(shared.now_us(), Ordering::Release);
         match Reply::parse(line) {
             Ok(Reply { rid, outcome }) => {
-                if outcome == Outcome::Pong {
-                    link.on_pong(rid);
+                match outcome {
+                    Outcome::Pong => link.on_pong(rid),
+                    // Also for a heartbeat, which nobody waits for: the slave has joined a
+                    // newer epoch, so this master is stale.
+                    Outcome::Fenced(newer) if newer > shared.epoch() => shared.step_down(newer),
+                    _ => {}
                 }
                 link.deliver(rid, outcome);
             }

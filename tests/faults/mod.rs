@@ -27,6 +27,8 @@ pub struct Links {
     pub backup_to_primary: Option<Proxy>,
     /// In front of the primary for each slave (its `--master`).
     pub slave_to_primary: Vec<Proxy>,
+    /// In front of the backup for the primary's probes and failback (the primary's `--backup`).
+    pub primary_to_backup: Option<Proxy>,
 }
 
 pub struct Cluster {
@@ -47,12 +49,16 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let primary_addr = free_port().unwrap().to_string();
         let backup_addr = free_port().unwrap().to_string();
-        let primary = start_primary(dir.path(), &primary_addr, &backup_addr, failpoint);
-        let proxy = || Proxy::start("127.0.0.1:0".parse().unwrap(), primary_addr.parse().unwrap()).unwrap();
+        let proxy_to = |to: &str| Proxy::start("127.0.0.1:0".parse().unwrap(), to.parse().unwrap()).unwrap();
+        let proxy = || proxy_to(&primary_addr);
         let links = Links {
             backup_to_primary: proxies.then(proxy),
             slave_to_primary: if proxies { (0..slaves).map(|_| proxy()).collect() } else { Vec::new() },
+            primary_to_backup: proxies.then(|| proxy_to(&backup_addr)),
         };
+        let primary_peer =
+            links.primary_to_backup.as_ref().map_or(backup_addr.clone(), |p| p.addr().to_string());
+        let primary = start_primary(dir.path(), &primary_addr, &primary_peer, failpoint);
         let probe = links.backup_to_primary.as_ref().map_or(primary_addr.clone(), |p| p.addr().to_string());
         let backup_args = args(&[
             "--listen",
@@ -102,7 +108,9 @@ impl Cluster {
     /// Starts the primary again on its address, without a failpoint.
     pub fn restart_primary(&mut self) {
         self.primary.kill();
-        self.primary = start_primary(self.dir.path(), &self.primary_addr, &self.backup_addr, None);
+        let peer =
+            self.links.primary_to_backup.as_ref().map_or(self.backup_addr.clone(), |p| p.addr().to_string());
+        self.primary = start_primary(self.dir.path(), &self.primary_addr, &peer, None);
     }
 
     /// The nemesis workload against both masters.
