@@ -8,7 +8,7 @@ SLAVES  ?= 3
 RUN_DIR ?= run
 BIN     := $(CURDIR)/target/release
 
-.PHONY: all build run client test lint fmt doc bench clean
+.PHONY: all build run cluster client test lint fmt doc bench clean
 
 all: build
 
@@ -16,16 +16,29 @@ build:
 	$(CARGO) build --release --bins
 
 # A primary master, its backup and $(SLAVES) slaves on the default ports; every line of output
-# is prefixed by its role. Ctrl-C stops them all. State (the logs) lives in $(RUN_DIR)/.
-run: build
+# is prefixed by its role and kept in $(RUN_DIR)/<role>.out beside the logs (kv_store.log,
+# backup_kv_store.log). Ctrl-C stops them all. A server that cannot start (it exits within
+# START_GRACE seconds, as on a taken port) stops them all too, and `make run` exits with an
+# error; a server killed later (to watch a failover) is reported and the rest runs on.
+run: build cluster
+
+START_GRACE ?= 3
+
+# `make run` without the build (BIN names the directory of the binaries).
+cluster:
 	@mkdir -p $(RUN_DIR)
 	@cd $(RUN_DIR) && trap 'trap - INT TERM EXIT; kill 0 2>/dev/null' INT TERM EXIT; \
-	( $(BIN)/dsm-master --listen $(PRIMARY) --backup $(BACKUP) --wal kv_store.log 2>&1 | sed -u 's/^/[master] /' ) & \
-	( $(BIN)/dsm-backup --listen $(BACKUP) --primary $(PRIMARY) --follow kv_store.log --wal backup_kv_store.log 2>&1 | sed -u 's/^/[backup] /' ) & \
+	trap 'echo "[make] a server could not start (see $(RUN_DIR)/*.out); stopping the cluster" >&2; exit 1' USR1; \
+	top=$$$$; \
+	supervise() { name=$$1; shift; t0=$$(date +%s); "$$@" 2>&1; rc=$$?; \
+	  if [ $$(( $$(date +%s) - t0 )) -lt $(START_GRACE) ]; then kill -USR1 $$top; \
+	  else echo "[make] $$name exited (status $$rc); the rest of the cluster runs on"; fi; }; \
+	supervise master $(BIN)/dsm-master --listen $(PRIMARY) --backup $(BACKUP) --wal kv_store.log | tee master.out | sed -u 's/^/[master] /' & \
+	supervise backup $(BIN)/dsm-backup --listen $(BACKUP) --primary $(PRIMARY) --follow kv_store.log --wal backup_kv_store.log | tee backup.out | sed -u 's/^/[backup] /' & \
 	for i in $$(seq 1 $(SLAVES)); do \
-	  ( $(BIN)/dsm-slave --id slave-$$i --master $(PRIMARY) --backup $(BACKUP) 2>&1 | sed -u "s/^/[slave-$$i] /" ) & \
+	  supervise slave-$$i $(BIN)/dsm-slave --id slave-$$i --master $(PRIMARY) --backup $(BACKUP) | tee slave-$$i.out | sed -u "s/^/[slave-$$i] /" & \
 	done; \
-	echo "[make] cluster starting; talk to it with 'make client' or a TCP line client on $(PRIMARY); Ctrl-C stops it"; \
+	echo "[make] cluster starting; talk to it with 'make client' or 'nc 127.0.0.1 12345' (apt-get install netcat-openbsd); Ctrl-C stops it"; \
 	wait
 
 # An interactive client of the cluster started by `make run`.

@@ -26,7 +26,11 @@ pub fn init(level: Level) {
         Level::Debug => LevelFilter::Debug,
     };
     let config = ConfigBuilder::new()
-        .set_time_format_rfc3339()
+        // Always six digits of fraction: RFC 3339 as simplelog writes it drops trailing zeros,
+        // so lines would not line up.
+        .set_time_format_custom(simplelog::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+        ))
         .set_thread_level(LevelFilter::Off)
         .set_target_level(LevelFilter::Off)
         .build();

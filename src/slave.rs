@@ -110,6 +110,12 @@ pub fn run(config: Config) -> ! {
                     lost_early = !registered;
                     break;
                 }
+                End::Unreachable(why) if why.contains("already connected") => {
+                    // Another slave runs with this id: an operator's mistake, and it will not
+                    // go away by itself.
+                    log::error!("master {addr} refused this slave: {why}");
+                    which = (which + 1) % servers.len();
+                }
                 End::Unreachable(why) => {
                     log::info!("master {addr} unavailable: {why}");
                     which = (which + 1) % servers.len();
@@ -143,6 +149,8 @@ impl Node {
     fn session(&mut self, addr: &str) -> End {
         let (stream, mut reader) = match self.register(addr) {
             Ok(s) => s,
+            // The message alone: the log line says it was unreachable.
+            Err(Error::Unavailable(why)) => return End::Unreachable(why),
             Err(e) => return End::Unreachable(e.to_string()),
         };
         log::info!(

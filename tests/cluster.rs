@@ -225,3 +225,51 @@ fn a_server_that_exits_before_listening_is_reported_with_its_output() {
     assert!(err.contains("exited with"), "{err}");
     assert!(err.contains("cannot listen on"), "the error quotes the server's own reason: {err}");
 }
+
+#[test]
+fn a_second_slave_with_a_connected_id_is_refused_and_backs_off() {
+    let mut c = TestCluster::start(1);
+    let args = ["--id", "s1", "--master", &c.addr(), "--backup", "none"].map(String::from).to_vec();
+    let _twin =
+        dsm::cluster::Node::start("s1-twin", &common::bin("dsm-slave"), args, c.dir.path(), false, false)
+            .unwrap();
+    let read =
+        |name: &str| std::fs::read_to_string(c.dir.path().join(format!("{name}.out"))).unwrap_or_default();
+    // Refused again and again with a clear reason, while the first keeps its connection.
+    wait_for("the twin to be refused three times", READY, || {
+        read("s1-twin").matches("already connected").count() >= 3
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", read("s1-twin")));
+    let master = read("master");
+    assert_eq!(master.matches("slave s1 registered").count(), 1, "the first s1 was replaced:\n{master}");
+    assert!(master.contains("give every slave its own --id"), "{master}");
+    assert_eq!(stat(&c.addr(), "slave.s1.state").as_deref(), Some("up"));
+    // Backing off, not fighting: a few refusals, not thousands.
+    let refusals = read("s1-twin").matches("already connected").count();
+    assert!(refusals < 50, "{refusals} refusals: the twin does not back off");
+    // Once the first is gone for good, the id is free for the other.
+    c.slaves[0].kill();
+    wait_for("the twin to take the id over", READY, || {
+        read("master").matches("slave s1 registered").count() == 2
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", read("master")));
+    c.wait_slaves(1);
+}
+
+#[test]
+fn slave_stats_count_live_keys_and_client_requests_only() {
+    let c = TestCluster::start(1);
+    let mut r = c.raw();
+    assert!(r.ask("WRITE only v").starts_with("OK "));
+    for _ in 0..5 {
+        assert!(r.ask("READ only").ends_with(" v"));
+    }
+    // With one slave, every read and write went to it: exactly 6, though heartbeats have been
+    // sent all along (ten a second).
+    assert_eq!(stat(&c.addr(), "slave.s1.requests").as_deref(), Some("6"));
+    assert_eq!(stat(&c.addr(), "slave.s1.keys").as_deref(), Some("1"));
+    assert!(r.ask("DELETE only").starts_with("OK "));
+    // A tombstone is not a key, for the slave as for the master.
+    assert_eq!(stat(&c.addr(), "keys").as_deref(), Some("0"));
+    assert_eq!(stat(&c.addr(), "slave.s1.keys").as_deref(), Some("0"));
+}

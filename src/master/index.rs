@@ -119,10 +119,11 @@ impl Index {
         self.map.values().filter(|s| s.committed.1.is_some()).count()
     }
 
-    /// How many keys each slot holds (for STATS).
+    /// How many keys with a value each slot holds (for STATS; tombstones excluded, as in
+    /// [`Index::live_keys`]).
     pub fn keys_per_slot(&self) -> [u64; 64] {
         let mut counts = [0u64; 64];
-        for s in self.map.values() {
+        for s in self.map.values().filter(|s| s.committed.1.is_some()) {
             let mut h = s.holders;
             while h != 0 {
                 let slot = h.trailing_zeros() as usize;

@@ -67,6 +67,11 @@ impl Members {
         Some(slot)
     }
 
+    /// The member's live connection, if any.
+    pub fn link(&self, slot: usize) -> Option<&Arc<Link>> {
+        self.slots.get(slot)?.as_ref()?.link.as_ref()
+    }
+
     /// Attaches a live connection to a member; returns the one it replaces.
     pub fn attach(&mut self, slot: usize, link: Arc<Link>) -> Option<Arc<Link>> {
         self.slots.get_mut(slot)?.as_mut()?.link.replace(link)

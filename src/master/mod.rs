@@ -261,8 +261,12 @@ pub struct Master {
 }
 
 impl Master {
-    /// Replays the log, starts a new epoch, and binds the listening socket.
+    /// Binds the listening socket, replays the log and starts a new epoch.
     pub fn bind(config: Config) -> Result<Master> {
+        // Listen first: a second master started by mistake on a taken port must stop before
+        // it opens (and may truncate the torn tail of) a log another master is writing.
+        let listener = TcpListener::bind(&config.listen)
+            .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.listen)))?;
         let mut index = Index::new();
         let mut members = Members::new();
         let mut epoch = 0;
@@ -296,8 +300,6 @@ impl Master {
         );
         // Everything the log holds was (re)sent to the slaves under its last epoch.
         index.restamp(epoch);
-        let listener = TcpListener::bind(&config.listen)
-            .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.listen)))?;
         if let Ok(addr) = listener.local_addr() {
             crate::auth::warn_if_exposed(addr, config.secret.is_some());
         }

@@ -171,7 +171,7 @@ fn write(shared: &Arc<Shared>, key: String, value: Value, client: Option<&Arc<Cl
     let client = client.filter(|_| shared.inflight.load(Ordering::Relaxed) <= EARLY_ANSWER_MAX_INFLIGHT);
     let finish = client.map(|client| finish_write(shared, client, key.clone(), stamp, value.clone()));
     let quorum = Arc::new(Quorum::with_finish(need, finish));
-    let result = replicate(shared, links, &quorum, epoch, &command, deadline);
+    let result = replicate(shared, links, &quorum, epoch, &command, deadline, true);
     if client.is_some() && quorum.take_finish().is_none() {
         // A slave reader completed the quorum, committed the write and answered the client.
         return answered_by_reader(shared, &quorum, client?, seq);
@@ -287,6 +287,7 @@ fn replicate(
     epoch: u64,
     command: &Command,
     deadline: Instant,
+    for_client: bool,
 ) -> Replicated {
     let need = quorum.need();
     candidates.shuffle(&mut rand::thread_rng());
@@ -305,6 +306,9 @@ fn replicate(
             while acks + outstanding.len() < need && next < candidates.len() {
                 let rid = shared.rid();
                 if candidates[next].send_counted(rid, &body, tx, quorum) {
+                    if for_client {
+                        candidates[next].requests.fetch_add(1, Ordering::Relaxed);
+                    }
                     outstanding.push((next, rid, Instant::now() + ack_timeout));
                 }
                 next += 1;
@@ -401,6 +405,7 @@ fn read(shared: &Arc<Shared>, key: &str) -> Reply {
             if !link.send(rid, epoch, &command, Some(tx)) {
                 return None;
             }
+            link.requests.fetch_add(1, Ordering::Relaxed);
             let deadline = Instant::now() + shared.config.ack_timeout;
             Some(loop {
                 match recv_parked(rx, deadline) {
@@ -601,7 +606,7 @@ fn repair_timed_out(shared: &Arc<Shared>, links: &[Arc<Link>], need: usize) {
         };
         let deadline = Instant::now() + shared.config.ack_timeout * WRITE_DEADLINE_ACK_TIMEOUTS;
         let quorum = Arc::new(Quorum::new(need));
-        match replicate(shared, links.to_vec(), &quorum, shared.epoch(), &command, deadline) {
+        match replicate(shared, links.to_vec(), &quorum, shared.epoch(), &command, deadline, false) {
             Replicated::Quorum(acked) => {
                 if shared.index.lock().commit(&key, stamp, value, acked) {
                     log::info!("repair completed the write of '{key}' at version {}", stamp.seq);
@@ -639,7 +644,7 @@ fn repair_under_replicated(shared: &Arc<Shared>, links: &[Arc<Link>], need: usiz
         let have = (state.holders & live_mask).count_ones() as usize;
         let deadline = Instant::now() + shared.config.ack_timeout;
         let quorum = Arc::new(Quorum::new(need - have));
-        match replicate(shared, missing, &quorum, epoch, &command, deadline) {
+        match replicate(shared, missing, &quorum, epoch, &command, deadline, false) {
             Replicated::Quorum(acked) | Replicated::Short(acked) => {
                 shared.index.lock().add_holders(&key, stamp, acked);
             }

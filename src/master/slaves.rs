@@ -51,6 +51,22 @@ pub fn serve_slave(shared: &Arc<Shared>, stream: TcpStream, mut reader: LineRead
                 slot
             }
         };
+        // Two slaves given the same id would each replace the other's connection for ever:
+        // while the member's connection is alive and answering, a second one is refused.
+        if let Some(old) = members.link(slot).filter(|l| l.is_alive()) {
+            let silent_us = shared.now_us().saturating_sub(old.last_heard_us.load(Ordering::Acquire));
+            let limit_us = (shared.config.heartbeat * HEARTBEAT_MISSES).as_micros() as u64;
+            if silent_us <= limit_us {
+                let why = format!(
+                    "slave id {} is already connected from {} (heard {} ms ago); give every slave its own --id",
+                    hello.id,
+                    old.peer,
+                    silent_us / 1000
+                );
+                drop(members);
+                return refuse(why);
+            }
+        }
         let Ok(write_half) = stream.try_clone() else {
             return;
         };
@@ -130,6 +146,9 @@ fn read_replies(shared: &Shared, link: &Link, reader: &mut LineReader<TcpStream>
 
 /// Starts copying every committed key to `link` on a thread of its own.
 pub fn start_catch_up(shared: &Arc<Shared>, link: &Arc<Link>) {
+    if !link.claim_catch_up() {
+        return;
+    }
     let sync_shared = Arc::clone(shared);
     let sync_link = Arc::clone(link);
     let _ = std::thread::Builder::new()
