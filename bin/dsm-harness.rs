@@ -88,9 +88,10 @@ struct RunArgs {
     /// Seed of the request mix (default: from the clock; written to summary.json).
     #[arg(long)]
     seed: Option<u64>,
-    /// Output directory.
-    #[arg(long, default_value = "results")]
-    out: PathBuf,
+    /// Output directory. The default is a fresh directory under target/harness/, so a run
+    /// never overwrites the committed results/ by accident; `make results` names results/.
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Replace the files of an earlier run in --out (otherwise the run is refused).
     #[arg(long)]
     overwrite: bool,
@@ -136,6 +137,14 @@ struct RunArgs {
     sweep_clients: Option<String>,
 }
 
+/// A new directory name under `target/harness/` for a run given no `--out`.
+fn fresh_out_dir() -> PathBuf {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let dir = PathBuf::from("target").join("harness").join(format!("run-{secs}-{}", std::process::id()));
+    eprintln!("no --out given: writing into {}", dir.display());
+    dir
+}
+
 impl RunArgs {
     fn config(&self) -> RunConfig {
         RunConfig {
@@ -149,7 +158,7 @@ impl RunArgs {
             think: Duration::from_millis(self.think_ms),
             value_size: self.value_size,
             seed: self.seed,
-            out: self.out.clone(),
+            out: self.out.clone().unwrap_or_else(fresh_out_dir),
             overwrite: self.overwrite,
             quiet: self.quiet,
             master: self.master.clone(),

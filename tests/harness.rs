@@ -334,3 +334,31 @@ fn the_cli_names_a_bad_flag_and_plots_on_request() {
     assert!(stdout.contains("failover_timeline.png: skipped"), "{stdout}");
     assert_eq!(png_size(&dir.path().join("load_distribution.png")), PLOT_SIZE);
 }
+
+#[test]
+fn a_run_without_out_writes_under_target_not_into_results() {
+    let exe = env!("CARGO_BIN_EXE_dsm-harness");
+    let cwd = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(exe)
+        .current_dir(cwd.path())
+        .args([
+            "--slaves",
+            "1",
+            "--clients",
+            "1",
+            "--warmup",
+            "0",
+            "--duration",
+            "1",
+            "--no-backup",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!cwd.path().join("results").exists(), "wrote into results/");
+    let runs: Vec<_> = fs::read_dir(cwd.path().join("target/harness")).unwrap().flatten().collect();
+    assert_eq!(runs.len(), 1);
+    assert!(runs[0].path().join("metrics.csv").exists());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no --out given: writing into target/harness/run-"));
+}
