@@ -117,6 +117,10 @@ struct RunArgs {
     /// Kill slave s1 (SIGKILL) S seconds after the warm-up.
     #[arg(long, value_name = "S")]
     kill_slave_at: Option<f64>,
+    /// Start the killed primary again S seconds after the warm-up: it fails back from the
+    /// backup. The takeover and the failback are marked in events.csv and the plot.
+    #[arg(long, value_name = "S")]
+    restart_primary_at: Option<f64>,
     /// A request's deadline, in ms; a later reply is an error.
     #[arg(long, default_value_t = config::DEFAULT_REQUEST_TIMEOUT_MS)]
     request_timeout_ms: u64,
@@ -167,6 +171,7 @@ impl RunArgs {
             rate: self.rate,
             kill_primary_at: self.kill_primary_at,
             kill_slave_at: self.kill_slave_at,
+            restart_primary_at: self.restart_primary_at,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             fsync: self.fsync.clone(),
             echo: self.echo_servers,

@@ -19,6 +19,7 @@ RESULTS_DURATION ?= 20
 RESULTS_SEED     ?= 1
 FAILOVER_DURATION ?= 30
 FAILOVER_KILL_AT  ?= 10
+FAILOVER_RESTART_AT ?= 20
 
 HARNESS_COMMON = --warmup $(RESULTS_WARMUP) --seed $(RESULTS_SEED) --overwrite --keep-logs
 HARNESS_FULL   = $(HARNESS_COMMON) --duration $(RESULTS_DURATION) --think-ms 0
@@ -44,7 +45,7 @@ results: harness-build
 	$(HARNESS) $(HARNESS_FULL) --sweep-clients 1,2,5,10,20,50 --out $(RESULTS)
 	$(HARNESS) $(HARNESS_FULL) --slaves 5 --out $(RESULTS)/load_distribution
 	$(HARNESS) $(HARNESS_COMMON) --duration $(FAILOVER_DURATION) \
-		--kill-primary-at $(FAILOVER_KILL_AT) --out $(RESULTS)/failover
+		--kill-primary-at $(FAILOVER_KILL_AT) --restart-primary-at $(FAILOVER_RESTART_AT) --out $(RESULTS)/failover
 	$(HARNESS) plot --out $(RESULTS)
 	@echo "load average at end: $$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)" >> $(RESULTS)/machine.txt
 	@echo "finished: $$(date -u '+%Y-%m-%d %H:%M:%S UTC')" >> $(RESULTS)/machine.txt

@@ -318,6 +318,18 @@ pub fn plot_sweep(csv: &Path, axis: SweepAxis, dir: &Path) -> Result<Vec<PathBuf
                 points: col("throughput_rps")?,
                 dashed: false,
             },
+            Series {
+                label: "reads/s".into(),
+                color: C_P50,
+                points: successes_per_row(&t, &xs, "read", Some("duration_s"))?,
+                dashed: false,
+            },
+            Series {
+                label: "writes/s".into(),
+                color: C_P99,
+                points: successes_per_row(&t, &xs, "write", Some("duration_s"))?,
+                dashed: false,
+            },
             Series { label: "errors/s".into(), color: C_ERR, points: col("error_rps")?, dashed: true },
         ],
     )];
@@ -452,6 +464,33 @@ pub fn plot_load_distribution(slaves_csv: &Path, png: &Path) -> Result<()> {
     })
 }
 
+/// The colours of the event markers of the failover plot, in the order the events happened.
+const EVENT_COLORS: [RGBColor; 4] =
+    [BLACK, RGBColor(0, 114, 178), RGBColor(150, 150, 150), RGBColor(0, 158, 115)];
+
+/// Successful `op`s (`read` or `write`) of each row, per second: its `<op>_count` less its
+/// `<op>_error_count`, over `seconds` (the row's `duration_s` when given, else one second).
+fn successes_per_row(
+    t: &Table,
+    xs: &[f64],
+    op: &str,
+    seconds: Option<&str>,
+) -> Result<Vec<(f64, Option<f64>)>> {
+    let count = t.numbers(&format!("{op}_count"))?;
+    let errors = t.numbers(&format!("{op}_error_count"))?;
+    let secs = match seconds {
+        Some(col) => t.numbers(col)?,
+        None => vec![Some(1.0); count.len()],
+    };
+    Ok(xs
+        .iter()
+        .zip(count.into_iter().zip(errors).zip(secs))
+        .map(|(&x, ((c, e), d))| {
+            (x, c.zip(d).filter(|&(_, d)| d > 0.0).map(|(c, d)| (c - e.unwrap_or(0.0)) / d))
+        })
+        .collect())
+}
+
 /// Draws `failover_timeline.png` from a run's `metrics.csv` and `events.csv`: successful
 /// requests and errors per second, with each injected fault marked.
 pub fn plot_failover(metrics_csv: &Path, events_csv: Option<&Path>, png: &Path) -> Result<()> {
@@ -462,6 +501,8 @@ pub fn plot_failover(metrics_csv: &Path, events_csv: Option<&Path>, png: &Path) 
     }
     let xs: Vec<f64> = t.numbers("elapsed_s")?.into_iter().map(|x| x.unwrap_or(0.0)).collect();
     let ok: Vec<(f64, Option<f64>)> = xs.iter().copied().zip(t.numbers("throughput_rps")?).collect();
+    let reads = successes_per_row(&t, &xs, "read", None)?;
+    let writes = successes_per_row(&t, &xs, "write", None)?;
     let errs: Vec<(f64, Option<f64>)> = xs.iter().copied().zip(t.numbers("error_count")?).collect();
     let events: Vec<(f64, String)> = match events_csv.filter(|p| p.exists()) {
         Some(p) => {
@@ -477,18 +518,24 @@ pub fn plot_failover(metrics_csv: &Path, events_csv: Option<&Path>, png: &Path) 
     let x_max = xs.iter().copied().fold(0.0_f64, f64::max) + 1.0;
     draw_png(png, |root| {
         let root = root.margin(TITLE_MARGIN, 0, 0, 0).titled(
-            "Failover timeline: requests per second across a kill of the primary",
+            "Failover timeline: requests per second across a kill of the primary and its return",
             (FAMILY, TITLE_SIZE),
         )?;
         let (top, bottom) = root.split_vertically(PLOT_SIZE.1 * 55 / 100);
         let panels = [
-            (&top, "successful requests per second", &ok, C_MEAN, "successes/s"),
-            (&bottom, "errors per second", &errs, C_ERR, "errors/s"),
+            (
+                &top,
+                "successful requests per second",
+                vec![("successes/s", &ok, C_MEAN), ("reads/s", &reads, C_P50), ("writes/s", &writes, C_P99)],
+            ),
+            (&bottom, "errors per second", vec![("errors/s", &errs, C_ERR)]),
         ];
-        for (i, (area, y_desc, points, color, label)) in panels.into_iter().enumerate() {
+        for (i, (area, y_desc, lines)) in panels.into_iter().enumerate() {
             // More headroom than elsewhere: the legend sits above the data, where it cannot
             // hide the drop at the kill.
-            let y_max = (max_of(points.iter().map(|p| &p.1)) * LEGEND_HEADROOM).max(1.0);
+            let y_max = (max_of(lines.iter().flat_map(|(_, points, _)| points.iter().map(|p| &p.1)))
+                * LEGEND_HEADROOM)
+                .max(1.0);
             let mut chart = ChartBuilder::on(area)
                 .margin(15)
                 .x_label_area_size(if i == 1 { 55 } else { 30 })
@@ -498,21 +545,26 @@ pub fn plot_failover(metrics_csv: &Path, events_csv: Option<&Path>, png: &Path) 
                 .x_desc(if i == 1 { "seconds since the end of the warm-up" } else { "" })
                 .x_label_formatter(&format_tick)
                 .draw()?;
-            // Each second's count is drawn at the middle of its second.
-            let shifted = points.iter().map(|(x, y)| (x + 0.5, *y)).collect();
-            let series = Series { label: label.into(), color, points: shifted, dashed: false };
-            draw_line(&mut chart, &series, 3)?;
-            for (at, what) in &events {
+            for (label, points, color) in lines {
+                // Each second's count is drawn at the middle of its second.
+                let shifted = points.iter().map(|(x, y)| (x + 0.5, *y)).collect();
+                let series = Series { label: label.into(), color, points: shifted, dashed: false };
+                draw_line(&mut chart, &series, 3)?;
+            }
+            for (k, (at, what)) in events.iter().enumerate() {
+                // The kill, the takeover, the restart and the failback each in a colour.
+                let color = EVENT_COLORS[k % EVENT_COLORS.len()];
                 let s = chart.draw_series(DashedLineSeries::new(
                     vec![(*at, 0.0), (*at, y_max)],
                     8,
                     6,
-                    BLACK.stroke_width(2),
+                    color.stroke_width(2),
                 ))?;
                 if i == 0 {
                     let what = what.clone();
-                    s.label(format!("{what} at {at:.1} s"))
-                        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], BLACK.stroke_width(2)));
+                    s.label(format!("{what} at {at:.1} s")).legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2))
+                    });
                 }
             }
             draw_legend(&mut chart, SeriesLabelPosition::UpperRight, LABEL_SIZE - 2)?;

@@ -40,6 +40,11 @@ pub const MASTER_SILENCE_TIMEOUT: Duration = Duration::from_millis(1000);
 /// again at once after it ends. A shorter one counts as a failed connection and backs off.
 pub const STABLE_SESSION: Duration = Duration::from_secs(1);
 
+/// The longest pause after sessions that keep ending at once. Short, because a failback
+/// ends a session that began moments before (the backup took over, then hands off), and the
+/// new primary waits for its slaves: a long pause would outlast the backup's patience.
+pub const SHORT_SESSION_BACKOFF_MAX: Duration = Duration::from_millis(200);
+
 /// A slave's configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -92,22 +97,19 @@ enum End {
 pub fn run(config: Config) -> ! {
     let mut node = Node { config, store: Store::new(), epoch: 0, lease: None };
     let mut backoff = BACKOFF_INITIAL;
+    let mut short_backoff = BACKOFF_INITIAL;
     let mut servers = vec![node.config.master.clone()];
     servers.extend(node.config.backup.clone());
     let mut which = 0;
     loop {
-        let mut registered = false;
-        let mut lost_early = false;
+        let mut lost = None;
         for _ in 0..servers.len() {
             let addr = servers[which].clone();
             let started = Instant::now();
             match node.session(&addr) {
                 End::Lost(why) => {
                     log::warn!("lost master {addr}: {why}");
-                    // A session that ends as soon as it began is a fault that reconnecting at
-                    // once would only repeat: back off as after a failed connection.
-                    registered = started.elapsed() >= STABLE_SESSION;
-                    lost_early = !registered;
+                    lost = Some(started.elapsed());
                     break;
                 }
                 End::Unreachable(why) if why.contains("already connected") => {
@@ -122,20 +124,30 @@ pub fn run(config: Config) -> ! {
                 }
             }
         }
-        if registered {
-            backoff = BACKOFF_INITIAL;
-            // Try the same server first again: a broken connection is often brief, and a
-            // superseded primary answers NOTPRIMARY quickly.
-            continue;
+        match lost {
+            Some(lasted) if lasted >= STABLE_SESSION => {
+                backoff = BACKOFF_INITIAL;
+                short_backoff = BACKOFF_INITIAL;
+                // Try the same server first again: a broken connection is often brief, and a
+                // superseded primary answers NOTPRIMARY quickly.
+            }
+            Some(_) => {
+                // A session that ended as soon as it began: a fault that reconnecting at once
+                // could repeat for ever, or a master handing off right after a takeover. A
+                // short pause, growing to a small cap, serves both.
+                backoff = BACKOFF_INITIAL;
+                let pause = jitter(short_backoff);
+                log::info!("the session ended at once; retrying in {} ms", pause.as_millis());
+                thread::sleep(pause);
+                short_backoff = (short_backoff * 2).min(SHORT_SESSION_BACKOFF_MAX);
+            }
+            None => {
+                let pause = jitter(backoff);
+                log::info!("no master reachable; retrying in {} ms", pause.as_millis());
+                thread::sleep(pause);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
         }
-        let pause = jitter(backoff);
-        if lost_early {
-            log::info!("the session ended at once; retrying in {} ms", pause.as_millis());
-        } else {
-            log::info!("no master reachable; retrying in {} ms", pause.as_millis());
-        }
-        thread::sleep(pause);
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 

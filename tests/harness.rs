@@ -205,6 +205,40 @@ fn killing_the_primary_without_a_backup_ends_the_successes() {
 }
 
 #[test]
+fn a_failover_run_marks_the_kill_the_takeover_the_restart_and_the_failback() {
+    if !dsm::cluster::Cluster::has_backup_binary() {
+        println!("SKIPPED: dsm-backup is not built");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RunConfig {
+        kill_primary_at: Some(1.0),
+        restart_primary_at: Some(4.0),
+        duration_s: 12,
+        no_backup: false,
+        ..short_run(dir.path())
+    };
+    let report = harness::run(&cfg).unwrap();
+    let whats: Vec<&str> = report.events.iter().map(|e| e.what.as_str()).collect();
+    let position = |needle: &str| {
+        whats.iter().position(|w| w.contains(needle)).unwrap_or_else(|| panic!("no '{needle}' in {whats:?}"))
+    };
+    // In the order they happened.
+    let (kill, takeover, restart, back) = (
+        position("killed primary"),
+        position("took over"),
+        position("restarted primary"),
+        position("took back"),
+    );
+    assert!(kill < takeover && takeover < restart && restart < back, "{whats:?}");
+    let e = Table::read(&dir.path().join("events.csv")).unwrap();
+    assert_eq!(e.len(), whats.len());
+    let t = Table::read(&dir.path().join("metrics.csv")).unwrap();
+    assert_counts_add_up(&t);
+    assert!(int(&t, "success_count").last().copied().unwrap_or(0) > 0, "serving again at the end");
+}
+
+#[test]
 fn open_loop_sends_on_its_schedule_and_no_more() {
     let dir = tempfile::tempdir().unwrap();
     let rate = 200.0;

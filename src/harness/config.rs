@@ -80,6 +80,9 @@ pub struct RunConfig {
     pub kill_primary_at: Option<f64>,
     /// Kill slave `s1` (SIGKILL) this many seconds after the end of the warm-up.
     pub kill_slave_at: Option<f64>,
+    /// Start the killed primary again this many seconds after the end of the warm-up (it then
+    /// fails back from the backup).
+    pub restart_primary_at: Option<f64>,
     /// A request's deadline.
     pub request_timeout: Duration,
     /// `--fsync` for the master we start, if not its default.
@@ -112,6 +115,7 @@ impl Default for RunConfig {
             rate: None,
             kill_primary_at: None,
             kill_slave_at: None,
+            restart_primary_at: None,
             request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
             fsync: None,
             echo: false,
@@ -175,9 +179,20 @@ impl RunConfig {
         if self.backup.is_some() && self.master.is_none() {
             return bad("--backup needs --master (an existing cluster)".into());
         }
-        for (flag, at) in
-            [("--kill-primary-at", self.kill_primary_at), ("--kill-slave-at", self.kill_slave_at)]
-        {
+        match (self.kill_primary_at, self.restart_primary_at) {
+            (None, Some(_)) => return bad("--restart-primary-at needs --kill-primary-at".into()),
+            (Some(kill), Some(restart)) if restart <= kill => {
+                return bad(format!(
+                    "--restart-primary-at {restart} must come after --kill-primary-at {kill}"
+                ))
+            }
+            _ => {}
+        }
+        for (flag, at) in [
+            ("--kill-primary-at", self.kill_primary_at),
+            ("--kill-slave-at", self.kill_slave_at),
+            ("--restart-primary-at", self.restart_primary_at),
+        ] {
             let Some(at) = at else { continue };
             if !self.owns_cluster() {
                 return bad(format!("{flag} needs a cluster the harness starts (not --master)"));

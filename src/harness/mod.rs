@@ -558,6 +558,10 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport> {
     if let Some(at) = cfg.kill_slave_at {
         faults.push((at, "slave"));
     }
+    if let Some(at) = cfg.restart_primary_at {
+        faults.push((at, "restart-primary"));
+    }
+    let mut roles = RoleWatch::default();
     faults.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut events = Vec::new();
     let drain = |timeline: &mut Timeline, rx: &Receiver<Bucket>| {
@@ -604,6 +608,10 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport> {
                     events.push(FaultEvent { at_s, what });
                     continue;
                 }
+            }
+            if let Some(c) = target.cluster.as_ref().filter(|_| cfg.kill_primary_at.is_some()) {
+                let at_s = (now - start).as_secs_f64() - cfg.warmup_s as f64;
+                events.extend(roles.poll(c, at_s));
             }
             if now >= tick {
                 break;
@@ -657,12 +665,55 @@ fn inject(cluster: Option<&mut Cluster>, what: &str) -> Result<String> {
             c.master.kill();
             format!("killed primary {}", c.master_addr())
         }
+        "restart-primary" => {
+            c.master.restart()?;
+            format!("restarted primary {}", c.master_addr())
+        }
         _ => {
             let s = c.slaves.first_mut().ok_or_else(|| Error::Config("no slave to kill".into()))?;
             s.kill();
             format!("killed slave {} ({})", Cluster::slave_id(0), s.name)
         }
     })
+}
+
+/// How often the run asks both masters for their role once a fault changed the primary, so
+/// the takeover and the failback are marked within about this much of when they happened.
+const ROLE_POLL: Duration = Duration::from_millis(100);
+
+/// Watches the roles of the two masters of a cluster the harness started, and turns their
+/// changes into events: the backup taking over, the primary taking back.
+#[derive(Default)]
+struct RoleWatch {
+    last_poll: Option<Instant>,
+    /// Which master served at the last poll: `Some(true)` the primary, `Some(false)` the backup.
+    serving_primary: Option<bool>,
+}
+
+impl RoleWatch {
+    fn poll(&mut self, c: &Cluster, at_s: f64) -> Option<FaultEvent> {
+        let backup = c.backup_addr()?;
+        if self.last_poll.is_some_and(|t| t.elapsed() < ROLE_POLL) {
+            return None;
+        }
+        self.last_poll = Some(Instant::now());
+        let serves = |addr: &str| crate::cluster::stat(addr, "role").as_deref() == Some("primary");
+        let now = if serves(c.master_addr()) {
+            true
+        } else if serves(backup) {
+            false
+        } else {
+            return None;
+        };
+        let before = self.serving_primary.replace(now);
+        match (before, now) {
+            (Some(true), false) => Some(FaultEvent { at_s, what: format!("backup {backup} took over") }),
+            (Some(false), true) => {
+                Some(FaultEvent { at_s, what: format!("primary {} took back", c.master_addr()) })
+            }
+            _ => None,
+        }
+    }
 }
 
 fn build_report(

@@ -322,7 +322,21 @@ impl FailoverCluster {
         wait_for(&format!("{addr} to be {role} with {slaves} slaves"), READY, || {
             stat("role").as_deref() == Some(role) && stat("slaves") == Some(slaves.to_string())
         })
-        .unwrap_or_else(|e| panic!("{e}: role={:?} slaves={:?}", stat("role"), stat("slaves")));
+        .unwrap_or_else(|e| {
+            panic!("{e}: role={:?} slaves={:?}\n{}", stat("role"), stat("slaves"), self.output_tails(40))
+        });
+    }
+
+    /// The last `n` lines of every node's output, for a failure message.
+    pub fn output_tails(&self, n: usize) -> String {
+        let mut out = String::new();
+        for name in ["primary", "backup", "s1", "s2", "s3"] {
+            let text =
+                std::fs::read_to_string(self.dir.path().join(format!("{name}.out"))).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- {name}.out\n{}\n", lines[lines.len().saturating_sub(n)..].join("\n")));
+        }
+        out
     }
 
     /// A client of both masters, primary first, with the password if there is one.
