@@ -144,6 +144,8 @@ const C_P50: RGBColor = RGBColor(44, 160, 44);
 const C_P99: RGBColor = RGBColor(214, 39, 40);
 const C_ERR: RGBColor = RGBColor(214, 39, 40);
 const C_KEYS: RGBColor = RGBColor(255, 127, 14);
+const C_READS: RGBColor = RGBColor(44, 160, 44);
+const C_WRITES: RGBColor = RGBColor(148, 103, 189);
 const C_GRID: RGBColor = RGBColor(225, 225, 225);
 
 fn max_of<'a>(values: impl Iterator<Item = &'a Option<f64>>) -> f64 {
@@ -320,13 +322,13 @@ pub fn plot_sweep(csv: &Path, axis: SweepAxis, dir: &Path) -> Result<Vec<PathBuf
             },
             Series {
                 label: "reads/s".into(),
-                color: C_P50,
+                color: C_READS,
                 points: successes_per_row(&t, &xs, "read", Some("duration_s"))?,
                 dashed: false,
             },
             Series {
                 label: "writes/s".into(),
-                color: C_P99,
+                color: C_WRITES,
                 points: successes_per_row(&t, &xs, "write", Some("duration_s"))?,
                 dashed: false,
             },
@@ -526,7 +528,11 @@ pub fn plot_failover(metrics_csv: &Path, events_csv: Option<&Path>, png: &Path) 
             (
                 &top,
                 "successful requests per second",
-                vec![("successes/s", &ok, C_MEAN), ("reads/s", &reads, C_P50), ("writes/s", &writes, C_P99)],
+                vec![
+                    ("successes/s", &ok, C_MEAN),
+                    ("reads/s", &reads, C_READS),
+                    ("writes/s", &writes, C_WRITES),
+                ],
             ),
             (&bottom, "errors per second", vec![("errors/s", &errs, C_ERR)]),
         ];

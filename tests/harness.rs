@@ -257,17 +257,17 @@ fn open_loop_sends_on_its_schedule_and_no_more() {
 }
 
 const BY_SLAVES: &str = "\
-slave_count,client_count,throughput_rps,error_rps,read_latency_us,read_p50_us,read_p99_us,write_latency_us,write_p50_us,write_p99_us
-1,5,29000.5,0,168.5,149,478,177.7,157,480
-3,5,20748,0,221.3,198,602,283.5,258,720
-5,5,17849.3,1.5,264.6,253,626,312.5,297,770
+slave_count,client_count,duration_s,throughput_rps,error_rps,read_count,read_error_count,write_count,write_error_count,read_latency_us,read_p50_us,read_p99_us,write_latency_us,write_p50_us,write_p99_us
+1,5,20,29000.5,0,406010,0,174000,0,168.5,149,478,177.7,157,480
+3,5,20,20748,0,290472,0,124488,0,221.3,198,602,283.5,258,720
+5,5,20,17849.3,1.5,249910,20,107100,10,264.6,253,626,312.5,297,770
 ";
 
 const BY_CLIENTS: &str = "\
-slave_count,client_count,throughput_rps,error_rps,read_latency_us,read_p50_us,read_p99_us,write_latency_us,write_p50_us,write_p99_us
-3,1,14000,0,60,50,110,90,80,200
-3,2,18000,0,90,80,200,130,120,300
-3,50,25000,0,,,,900,700,6000
+slave_count,client_count,duration_s,throughput_rps,error_rps,read_count,read_error_count,write_count,write_error_count,read_latency_us,read_p50_us,read_p99_us,write_latency_us,write_p50_us,write_p99_us
+3,1,20,14000,0,196000,0,84000,0,60,50,110,90,80,200
+3,2,20,18000,0,252000,0,108000,0,90,80,200,130,120,300
+3,50,20,25000,0,,,500000,0,,,,900,700,6000
 ";
 
 const SLAVES: &str = "\
@@ -278,18 +278,21 @@ s3,336,260,18.6
 ";
 
 const FAILOVER: &str = "\
-elapsed_s,throughput_rps,error_count
-0,480,0
-1,485,0
-2,240,70
-3,0,140
-4,310,12
-5,470,0
+elapsed_s,throughput_rps,error_count,read_count,read_error_count,write_count,write_error_count
+0,480,0,336,0,144,0
+1,485,0,340,0,145,0
+2,240,70,200,40,110,30
+3,0,140,98,98,42,42
+4,310,12,225,8,97,4
+5,470,0,329,0,141,0
 ";
 
 const EVENTS: &str = "\
 at_s,event
 2.03,killed primary 127.0.0.1:40000
+3.20,backup 127.0.0.1:40001 took over
+4.10,restarted primary 127.0.0.1:40000
+4.90,primary 127.0.0.1:40000 took back
 ";
 
 /// The width and height in a PNG's IHDR chunk, after checking the signature.
