@@ -42,6 +42,10 @@ use crate::escape;
 use crate::escape::push_u64;
 use crate::protocol::{parse_key, split_word, truncate_for_display};
 
+/// The largest sequence number a peer may report: a quarter of the `u64` range, more than any
+/// log reaches (a million writes a second for 146,000 years), so the rest can never run out.
+pub const MAX_SEQ: u64 = u64::MAX / 4;
+
 /// The longest slave id, in bytes.
 pub const MAX_ID: usize = 64;
 
@@ -184,7 +188,7 @@ impl Hello {
         let fields = fields(line);
         match fields.as_slice() {
             [word, id, epoch, max_seq] if word.eq_ignore_ascii_case(b"SLAVE") => {
-                Ok(Hello { id: parse_slave_id(id)?, epoch: number(epoch)?, max_seq: number(max_seq)? })
+                Ok(Hello { id: parse_slave_id(id)?, epoch: number(epoch)?, max_seq: seq_number(max_seq)? })
             }
             _ => Err("expected: SLAVE <id> <epoch> <max-seq>".to_string()),
         }
@@ -213,16 +217,10 @@ impl Request {
                 let (key, value) = split_word(rest.ok_or("SET needs a key")?);
                 let value = escape::unescape(value.ok_or("SET needs a value")?)
                     .ok_or("SET value is not validly escaped")?;
-                Command::Set {
-                    stamp: Stamp::new(number(data_epoch)?, number(seq)?),
-                    key: parse_key(key)?,
-                    value,
-                }
+                Command::Set { stamp: stamp(data_epoch, seq)?, key: parse_key(key)?, value }
             }
             b"DEL" => match fields(rest.unwrap_or(b"")).as_slice() {
-                [e, s, key] => {
-                    Command::Del { stamp: Stamp::new(number(e)?, number(s)?), key: parse_key(key)? }
-                }
+                [e, s, key] => Command::Del { stamp: stamp(e, s)?, key: parse_key(key)? },
                 _ => return Err("expected: DEL <epoch> <seq> <key>".into()),
             },
             b"GET" => match fields(rest.unwrap_or(b"")).as_slice() {
@@ -330,23 +328,23 @@ impl Reply {
         let (rid, rest) = split_word(line);
         let rid = number(rid)?;
         let (verb, rest) = split_word(rest.ok_or("missing outcome")?);
-        let stamp = |f: &[&[u8]]| -> Result<Stamp, String> {
+        let stamp_fields = |f: &[&[u8]]| -> Result<Stamp, String> {
             match f {
-                [e, s] => Ok(Stamp::new(number(e)?, number(s)?)),
+                [e, s] => stamp(e, s),
                 _ => Err("expected <epoch> <seq>".into()),
             }
         };
         let outcome = match verb {
-            b"OK" => Outcome::Ok(stamp(&fields(rest.unwrap_or(b"")))?),
+            b"OK" => Outcome::Ok(stamp_fields(&fields(rest.unwrap_or(b"")))?),
             b"VALUE" => {
                 let rest = rest.ok_or("VALUE needs a stamp and a value")?;
                 let (e, rest) = split_word(rest);
                 let (s, value) = split_word(rest.ok_or("VALUE needs a seq")?);
                 let value = escape::unescape(value.ok_or("VALUE needs a value")?)
                     .ok_or("VALUE is not validly escaped")?;
-                Outcome::Value(Stamp::new(number(e)?, number(s)?), value)
+                Outcome::Value(stamp(e, s)?, value)
             }
-            b"TOMB" => Outcome::Tomb(stamp(&fields(rest.unwrap_or(b"")))?),
+            b"TOMB" => Outcome::Tomb(stamp_fields(&fields(rest.unwrap_or(b"")))?),
             b"NONE" if rest.is_none() => Outcome::None,
             b"PONG" if rest.is_none() => Outcome::Pong,
             b"FENCED" => Outcome::Fenced(number(rest.unwrap_or(b""))?),
@@ -361,7 +359,7 @@ impl Reply {
                     (b"T", None) => None,
                     _ => return Err("ITEM needs V <value> or T".into()),
                 };
-                Outcome::Item { stamp: Stamp::new(number(e)?, number(s)?), key: parse_key(key)?, value }
+                Outcome::Item { stamp: stamp(e, s)?, key: parse_key(key)?, value }
             }
             b"END" => Outcome::End(number(rest.unwrap_or(b""))?),
             b"ERR" => Outcome::Err(
@@ -383,6 +381,21 @@ fn push_stamp(out: &mut Vec<u8>, stamp: Stamp) {
 
 fn fields(line: &[u8]) -> Vec<&[u8]> {
     line.split(|&b| b == b' ').filter(|f| !f.is_empty()).collect()
+}
+
+/// Parses a stamp's two fields; the seq must be one a master could have handed out.
+fn stamp(epoch: &[u8], seq: &[u8]) -> Result<Stamp, String> {
+    Ok(Stamp::new(number(epoch)?, seq_number(seq)?))
+}
+
+/// A sequence number from a peer: at most [`MAX_SEQ`], so that a peer cannot push a master's
+/// log to the end of the sequence space (a master never uses a seq below one a slave holds).
+fn seq_number(field: &[u8]) -> Result<u64, String> {
+    let seq = number(field)?;
+    if seq > MAX_SEQ {
+        return Err(format!("sequence number {seq} is beyond the largest a master hands out ({MAX_SEQ})"));
+    }
+    Ok(seq)
 }
 
 fn number(field: &[u8]) -> Result<u64, String> {
@@ -476,6 +489,19 @@ mod tests {
         assert!(Hello::parse(b"SLAVE bad/id 1 1").is_err());
         assert!(Hello::parse(b"SLAVE a 1").is_err());
         assert!(parse_slave_id(&[b'a'; MAX_ID + 1]).is_err());
+    }
+
+    #[test]
+    fn sequence_numbers_beyond_the_master_range_are_refused() {
+        let at_max = format!("SLAVE s1 1 {MAX_SEQ}");
+        assert_eq!(Hello::parse(at_max.as_bytes()).unwrap().max_seq, MAX_SEQ);
+        let over = format!("SLAVE s1 1 {}", u64::MAX);
+        let why = Hello::parse(over.as_bytes()).unwrap_err();
+        assert!(why.contains("beyond the largest a master hands out"), "{why}");
+        for line in [format!("1 OK 1 {}", u64::MAX), format!("1 ITEM 1 {} k T", MAX_SEQ + 1)] {
+            assert!(Reply::parse(line.as_bytes()).is_err(), "{line}");
+        }
+        assert!(Request::parse(format!("1 1 SET 1 {} k v", u64::MAX).as_bytes()).is_err());
     }
 
     #[test]

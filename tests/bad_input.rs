@@ -263,6 +263,9 @@ fn thousands_of_idle_connections_are_bounded_by_the_limit() {
     let addr = c.addr();
     let conns: Vec<TcpStream> = (0..IDLE).map(|_| TcpStream::connect(&addr).expect("connect")).collect();
     let (mut served, mut refused) = (0, 0);
+    // Every connection stays open until all are counted: one closed early would free a slot
+    // for a later one that the server had not accepted yet, and that one would be served.
+    let mut open = Vec::with_capacity(IDLE);
     for s in conns {
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut r = Raw::from_stream(s);
@@ -276,10 +279,12 @@ fn thousands_of_idle_connections_are_bounded_by_the_limit() {
             }
             other => panic!("unexpected reply {other}"),
         }
+        open.push(r);
     }
     assert_eq!(served + refused, IDLE);
     assert!(served < LIMIT, "{served} served over a limit of {LIMIT}");
     assert!(refused >= IDLE - LIMIT, "only {refused} refused");
+    drop(open);
     // All dropped now: the server serves again.
     wait_for("a free connection slot", READY, || c.raw().ask("PING") == "PONG").unwrap();
     assert_healthy(&mut c);

@@ -115,7 +115,16 @@ fn line_value(rng: &mut StdRng) -> Vec<u8> {
 
 fn stamp(rng: &mut StdRng) -> Stamp {
     let n = |rng: &mut StdRng| if rng.gen_bool(0.1) { u64::MAX } else { rng.gen_range(0..1000) };
-    Stamp::new(n(rng), n(rng))
+    Stamp::new(n(rng), seq(rng))
+}
+
+/// A sequence number a master could hand out: up to `peer::MAX_SEQ`, often at it.
+fn seq(rng: &mut StdRng) -> u64 {
+    if rng.gen_bool(0.1) {
+        peer::MAX_SEQ
+    } else {
+        rng.gen_range(0..=peer::MAX_SEQ)
+    }
 }
 
 fn num(rng: &mut StdRng) -> u64 {
@@ -248,7 +257,7 @@ fn client_requests_and_replies_round_trip() {
 fn slave_messages_round_trip() {
     let mut rng = StdRng::seed_from_u64(0x5eed_0003);
     for _ in 0..CASES {
-        let hello = Hello { id: id(&mut rng), epoch: num(&mut rng), max_seq: num(&mut rng) };
+        let hello = Hello { id: id(&mut rng), epoch: num(&mut rng), max_seq: seq(&mut rng) };
         assert_eq!(Hello::parse(hello.encode().as_bytes()), Ok(hello));
         let r = peer::Request { rid: num(&mut rng), epoch: num(&mut rng), command: command(&mut rng) };
         let mut wire = Vec::new();

@@ -37,6 +37,7 @@ use crossbeam_channel::unbounded;
 use super::{Role, Shared};
 use crate::framing::{LineError, LineReader};
 use crate::peer::{Command, Outcome, Stamp};
+use crate::protocol::truncate_for_display;
 use crate::quorum::majority;
 use crate::wal::{self, Follower, Record};
 use crate::{Error, Result};
@@ -200,6 +201,18 @@ pub struct At {
     pub epoch: u64,
 }
 
+impl At {
+    /// Parses what follows `AT `: `<seq> <epoch> <role>`. `None` unless both numbers are there
+    /// and valid: a damaged line must not read as seq 0 of epoch 0.
+    pub fn parse(rest: &[u8]) -> Option<At> {
+        let text = std::str::from_utf8(rest).ok()?;
+        let mut fields = text.split(' ');
+        let seq = fields.next()?.parse().ok()?;
+        let epoch = fields.next()?.parse().ok()?;
+        Some(At { seq, epoch })
+    }
+}
+
 /// Applies the log streamed by the master at `addr` to `shared` until `keep_going` returns
 /// false (it is called after every `AT` heartbeat with what it said) or the stream fails.
 pub fn follow_stream(shared: &Shared, addr: &str, mut keep_going: impl FnMut(At) -> bool) -> Result<()> {
@@ -216,10 +229,9 @@ pub fn follow_stream(shared: &Shared, addr: &str, mut keep_going: impl FnMut(At)
         if line == b"RESET" {
             shared.reset_state();
         } else if let Some(rest) = line.strip_prefix(b"AT ") {
-            let text = String::from_utf8_lossy(rest);
-            let mut fields = text.split(' ');
-            let mut num = || fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
-            let at = At { seq: num(), epoch: num() };
+            let at = At::parse(rest).ok_or_else(|| {
+                Error::Protocol(format!("log stream: malformed AT line '{}'", truncate_for_display(line)))
+            })?;
             if !keep_going(at) {
                 return Ok(());
             }
@@ -581,6 +593,20 @@ pub fn run_primary(shared: Arc<Shared>) {
                 log::error!("cannot rewrite the log: {e}; retrying");
                 thread::sleep(RETRY_PAUSE);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::At;
+
+    #[test]
+    fn an_at_line_parses_only_when_whole() {
+        let at = At::parse(b"17 3 primary").unwrap();
+        assert_eq!((at.seq, at.epoch), (17, 3));
+        for bad in [&b""[..], b"17", b"x 3 primary", b"17 y primary", b"-1 3 primary", b"\xff 3"] {
+            assert!(At::parse(bad).is_none(), "{:?}", String::from_utf8_lossy(bad));
         }
     }
 }
