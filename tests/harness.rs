@@ -236,6 +236,8 @@ fn a_failover_run_marks_the_kill_the_takeover_the_restart_and_the_failback() {
     let t = Table::read(&dir.path().join("metrics.csv")).unwrap();
     assert_counts_add_up(&t);
     assert!(int(&t, "success_count").last().copied().unwrap_or(0) > 0, "serving again at the end");
+    // The counters follow the serving master: after the failback, the primary's slaves.
+    assert_eq!(int(&t, "slave_count").last().copied(), Some(3), "slave_count after the failback");
 }
 
 #[test]

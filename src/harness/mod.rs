@@ -445,8 +445,20 @@ pub fn latency_us(from: Instant, done: Instant) -> u64 {
 }
 
 /// Reads the master's `STATS`; `None` when it cannot be asked.
+/// The serving master's counters: a master that is not primary (the standby, or the backup
+/// after a failback) is left for the other one, so `slave_count` follows whoever serves.
 fn poll(client: &mut Client) -> Option<Snapshot> {
-    client.stats().ok().map(|rows| Snapshot::from_rows(&rows))
+    let mut rows = client.stats().ok()?;
+    let serving = |rows: &[(String, String)]| rows.iter().any(|(k, v)| k == "role" && v == "primary");
+    if !serving(&rows) {
+        client.disconnect_and_prefer_other();
+        if let Ok(other) = client.stats() {
+            if serving(&other) {
+                rows = other;
+            }
+        }
+    }
+    Some(Snapshot::from_rows(&rows))
 }
 
 /// The machine's one-minute load average before and after a run: the harness, the cluster
