@@ -542,8 +542,9 @@ pub fn plot_failover(metrics_csv: &Path, events_csv: Option<&Path>, png: &Path) 
             // The legend grows by a line for each event, and must stay clear of the data.
             let entries = lines.len() + if i == 0 { events.len() } else { 0 };
             let headroom = LEGEND_HEADROOM.max(1.2 + 0.1 * entries as f64);
-            let y_max =
-                (max_of(lines.iter().flat_map(|(_, points, _)| points.iter().map(|p| &p.1))) * headroom).max(1.0);
+            let y_max = (max_of(lines.iter().flat_map(|(_, points, _)| points.iter().map(|p| &p.1)))
+                * headroom)
+                .max(1.0);
             let mut chart = ChartBuilder::on(area)
                 .margin(15)
                 .x_label_area_size(if i == 1 { 55 } else { 30 })
