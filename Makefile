@@ -45,8 +45,12 @@ cluster:
 client: build
 	$(BIN)/dsm-client --master $(PRIMARY) --backup $(BACKUP)
 
+# The tests; as root also the one with real network namespaces (tests/netns.rs), which a
+# plain `cargo test` leaves ignored.
 test:
 	$(CARGO) test
+	@if [ "$$(id -u)" = 0 ]; then $(CARGO) test --test netns -- --ignored --nocapture; \
+	else echo "SKIPPED tests/netns.rs: network namespaces need root (sudo make test runs it)"; fi
 
 lint:
 	$(CARGO) fmt --check

@@ -206,10 +206,8 @@ fn killing_the_primary_without_a_backup_ends_the_successes() {
 
 #[test]
 fn a_failover_run_marks_the_kill_the_takeover_the_restart_and_the_failback() {
-    if !dsm::cluster::Cluster::has_backup_binary() {
-        println!("SKIPPED: dsm-backup is not built");
-        return;
-    }
+    // dsm-backup is a binary of this package, built with the tests.
+    assert!(dsm::cluster::Cluster::has_backup_binary(), "dsm-backup is not built");
     let dir = tempfile::tempdir().unwrap();
     let cfg = RunConfig {
         kill_primary_at: Some(1.0),

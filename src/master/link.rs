@@ -542,8 +542,14 @@ mod tests {
                 })
             })
             .collect();
-        // Let the socket buffers and the outbox fill up, so every sender is stuck.
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        // Wait until the socket buffers and the outbox are full: from then on every send
+        // blocks, and only the kill can release the senders.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while link.outbox.lock().queued.len() < OUTBOX_LIMIT {
+            assert!(std::time::Instant::now() < deadline, "the outbox never filled");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(senders.iter().all(|s| !s.is_finished()), "a sender returned before the kill");
         link.kill("test");
         for s in senders {
             s.join().unwrap();
