@@ -53,12 +53,12 @@ test:
 	else echo "SKIPPED tests/netns.rs: network namespaces need root (sudo make test runs it)"; fi
 
 lint:
-	$(CARGO) fmt --check
+	$(CARGO) fmt --all --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
 
 fmt:
-	$(CARGO) fmt
+	$(CARGO) fmt --all
 
 doc:
 	$(CARGO) doc --no-deps

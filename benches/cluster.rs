@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use common::median;
 use dsm::client::Client;
-use dsm::cluster::{stat, wait_for, Node};
 use dsm::protocol::{Reply, Request};
+use dsm_testkit::cluster::{stat, wait_for, Node};
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::median;
 use dsm::client::Client;
-use dsm::cluster::{free_port, stat, wait_for, Node};
 use dsm::protocol::Reply;
+use dsm_testkit::cluster::{free_port, stat, wait_for, Node};
 
 const WAIT: Duration = Duration::from_secs(60);
 

@@ -11,8 +11,8 @@ use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 use common::{bin, must_read, must_write, Raw, TestCluster, READY};
-use dsm::cluster::{wait_for, Node};
 use dsm::framing::{MAX_LINE, MAX_PEER_LINE};
+use dsm_testkit::cluster::{wait_for, Node};
 
 /// Sends `input` on a fresh connection, then reads everything until the server closes or goes
 /// quiet after answering. Returns the reply lines.

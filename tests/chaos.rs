@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dsm::nemesis::{self, Action, Config, FaultKind, Schedule, Target};
+use dsm_testkit::nemesis::{self, Action, Config, FaultKind, Schedule, Target};
 
 /// The search for the run's seed starts here; the seed used is the first from here whose plan
 /// starts by killing the serving master and pausing some node, so it is fixed for a given

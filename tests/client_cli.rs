@@ -46,7 +46,7 @@ fn one_shot_commands_print_the_reply_and_set_the_exit_code() {
 
 #[test]
 fn one_shot_fails_clearly_when_no_server_is_there() {
-    let addr = dsm::cluster::free_port().unwrap().to_string();
+    let addr = dsm_testkit::cluster::free_port().unwrap().to_string();
     let out = Command::new(bin("dsm-client"))
         .args(["--master", &addr, "--backup", "none", "read", "k"])
         .output()
@@ -134,7 +134,7 @@ fn interactive_session_on_a_terminal_has_a_prompt_and_history() {
     for (i, line) in
         [&b"write fruit ripe mango\r"[..], b"read fruit\r", b"help\r", b"\x04"].iter().enumerate()
     {
-        dsm::cluster::wait_for("the prompt", common::READY, || {
+        dsm_testkit::cluster::wait_for("the prompt", common::READY, || {
             String::from_utf8_lossy(&screen.lock().unwrap()).matches(&prompt).count() > i
         })
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&screen.lock().unwrap())));
@@ -184,7 +184,7 @@ fn a_bad_address_is_a_usage_error_and_a_wrong_password_says_so() {
     let master = common::start_master(dir.path(), &["--requirepass", "right"], "127.0.0.1:0");
     let mut c = TestCluster { master, slaves: Vec::new(), dir };
     c.add_slave("s1");
-    dsm::cluster::wait_for("the slave", common::READY, || {
+    dsm_testkit::cluster::wait_for("the slave", common::READY, || {
         common::stat_with_password(&c.addr(), "slaves", Some("right")).as_deref() == Some("1")
     })
     .unwrap();

@@ -5,8 +5,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{must_read, must_write, TestCluster, READY};
-use dsm::cluster::{stat, wait_for};
 use dsm::protocol::{ErrorReply, Reply};
+use dsm_testkit::cluster::{stat, wait_for};
 
 fn writes_and_reads_with(n: usize) {
     let c = TestCluster::start(n);
@@ -217,8 +217,8 @@ fn a_server_that_exits_before_listening_is_reported_with_its_output() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let args = vec!["--listen".into(), taken.local_addr().unwrap().to_string()];
-    let program = dsm::cluster::bin_dir().join("dsm-master");
-    let err = match dsm::cluster::Node::start("master", &program, args, dir.path(), false, true) {
+    let program = dsm_testkit::cluster::bin_dir().join("dsm-master");
+    let err = match dsm_testkit::cluster::Node::start("master", &program, args, dir.path(), false, true) {
         Ok(_) => panic!("a master on a taken port must not start"),
         Err(e) => e.to_string(),
     };
@@ -230,9 +230,15 @@ fn a_server_that_exits_before_listening_is_reported_with_its_output() {
 fn a_second_slave_with_a_connected_id_is_refused_and_backs_off() {
     let mut c = TestCluster::start(1);
     let args = ["--id", "s1", "--master", &c.addr(), "--backup", "none"].map(String::from).to_vec();
-    let _twin =
-        dsm::cluster::Node::start("s1-twin", &common::bin("dsm-slave"), args, c.dir.path(), false, false)
-            .unwrap();
+    let _twin = dsm_testkit::cluster::Node::start(
+        "s1-twin",
+        &common::bin("dsm-slave"),
+        args,
+        c.dir.path(),
+        false,
+        false,
+    )
+    .unwrap();
     let read =
         |name: &str| std::fs::read_to_string(c.dir.path().join(format!("{name}.out"))).unwrap_or_default();
     // Refused again and again with a clear reason, while the first keeps its connection.

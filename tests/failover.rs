@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::{must_read, FailoverCluster, Raw, READY};
 use dsm::client::Client;
-use dsm::cluster::{stat, wait_for, Node};
 use dsm::protocol::Reply;
+use dsm_testkit::cluster::{stat, wait_for, Node};
 
 /// Writes `key=value` until one is acknowledged (through failovers); returns its version.
 fn write_until_ok(c: &mut Client, key: &str, value: &str) -> u64 {
@@ -171,7 +171,7 @@ fn backup_follows_a_long_log_partial_lines_and_a_replaced_file() {
     text.push_str("20001 SET half val");
     std::fs::write(&path, &text).unwrap();
     // No primary is running; a long takeover delay keeps the backup a standby for this test.
-    let nowhere = dsm::cluster::free_port().unwrap().to_string();
+    let nowhere = dsm_testkit::cluster::free_port().unwrap().to_string();
     let args = vec![
         "--listen".into(),
         "127.0.0.1:0".into(),

@@ -8,8 +8,8 @@ mod faults;
 
 use std::sync::Arc;
 
-use dsm::cluster::wait_for;
-use dsm::nemesis::History;
+use dsm_testkit::cluster::wait_for;
+use dsm_testkit::nemesis::History;
 use faults::{wait_acked, Cluster, READY};
 
 /// The primary crashes on this write it handles (counting from 1), well after start-up.

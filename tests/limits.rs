@@ -5,8 +5,8 @@
 mod common;
 
 use common::{FailoverCluster, Raw, TestCluster};
-use dsm::cluster::{stat, wait_for};
 use dsm::limits::{MAX_KEY, MAX_LINE, MAX_VALUE};
+use dsm_testkit::cluster::{stat, wait_for};
 
 /// Values of `len` bytes, each made of one byte that escaping changes (every byte but `\n`,
 /// which a line cannot carry), and one of every byte but `\n`. Each ends in `x`, because a

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use dsm::cluster::{free_port, wait_for};
+use dsm_testkit::cluster::{free_port, wait_for};
 
 #[test]
 fn make_run_exits_with_an_error_when_a_server_cannot_start() {

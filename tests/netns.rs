@@ -11,8 +11,8 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use dsm::cluster::{free_port, stat, wait_for, Node};
-use dsm::nemesis::History;
+use dsm_testkit::cluster::{free_port, stat, wait_for, Node};
+use dsm_testkit::nemesis::History;
 use faults::{bin, serving, wait_acked, READY};
 
 /// A namespace with a veth pair to the host, deleted on drop.
@@ -131,7 +131,7 @@ fn primary_in_its_own_namespace_cut_off_by_link_down() {
 
     let history = Arc::new(History::new());
     let workload =
-        dsm::nemesis::Workload::start(&history, &primary_addr, &backup_addr, 3, 3, 40, 31).unwrap();
+        dsm_testkit::nemesis::Workload::start(&history, &primary_addr, &backup_addr, 3, 3, 40, 31).unwrap();
     let acked = wait_acked(&workload, 0, 50, "writes before the partition");
     ns.link(false);
     wait_for("the backup to take over", READY, || serving(&backup_addr, 3))
@@ -144,7 +144,7 @@ fn primary_in_its_own_namespace_cut_off_by_link_down() {
     .unwrap();
     wait_acked(&workload, acked, 30, "writes after healing");
     let counts = workload.stop();
-    dsm::nemesis::final_reads(&history, &primary_addr, &backup_addr).unwrap();
-    let verdict = history.judge(dsm::nemesis::FINAL_CLIENT);
+    dsm_testkit::nemesis::final_reads(&history, &primary_addr, &backup_addr).unwrap();
+    let verdict = history.judge(dsm_testkit::nemesis::FINAL_CLIENT);
     assert!(verdict.is_ok(), "{counts:?}\n{verdict}\nlogs in {}", dir.path().display());
 }

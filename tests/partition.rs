@@ -8,9 +8,9 @@ mod faults;
 use std::sync::Arc;
 
 use dsm::client::Client;
-use dsm::cluster::{stat, wait_for};
-use dsm::nemesis::{Answer, History, REQUEST_DEADLINE};
-use dsm::proxy::Fault;
+use dsm_testkit::cluster::{stat, wait_for};
+use dsm_testkit::nemesis::{Answer, History, REQUEST_DEADLINE};
+use dsm_testkit::proxy::Fault;
 use faults::{wait_acked, Cluster, READY};
 
 /// The client id of the test's own client of the isolated primary alone.

@@ -134,7 +134,7 @@ fn connections_beyond_the_limit_are_refused_with_an_error() {
     // have been noticed closed).
     let pinged = || {
         let mut conn = None;
-        dsm::cluster::wait_for("a connection slot", common::READY, || {
+        dsm_testkit::cluster::wait_for("a connection slot", common::READY, || {
             let mut r = Raw::connect(&c.addr());
             let ok = r.ask("PING") == "PONG";
             conn = ok.then_some(r);

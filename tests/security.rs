@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use common::{bin, start_master, stat_with_password, FailoverCluster, Raw, READY};
 use dsm::auth::{PeerHandshake, PeerRole, Secret, MASTER_ID};
 use dsm::client::Client;
-use dsm::cluster::{wait_for, Node};
 use dsm::protocol::Reply;
+use dsm_testkit::cluster::{wait_for, Node};
 
 const SECRET: &str = "test-cluster-secret-0123456789";
 const PASSWORD: &str = "open sesame";

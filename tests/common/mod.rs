@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dsm::client::Client;
-use dsm::cluster::{stat, wait_for, Node};
+use dsm_testkit::cluster::{stat, wait_for, Node};
 use tempfile::TempDir;
 
 /// How long a test waits for a cluster to become ready: generous, because tests run in
@@ -208,7 +208,7 @@ pub fn must_write(c: &mut Client, key: &str, value: &str) -> u64 {
         match reply {
             Ok(dsm::protocol::Reply::Ok(v)) => return v,
             ref r if transient(r) && std::time::Instant::now() < deadline => {
-                std::thread::sleep(dsm::cluster::POLL_INTERVAL)
+                std::thread::sleep(dsm_testkit::cluster::POLL_INTERVAL)
             }
             other => panic!("write {key}={value}: {other:?}"),
         }
@@ -225,7 +225,7 @@ pub fn must_read(c: &mut Client, key: &str) -> Option<String> {
             Ok(dsm::protocol::Reply::Value { value, .. }) => return Some(String::from_utf8(value).unwrap()),
             Ok(dsm::protocol::Reply::NotFound) => return None,
             ref r if transient(r) && std::time::Instant::now() < deadline => {
-                std::thread::sleep(dsm::cluster::POLL_INTERVAL)
+                std::thread::sleep(dsm_testkit::cluster::POLL_INTERVAL)
             }
             other => panic!("read {key}: {other:?}"),
         }
@@ -265,8 +265,8 @@ impl FailoverCluster {
         password: Option<&str>,
     ) -> FailoverCluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let primary_addr = dsm::cluster::free_port().unwrap().to_string();
-        let backup_addr = dsm::cluster::free_port().unwrap().to_string();
+        let primary_addr = dsm_testkit::cluster::free_port().unwrap().to_string();
+        let backup_addr = dsm_testkit::cluster::free_port().unwrap().to_string();
         let wal = dir.path().join("kv.log").display().to_string();
         let mut primary_args: Vec<String> = vec![
             "--listen".into(),

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dsm::cluster::{free_port, stat, wait_for, Node};
-use dsm::nemesis::{self, History, Verdict, Workload};
-use dsm::proxy::Proxy;
+use dsm_testkit::cluster::{free_port, stat, wait_for, Node};
+use dsm_testkit::nemesis::{self, History, Verdict, Workload};
+use dsm_testkit::proxy::Proxy;
 use tempfile::TempDir;
 
 /// How long a test waits for the cluster to reach a state: generous, because tests run in

@@ -13,8 +13,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use dsm::harness::config::{self, parse_list, RunConfig};
-use dsm::harness::{self, signal, summary_text, SweepAxis};
+use dsm_testkit::harness::config::{self, parse_list, RunConfig};
+use dsm_testkit::harness::{self, signal, summary_text, SweepAxis};
 
 const AFTER_HELP: &str = "\
 A run writes into --out: metrics.csv and metrics.json (one row per measured second; the warm-up is
@@ -204,7 +204,7 @@ fn main() -> ExitCode {
 
 fn execute(cli: Cli) -> dsm::Result<()> {
     if let Some(Command::Plot { out }) = cli.command {
-        for (path, outcome) in dsm::plot::plot_all(&out)? {
+        for (path, outcome) in dsm_testkit::plot::plot_all(&out)? {
             println!("{}: {outcome}", path.display());
         }
         return Ok(());

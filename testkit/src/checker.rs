@@ -96,7 +96,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
-use crate::escape;
+use dsm::escape;
 
 /// The most (lifted set, register value) states one search may cache. Past it the search stops
 /// with [`Outcome::Inconclusive`]. A state of a 1000-operation history takes about 200 bytes,

@@ -11,7 +11,7 @@
 //!    the slaves in a temporary directory, and wait until the primary reports every slave
 //!    registered (`STAT slaves`). Or, with `--master`, use that cluster.
 //! 3. Start `--clients` threads. Each owns `--conns-per-client` connections
-//!    ([`crate::client::Client`], with failover to the backup) used round-robin, and sends one
+//!    ([`dsm::client::Client`], with failover to the backup) used round-robin, and sends one
 //!    request at a time: closed loop (the next request after the reply and `--think-ms`) or,
 //!    with `--rate`, open loop (requests on a fixed schedule, latency counted from the
 //!    scheduled time, so a stall shows as latency instead of as fewer requests). Every request
@@ -52,10 +52,10 @@ use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::client::{is_timeout, Client, CONNECT_TIMEOUT};
 use crate::cluster::{Cluster, ClusterConfig};
-use crate::protocol::{ErrorReply, Reply};
-use crate::{Error, Result};
+use dsm::client::{is_timeout, Client, CONNECT_TIMEOUT};
+use dsm::protocol::{ErrorReply, Reply};
+use dsm::{Error, Result};
 
 pub use config::RunConfig;
 use deadline::InFlight;
@@ -230,7 +230,7 @@ impl Target {
         let (mut master_args, mut backup_args) = (Vec::new(), Vec::new());
         let needed = cfg.clients * cfg.conns_per_client + cfg.slaves + CONNECTION_HEADROOM;
         for args in [&mut master_args, &mut backup_args] {
-            if needed > crate::master::DEFAULT_MAX_CONNECTIONS {
+            if needed > dsm::master::DEFAULT_MAX_CONNECTIONS {
                 args.extend(["--max-connections".to_string(), needed.to_string()]);
             }
             if let Some(f) = &cfg.fsync {

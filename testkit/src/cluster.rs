@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver};
 
-use crate::client::Client;
-use crate::{Error, Result};
+use dsm::client::Client;
+use dsm::{Error, Result};
 
 /// How long a process may take to print `listening on`. Generous: tests run in parallel on two
 /// contended cores.

@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::{Error, Result};
+use dsm::{Error, Result};
 
 /// How long the accept thread sleeps when no connection is waiting. It bounds how late a new
 /// connection is noticed and how long [`Proxy`]'s `Drop` waits for the accept thread.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use dsm::logging::{self, Level};
-use dsm::nemesis::{self, Config};
+use dsm_testkit::nemesis::{self, Config};
 
 /// Runs a dsm cluster (primary, backup, slaves) under concurrent clients while a nemesis kills,
 /// pauses and restarts its processes on a seeded schedule, then checks every history for

@@ -9,10 +9,10 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use dsm::harness::config::RunConfig;
-use dsm::harness::metrics::BASE_COLUMNS;
-use dsm::harness::{self, RUN_FILES};
-use dsm::plot::{self, Table, PLOT_SIZE};
+use dsm_testkit::harness::config::RunConfig;
+use dsm_testkit::harness::metrics::BASE_COLUMNS;
+use dsm_testkit::harness::{self, RUN_FILES};
+use dsm_testkit::plot::{self, Table, PLOT_SIZE};
 
 /// A short run: 1 s of warm-up, 3 measured seconds, two clients with a 1 ms think time (enough
 /// load to measure, little enough to leave the cluster's heartbeats room on two busy cores).
@@ -207,7 +207,7 @@ fn killing_the_primary_without_a_backup_ends_the_successes() {
 #[test]
 fn a_failover_run_marks_the_kill_the_takeover_the_restart_and_the_failback() {
     // dsm-backup is a binary of this package, built with the tests.
-    assert!(dsm::cluster::Cluster::has_backup_binary(), "dsm-backup is not built");
+    assert!(dsm_testkit::cluster::Cluster::has_backup_binary(), "dsm-backup is not built");
     let dir = tempfile::tempdir().unwrap();
     let cfg = RunConfig {
         kill_primary_at: Some(1.0),

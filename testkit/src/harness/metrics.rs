@@ -452,7 +452,7 @@ pub fn push_percentiles(f: &mut Fields, bucket: &Bucket) {
 
 /// Writes rows as CSV: a header from the first row's names, then one line per row. Every row
 /// must have the same columns.
-pub fn write_csv(rows: &[Fields], header_if_empty: &[&str]) -> crate::Result<Vec<u8>> {
+pub fn write_csv(rows: &[Fields], header_if_empty: &[&str]) -> dsm::Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
     let header: Vec<String> = match rows.first() {
         Some(r) => r.iter().map(|(n, _)| n.clone()).collect(),
@@ -461,15 +461,15 @@ pub fn write_csv(rows: &[Fields], header_if_empty: &[&str]) -> crate::Result<Vec
     w.write_record(&header).map_err(csv_error)?;
     for r in rows {
         if r.len() != header.len() || r.iter().zip(&header).any(|((n, _), h)| n != h) {
-            return Err(crate::Error::Config("metrics rows with different columns".into()));
+            return Err(dsm::Error::Config("metrics rows with different columns".into()));
         }
         w.write_record(r.iter().map(|(_, c)| c.to_csv())).map_err(csv_error)?;
     }
-    w.into_inner().map_err(|e| crate::Error::Io(std::io::Error::other(e.to_string())))
+    w.into_inner().map_err(|e| dsm::Error::Io(std::io::Error::other(e.to_string())))
 }
 
-fn csv_error(e: csv::Error) -> crate::Error {
-    crate::Error::Io(std::io::Error::other(e.to_string()))
+fn csv_error(e: csv::Error) -> dsm::Error {
+    dsm::Error::Io(std::io::Error::other(e.to_string()))
 }
 
 /// A JSON object of the fields, on one line.

@@ -37,9 +37,9 @@ use rand::{Rng, SeedableRng};
 
 pub use history::{Answer, Counts, History, Verdict};
 
-use crate::client::Client;
 use crate::cluster::{free_port, stat, wait_for, Node};
-use crate::{Error, Result};
+use dsm::client::Client;
+use dsm::{Error, Result};
 
 /// How long one client request may wait for its answer. Longer than a master's write deadline
 /// (4 ACK timeouts of 500 ms), so a slow quorum shows as `ERR TIMEOUT`; a paused master shows

@@ -24,7 +24,7 @@ use plotters::prelude::*;
 use plotters::style::FontStyle;
 
 use crate::harness::SweepAxis;
-use crate::{Error, Result};
+use dsm::{Error, Result};
 
 /// DejaVu Sans (Bitstream Vera licence, see `assets/fonts/DejaVuSans-LICENSE.txt`).
 static FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");

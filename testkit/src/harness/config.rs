@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{Error, Result};
+use dsm::{Error, Result};
 
 /// The original harness's client count.
 pub const DEFAULT_CLIENTS: usize = 5;
@@ -28,8 +28,8 @@ pub const DEFAULT_VALUE_SIZE: usize = 16;
 /// How long a request may take before it counts as a `deadline` error, in milliseconds.
 /// Shorter than the client library's default so a stall is visible within a second or two.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 2000;
-/// The largest `--value-size`: the protocol's longest value (see `crate::limits`).
-pub const MAX_VALUE_SIZE: usize = crate::limits::MAX_VALUE;
+/// The largest `--value-size`: the protocol's longest value (see `dsm::limits`).
+pub const MAX_VALUE_SIZE: usize = dsm::limits::MAX_VALUE;
 /// The most client threads (times connections) one run may open, so a typo cannot exhaust the
 /// machine's file descriptors.
 pub const MAX_CONNECTIONS: usize = 20_000;

@@ -22,9 +22,9 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use crate::checker::{check_keys, Op, OpKind, Outcome};
-use crate::client::Client;
-use crate::protocol::{ErrorReply, Reply};
-use crate::Error;
+use dsm::client::Client;
+use dsm::protocol::{ErrorReply, Reply};
+use dsm::Error;
 
 /// How one operation ended, as the driver counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,7 +167,7 @@ fn is_read(op: &Op) -> bool {
 }
 
 /// How a write's result is counted.
-pub fn classify_write(result: &crate::Result<Reply>) -> Answer {
+pub fn classify_write(result: &dsm::Result<Reply>) -> Answer {
     match result {
         Ok(Reply::Ok(_)) => Answer::Done,
         Ok(Reply::Err(ErrorReply::Timeout(_))) => Answer::Unknown,
