@@ -50,12 +50,7 @@ fn primary_cut_off_from_slaves_and_backup_neither_acknowledges_nor_serves_stale_
     }
     c.wait_any_serving(3);
     wait_acked(&workload, acked, 30, "writes after healing");
-    let counts = workload.stop();
-    let verdict = c.judge(&history);
-    if !verdict.is_ok() {
-        let kept = c.dir.keep();
-        panic!("{counts:?}\n{verdict}\nlogs in {}", kept.display());
-    }
+    c.stop_and_judge(workload, &history, "primary cut off");
 }
 
 #[test]
@@ -82,12 +77,7 @@ fn false_failover_backup_cut_off_from_primary_only_has_no_split_brain() {
     probe.set_fault(Fault::None);
     c.wait_any_serving(3);
     wait_acked(&workload, during, 50, "writes after healing");
-    let counts = workload.stop();
-    let verdict = c.judge(&history);
-    if !verdict.is_ok() {
-        let kept = c.dir.keep();
-        panic!("{counts:?}\n{verdict}\nlogs in {}", kept.display());
-    }
+    c.stop_and_judge(workload, &history, "false failover");
 }
 
 /// The false failover of a cut between the two masters, healed: the backup took over with every
@@ -147,10 +137,5 @@ fn after_a_cut_between_the_masters_heals_the_old_primary_steps_aside_and_fails_b
         c.roles()
     );
     wait_acked(&workload, acked, 30, "writes after healing");
-    let counts = workload.stop();
-    let verdict = c.judge(&history);
-    if !verdict.is_ok() {
-        let kept = c.dir.keep();
-        panic!("{counts:?}\n{verdict}\nlogs in {}", kept.display());
-    }
+    c.stop_and_judge(workload, &history, "healed cut between the masters");
 }

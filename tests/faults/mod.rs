@@ -119,6 +119,19 @@ impl Cluster {
             .unwrap()
     }
 
+    /// Stops the workload, judges its history, and on a violation keeps the cluster's
+    /// directory and fails with the counts, the verdict and where the logs are. `what` names
+    /// the run in the message. Returns the counts of a clean run.
+    pub fn stop_and_judge(self, workload: Workload, history: &History, what: &str) -> nemesis::Counts {
+        let counts = workload.stop();
+        let verdict = self.judge(history);
+        if !verdict.is_ok() {
+            let kept = self.dir.keep();
+            panic!("{what}: {counts:?}\n{verdict}\nlogs in {}", kept.display());
+        }
+        counts
+    }
+
     /// Final reads of every key, then the verdict.
     pub fn judge(&self, history: &History) -> Verdict {
         nemesis::final_reads(history, &self.primary_addr, &self.backup_addr).expect("final reads");
