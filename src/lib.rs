@@ -22,5 +22,6 @@ pub mod quorum;
 pub mod slave;
 pub mod store;
 pub mod wal;
+pub mod wire;
 
 pub use error::{Error, Result};

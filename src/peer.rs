@@ -40,7 +40,8 @@ use std::fmt;
 
 use crate::escape;
 use crate::escape::push_u64;
-use crate::protocol::{parse_key, split_word, truncate_for_display};
+use crate::protocol::{parse_key, truncate_for_display};
+use crate::wire::{fields, number, split_word};
 
 /// The largest sequence number a peer may report: a quarter of the `u64` range, more than any
 /// log reaches (a million writes a second for 146,000 years), so the rest can never run out.
@@ -379,10 +380,6 @@ fn push_stamp(out: &mut Vec<u8>, stamp: Stamp) {
     push_u64(out, stamp.seq);
 }
 
-fn fields(line: &[u8]) -> Vec<&[u8]> {
-    line.split(|&b| b == b' ').filter(|f| !f.is_empty()).collect()
-}
-
 /// Parses a stamp's two fields; the seq must be one a master could have handed out.
 fn stamp(epoch: &[u8], seq: &[u8]) -> Result<Stamp, String> {
     Ok(Stamp::new(number(epoch)?, seq_number(seq)?))
@@ -396,13 +393,6 @@ fn seq_number(field: &[u8]) -> Result<u64, String> {
         return Err(format!("sequence number {seq} is beyond the largest a master hands out ({MAX_SEQ})"));
     }
     Ok(seq)
-}
-
-fn number(field: &[u8]) -> Result<u64, String> {
-    std::str::from_utf8(field)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("expected a number, got '{}'", truncate_for_display(field)))
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@
 
 use std::fmt;
 
+use crate::wire::{number, split_word};
+
 pub use crate::limits::{MAX_KEY, MAX_VALUE};
 
 /// A parsed client request.
@@ -148,17 +150,14 @@ impl Reply {
     /// or `MEMBER` line starts a table: the caller reads rows with [`parse_table_row`] until
     /// `END`; this returns an empty table for it.
     pub fn parse_line(line: &[u8]) -> Result<Reply, String> {
-        fn text_or_err(b: &[u8]) -> Result<&str, String> {
-            std::str::from_utf8(b).map_err(|_| format!("reply is not UTF-8: {:?}", lossy(b)))
-        }
         let (word, rest) = split_word(line);
         let rest_opt = rest.unwrap_or(b"");
         match word {
             b"OK" if rest.is_none() => Ok(Reply::Done),
-            b"OK" => Ok(Reply::Ok(parse_u64(text_or_err(rest_opt)?)?)),
+            b"OK" => Ok(Reply::Ok(number(rest_opt)?)),
             b"VALUE" => {
                 let (version, value) = split_word(rest_opt);
-                let version = parse_u64(text_or_err(version)?)?;
+                let version = number(version)?;
                 let value = value.ok_or_else(|| format!("VALUE without a value: {}", lossy(line)))?;
                 Ok(Reply::Value { version, value: value.to_vec() })
             }
@@ -361,18 +360,6 @@ pub fn check_value(value: &[u8]) -> Result<(), String> {
         return Err(format!("value too long ({} bytes, max {MAX_VALUE})", value.len()));
     }
     Ok(())
-}
-
-/// Splits at the first space: the word before it, and everything after that single space.
-pub(crate) fn split_word(line: &[u8]) -> (&[u8], Option<&[u8]>) {
-    match line.iter().position(|&b| b == b' ') {
-        Some(i) => (&line[..i], Some(&line[i + 1..])),
-        None => (line, None),
-    }
-}
-
-fn parse_u64(text: &str) -> Result<u64, String> {
-    text.parse().map_err(|_| format!("expected a number, got {text:?}"))
 }
 
 fn lossy(b: &[u8]) -> String {

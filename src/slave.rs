@@ -254,10 +254,11 @@ impl Node {
             Err(LineError::Io(e)) => return Err(Error::Io(e)),
             Err(LineError::TooLong) => return Err(Error::Protocol("registration reply too long".into())),
         };
-        let epoch: u64 = match line.strip_prefix("WELCOME ").and_then(|e| e.trim().parse().ok()) {
-            Some(e) => e,
-            None => return Err(Error::Unavailable(format!("refused: {line}"))),
-        };
+        let epoch: u64 =
+            match line.strip_prefix("WELCOME ").and_then(|e| crate::wire::number(e.as_bytes()).ok()) {
+                Some(e) => e,
+                None => return Err(Error::Unavailable(format!("refused: {line}"))),
+            };
         if epoch < self.epoch {
             return Err(Error::Unavailable(format!(
                 "its epoch {epoch} is older than the accepted {}; it has been superseded",

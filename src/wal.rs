@@ -142,6 +142,7 @@ use crate::escape;
 use crate::escape::push_u64;
 use crate::peer::parse_slave_id;
 use crate::protocol::{parse_key, truncate_for_display};
+use crate::wire::{number, split_word};
 use crate::{Error, Result};
 
 /// How many bytes replay and the follower ask for per `read(2)`. Big reads keep replay bound by
@@ -232,13 +233,13 @@ pub fn encode(seq: u64, record: &Record, out: &mut Vec<u8>) {
 
 /// Parses one log line, `\n` removed. The error says what is wrong with the line.
 pub fn decode(line: &[u8]) -> std::result::Result<(u64, Record), String> {
-    let (seq, rest) = split_field(line);
-    let seq = parse_number(seq).map_err(|e| format!("bad sequence number: {e}"))?;
+    let (seq, rest) = split_word(line);
+    let seq = number(seq).map_err(|e| format!("bad sequence number: {e}"))?;
     let rest = rest.ok_or("missing operation after the sequence number")?;
-    let (op, rest) = split_field(rest);
+    let (op, rest) = split_word(rest);
     let record = match op {
         b"SET" => {
-            let (key, value) = split_field(rest.ok_or("SET needs a key and a value")?);
+            let (key, value) = split_word(rest.ok_or("SET needs a key and a value")?);
             let key = parse_key(key).map_err(|e| format!("SET: {e}"))?;
             let value = value.ok_or("SET needs a space and a value after the key")?;
             let value = escape::unescape(value).ok_or("SET value is not validly escaped")?;
@@ -252,7 +253,7 @@ pub fn decode(line: &[u8]) -> std::result::Result<(u64, Record), String> {
             id: parse_slave_id(only_field("REMOVE", rest)?).map_err(|e| format!("REMOVE: {e}"))?,
         },
         b"EPOCH" => Record::Epoch {
-            epoch: parse_number(only_field("EPOCH", rest)?).map_err(|e| format!("bad epoch: {e}"))?,
+            epoch: number(only_field("EPOCH", rest)?).map_err(|e| format!("bad epoch: {e}"))?,
         },
         _ => return Err(format!("unknown operation '{}'", truncate_for_display(op))),
     };
@@ -1039,13 +1040,6 @@ fn io_error(what: &str, path: &Path, e: io::Error) -> Error {
 }
 
 /// Splits at the first space: the field before it, and everything after that single space.
-fn split_field(line: &[u8]) -> (&[u8], Option<&[u8]>) {
-    match line.iter().position(|&b| b == b' ') {
-        Some(i) => (&line[..i], Some(&line[i + 1..])),
-        None => (line, None),
-    }
-}
-
 /// The single argument after `op`, with nothing after it.
 fn only_field<'a>(op: &str, rest: Option<&'a [u8]>) -> std::result::Result<&'a [u8], String> {
     match rest {
@@ -1053,30 +1047,6 @@ fn only_field<'a>(op: &str, rest: Option<&'a [u8]>) -> std::result::Result<&'a [
         Some(field) if field.contains(&b' ') => Err(format!("{op} takes one argument, but more follow it")),
         Some(field) => Ok(field),
     }
-}
-
-/// Parses a decimal `u64` written as [`encode`] writes one: digits only, no leading zero.
-fn parse_number(field: &[u8]) -> std::result::Result<u64, String> {
-    let bad = || {
-        format!(
-            "expected a decimal number without sign or leading zeros, got '{}'",
-            truncate_for_display(field)
-        )
-    };
-    if field.is_empty() || (field.len() > 1 && field[0] == b'0') {
-        return Err(bad());
-    }
-    let mut n = 0u64;
-    for &b in field {
-        if !b.is_ascii_digit() {
-            return Err(bad());
-        }
-        n = n
-            .checked_mul(10)
-            .and_then(|n| n.checked_add(u64::from(b - b'0')))
-            .ok_or_else(|| format!("number too large: '{}'", truncate_for_display(field)))?;
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

@@ -40,6 +40,7 @@ use crate::peer::{Command, Outcome, Stamp};
 use crate::protocol::truncate_for_display;
 use crate::quorum::majority;
 use crate::wal::{self, Follower, Record};
+use crate::wire::{fields, number, split_word};
 use crate::{Error, Result};
 
 /// How often a log stream's sender polls its log file for new records.
@@ -205,11 +206,9 @@ impl At {
     /// Parses what follows `AT `: `<seq> <epoch> <role>`. `None` unless both numbers are there
     /// and valid: a damaged line must not read as seq 0 of epoch 0.
     pub fn parse(rest: &[u8]) -> Option<At> {
-        let text = std::str::from_utf8(rest).ok()?;
-        let mut fields = text.split(' ');
-        let seq = fields.next()?.parse().ok()?;
-        let epoch = fields.next()?.parse().ok()?;
-        Some(At { seq, epoch })
+        let (seq, rest) = split_word(rest);
+        let (epoch, _role) = split_word(rest?);
+        Some(At { seq: number(seq).ok()?, epoch: number(epoch).ok()? })
     }
 }
 
@@ -269,18 +268,16 @@ pub fn request_handoff(addr: &str, secret: Option<&crate::auth::Secret>) -> Resu
     let (stream, mut reader) = open_master_link(addr, b"HANDOFF\n", crate::auth::PeerRole::Handoff, secret)?;
     stream.set_read_timeout(Some(HANDOFF_DRAIN + STREAM_SILENCE))?;
     let line = match reader.read_line() {
-        Ok(Some(line)) => String::from_utf8_lossy(line).into_owned(),
+        Ok(Some(line)) => line,
         _ => return Err(Error::Unavailable(format!("{addr} did not answer the hand-off"))),
     };
-    let mut fields = line.split(' ');
-    match (
-        fields.next(),
-        fields.next().and_then(|f| f.parse().ok()),
-        fields.next().and_then(|f| f.parse().ok()),
-    ) {
-        (Some("HANDOFF"), Some(seq), Some(epoch)) => Ok(At { seq, epoch }),
-        _ => Err(Error::Protocol(format!("unexpected hand-off answer: {line}"))),
-    }
+    // `HANDOFF <last-seq> <epoch>`: the same two numbers as an `AT` line, without a role.
+    let at = match fields(line).as_slice() {
+        [b"HANDOFF", seq, epoch] => number(seq).ok().zip(number(epoch).ok()),
+        _ => None,
+    };
+    at.map(|(seq, epoch)| At { seq, epoch })
+        .ok_or_else(|| Error::Protocol(format!("unexpected hand-off answer: {}", truncate_for_display(line))))
 }
 
 /// Copies the whole state of the master at `addr`, then makes it hand off, and returns once
