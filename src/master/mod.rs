@@ -29,13 +29,14 @@ pub mod link;
 pub mod members;
 mod ops;
 pub mod replica;
+pub mod role;
 mod slaves;
 
 use std::collections::HashSet;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -51,6 +52,7 @@ use crate::{Error, Result};
 
 use index::Index;
 use members::Members;
+pub use role::{Role, RoleState};
 
 /// Default for `--ack-timeout-ms`: how long a write waits for one slave's ACK before marking it
 /// down and asking another member instead.
@@ -129,29 +131,6 @@ impl Default for Config {
     }
 }
 
-/// Whether this master serves requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Role {
-    /// Serves reads and writes.
-    Primary = 0,
-    /// Answers `ERR NOTPRIMARY`.
-    Standby = 1,
-    /// Taking over: accepts slaves into a new epoch, answers clients `ERR UNAVAILABLE`.
-    Candidate = 2,
-}
-
-impl Role {
-    /// The name shown in `STATS`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Primary => "primary",
-            Role::Standby => "standby",
-            Role::Candidate => "candidate",
-        }
-    }
-}
-
 /// Counters for `STATS`.
 #[derive(Default)]
 pub struct Stats {
@@ -169,8 +148,8 @@ pub struct Shared {
     pub config: Config,
     /// The write-ahead log.
     pub wal: Wal,
-    epoch: AtomicU64,
-    role: AtomicU8,
+    /// Role, epoch, supersession and authority: changed only through its transitions.
+    pub state: RoleState,
     /// Keys.
     pub index: Mutex<Index>,
     /// Members and their connections.
@@ -187,41 +166,21 @@ pub struct Shared {
     pub welcomed: Mutex<HashSet<String>>,
     /// Client writes between their role check and their reply (a hand-off waits for them).
     pub inflight: AtomicUsize,
-    /// Set when a slave shows that another master has a newer epoch than ours.
-    pub superseded: AtomicU64,
     /// Extra `STATS` rows of a controller (a backup's lag, say).
     pub extra_stats: Mutex<Vec<(String, String)>>,
     /// The newest seq applied from a followed log or stream.
     pub applied_seq: AtomicU64,
-    /// True while the state is this master's own log's (it was the last of the two to serve, or
-    /// has replayed its own log), false while it is a copy of the other master's log. Only an
-    /// authoritative master's log is streamed to a master failing back.
-    pub authoritative: AtomicBool,
 }
 
 impl Shared {
     /// The current epoch.
     pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+        self.state.epoch()
     }
 
     /// The current role.
     pub fn role(&self) -> Role {
-        match self.role.load(Ordering::Acquire) {
-            0 => Role::Primary,
-            2 => Role::Candidate,
-            _ => Role::Standby,
-        }
-    }
-
-    /// Changes the role.
-    pub fn set_role(&self, role: Role) {
-        self.role.store(role as u8, Ordering::Release);
-    }
-
-    /// Changes the epoch.
-    pub fn set_epoch(&self, epoch: u64) {
-        self.epoch.store(epoch, Ordering::Release);
+        self.state.role()
     }
 
     /// A fresh request id for a slave request.
@@ -236,8 +195,7 @@ impl Shared {
 
     /// A slave told us a newer epoch exists: another master took over. Stop serving.
     pub fn step_down(&self, newer_epoch: u64) {
-        self.superseded.fetch_max(newer_epoch, Ordering::AcqRel);
-        if self.role.swap(Role::Standby as u8, Ordering::AcqRel) != Role::Standby as u8 {
+        if self.state.step_down(newer_epoch).is_some() {
             log::error!(
                 "a slave has accepted epoch {newer_epoch}, not ours ({}): another master took over; stepping down",
                 self.epoch()
@@ -306,8 +264,7 @@ impl Master {
         let shared = Arc::new(Shared {
             config,
             wal,
-            epoch: AtomicU64::new(epoch),
-            role: AtomicU8::new(Role::Standby as u8),
+            state: RoleState::new(epoch),
             index: Mutex::new(index),
             members: Mutex::new(members),
             stats: Stats::default(),
@@ -317,10 +274,8 @@ impl Master {
             repair_queue: Mutex::new(HashSet::new()),
             welcomed: Mutex::new(HashSet::new()),
             inflight: AtomicUsize::new(0),
-            superseded: AtomicU64::new(0),
             extra_stats: Mutex::new(Vec::new()),
             applied_seq: AtomicU64::new(0),
-            authoritative: AtomicBool::new(true),
         });
         Ok(Master { shared, listener })
     }

@@ -540,7 +540,7 @@ fn stats(shared: &Arc<Shared>) -> Reply {
         ("wal_bytes", shared.wal.bytes().to_string()),
         ("uptime_s", (shared.now_us() / 1_000_000).to_string()),
         ("connections", shared.connections.load(Ordering::Relaxed).to_string()),
-        ("authoritative", u8::from(shared.authoritative.load(Ordering::Acquire)).to_string()),
+        ("authoritative", u8::from(shared.state.is_authoritative()).to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

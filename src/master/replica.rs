@@ -89,12 +89,12 @@ impl Shared {
                 }
             }
             Record::Epoch { epoch } => {
-                self.set_epoch(epoch);
+                self.state.follow_epoch(epoch);
                 self.index.lock().restamp(epoch);
             }
         }
         self.applied_seq.store(seq, Ordering::Release);
-        self.authoritative.store(false, Ordering::Release);
+        self.state.mark_copy();
     }
 
     /// Forgets the followed copy: a fresh copy follows.
@@ -105,9 +105,8 @@ impl Shared {
         }
         *members = super::members::Members::new();
         *self.index.lock() = super::index::Index::new();
-        self.set_epoch(0);
+        self.state.reset_copy();
         self.applied_seq.store(0, Ordering::Release);
-        self.authoritative.store(false, Ordering::Release);
     }
 
     /// The whole state as log records with increasing seqs: every key's newest write, then the
@@ -145,7 +144,7 @@ pub fn serve_stream(shared: &Arc<Shared>, stream: TcpStream) {
     loop {
         // Only a log that is this master's state is worth copying: a master that is itself
         // following the other one has a log that may be stale.
-        if !shared.authoritative.load(Ordering::Acquire) {
+        if !shared.state.is_authoritative() {
             let _ =
                 (&stream).write_all(b"ERR this master is following the other; its log is not its state\n");
             log::info!("stopped streaming the log to {peer}: this master is not authoritative");
@@ -179,8 +178,7 @@ pub fn serve_stream(shared: &Arc<Shared>, stream: TcpStream) {
 
 /// Stops serving and tells the caller the last seq this master logged (`HANDOFF`).
 pub fn serve_handoff(shared: &Arc<Shared>, stream: TcpStream) {
-    let was = shared.role();
-    shared.set_role(Role::Standby);
+    let was = shared.state.hand_off();
     let deadline = Instant::now() + HANDOFF_DRAIN;
     while shared.inflight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(1));
@@ -341,14 +339,11 @@ pub fn takeover(
             link.kill("starting a new epoch");
         }
         shared.welcomed.lock().clear();
-        shared.superseded.store(0, Ordering::Release);
-        shared.set_epoch(epoch);
-        shared.set_role(Role::Candidate);
+        shared.state.begin_takeover(epoch);
     }
     log::warn!("taking over: epoch {epoch}, waiting for a majority of the members to join");
     let recovered = loop {
-        let newer = shared.superseded.load(Ordering::Acquire);
-        if newer != 0 {
+        if let Some(newer) = shared.state.superseded() {
             give_up(shared);
             return Err(TakeoverError::Stale(newer));
         }
@@ -384,11 +379,17 @@ pub fn takeover(
         shared.snapshot_records(epoch)
     };
     if let Err(e) = shared.wal.rewrite(&mut records.into_iter()) {
-        shared.set_role(Role::Standby);
+        shared.state.give_up();
         return Err(TakeoverError::Log(e));
     }
-    shared.authoritative.store(true, Ordering::Release);
-    shared.set_role(Role::Primary);
+    if !shared.state.complete_takeover(epoch) {
+        // Stepped down, or learnt of a newer epoch, while recovering: never serve.
+        give_up(shared);
+        return Err(match shared.state.superseded() {
+            Some(newer) => TakeoverError::Stale(newer),
+            None => TakeoverError::Aborted,
+        });
+    }
     let links = shared.members.lock().live_links();
     for link in &links {
         super::slaves::start_catch_up(shared, link);
@@ -404,7 +405,7 @@ pub fn takeover(
 
 /// Leaves the candidate role: the slaves that joined are let go (they look for a master again).
 fn give_up(shared: &Shared) {
-    shared.set_role(Role::Standby);
+    shared.state.give_up();
     for link in shared.members.lock().live_links() {
         link.kill("takeover given up");
     }
@@ -436,7 +437,7 @@ fn scan(
             Outcome::Item { stamp, key, value } => items.push((key, stamp, value)),
             Outcome::End(_) => finished += 1,
             Outcome::Fenced(newer) => {
-                shared.superseded.fetch_max(newer, Ordering::AcqRel);
+                shared.state.note_superseded(newer);
                 finished += 1;
             }
             other => {
@@ -534,8 +535,9 @@ pub const RETRY_PAUSE: Duration = Duration::from_millis(300);
 /// only the backup's log has.
 pub fn run_primary(shared: Arc<Shared>) {
     loop {
-        let mut known = shared.epoch().max(shared.superseded.load(Ordering::Acquire));
-        let stale = shared.superseded.load(Ordering::Acquire) != 0;
+        let superseded = shared.state.superseded();
+        let mut known = shared.epoch().max(superseded.unwrap_or(0));
+        let stale = superseded.is_some();
         if let Some(peer) = shared.config.peer.clone() {
             match probe(&peer, Duration::from_secs(1), shared.config.requirepass.as_ref()) {
                 Some(p) if p.authoritative && (p.epoch > shared.epoch() || p.role == "primary") => {
