@@ -204,9 +204,10 @@ impl Node {
                     self.scan_into(rid, epoch, from_seq, &mut out);
                     Reply { rid, outcome: Outcome::End(self.store.since(from_seq).count() as u64) }
                 }
-                Ok(request) => {
-                    Reply { rid: request.rid, outcome: self.handle(request.epoch, request.command) }
-                }
+                Ok(request) => Reply {
+                    rid: request.rid,
+                    outcome: self.handle(request.epoch, request.command, Instant::now()),
+                },
                 Err(e) => {
                     // The id may be unreadable; answer with id 0 so the master logs it.
                     log::warn!("refused a malformed message from {addr}: {e}");
@@ -270,12 +271,11 @@ impl Node {
         Ok((stream, reader))
     }
 
-    /// Accepts `epoch`, first waiting out a live lease given to another epoch's master.
+    /// Accepts `epoch`, first waiting out a live lease given to another epoch's master. Only
+    /// registration and `SCAN` wait here (a new master asks them once, while it gathers its
+    /// majority); every other request is answered by [`Node::handle`] without sleeping.
     fn join_epoch(&mut self, epoch: u64) {
-        if epoch <= self.epoch {
-            return;
-        }
-        if let Some(wait) = self.lease_blocking(epoch) {
+        if let Some(wait) = self.lease_blocking(epoch, Instant::now()) {
             log::info!(
                 "waiting {} ms for the lease of epoch {} to expire before joining epoch {epoch}",
                 wait.as_millis(),
@@ -283,15 +283,23 @@ impl Node {
             );
             thread::sleep(wait);
         }
+        self.accept_epoch(epoch);
+    }
+
+    /// Accepts `epoch` if it is newer: the lease given to the old one is over.
+    fn accept_epoch(&mut self, epoch: u64) {
+        if epoch <= self.epoch {
+            return;
+        }
         log::info!("accepted epoch {epoch} (was {})", self.epoch);
         self.epoch = epoch;
         self.lease = None;
     }
 
-    /// How long a lease given to another epoch still runs.
-    fn lease_blocking(&self, epoch: u64) -> Option<Duration> {
+    /// How long, from `now`, a lease given to another epoch still runs.
+    fn lease_blocking(&self, epoch: u64, now: Instant) -> Option<Duration> {
         match self.lease {
-            Some((e, until)) if e != epoch => until.checked_duration_since(Instant::now()),
+            Some((e, until)) if e != epoch => until.checked_duration_since(now),
             _ => None,
         }
     }
@@ -307,15 +315,17 @@ impl Node {
         }
     }
 
-    fn handle(&mut self, epoch: u64, command: Command) -> Outcome {
+    /// The step function of a slave: what it answers to `command` of a master in `epoch`, at
+    /// time `now`. It never sleeps and never touches a socket.
+    fn handle(&mut self, epoch: u64, command: Command, now: Instant) -> Outcome {
         if epoch < self.epoch {
             return Outcome::Fenced(self.epoch);
         }
         if epoch > self.epoch {
-            if let Some(wait) = self.lease_blocking(epoch) {
+            if let Some(wait) = self.lease_blocking(epoch, now) {
                 return Outcome::Wait(wait.as_millis() as u64 + 1);
             }
-            self.join_epoch(epoch);
+            self.accept_epoch(epoch);
         }
         match command {
             Command::Set { stamp, key, value } => Outcome::Ok(self.store.apply(&key, stamp, Some(value))),
@@ -328,12 +338,72 @@ impl Node {
                 None => Outcome::None,
             },
             Command::Ping => {
-                self.lease = Some((epoch, Instant::now() + LEASE));
+                self.lease = Some((epoch, now + LEASE));
                 Outcome::Pong
             }
             Command::Epoch => Outcome::Ok(Stamp::default()),
             // Answered by the request loop, which can send several lines.
             Command::Scan { .. } => Outcome::Err("SCAN is answered elsewhere".into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> Node {
+        let config = Config { id: "s1".into(), master: "127.0.0.1:1".into(), backup: None, secret: None };
+        Node { config, store: Store::new(), epoch: 0, lease: None }
+    }
+
+    fn set(key: &str, epoch: u64, seq: u64, value: &str) -> Command {
+        Command::Set { stamp: Stamp::new(epoch, seq), key: key.into(), value: value.into() }
+    }
+
+    #[test]
+    fn an_older_epoch_is_fenced_and_a_newer_one_joined() {
+        let (mut n, t) = (node(), Instant::now());
+        assert_eq!(n.handle(2, set("k", 2, 1, "a"), t), Outcome::Ok(Stamp::new(2, 1)));
+        assert_eq!(n.epoch, 2);
+        assert_eq!(n.handle(1, Command::Get { key: "k".into() }, t), Outcome::Fenced(2));
+        assert_eq!(
+            n.handle(3, Command::Get { key: "k".into() }, t),
+            Outcome::Value(Stamp::new(2, 1), b"a".to_vec())
+        );
+        assert_eq!(n.epoch, 3);
+    }
+
+    #[test]
+    fn a_lease_given_holds_a_newer_epoch_off_until_it_runs_out() {
+        let (mut n, t) = (node(), Instant::now());
+        assert_eq!(n.handle(1, Command::Ping, t), Outcome::Pong);
+        // Within the lease, a newer master is told how long to wait, and nothing is applied.
+        let half = t + LEASE / 2;
+        match n.handle(2, set("k", 2, 5, "new"), half) {
+            Outcome::Wait(ms) => assert!(ms > 0 && ms <= LEASE.as_millis() as u64 / 2 + 1, "{ms}"),
+            other => panic!("expected WAIT, got {other:?}"),
+        }
+        assert_eq!((n.epoch, n.store.get("k").is_none()), (1, true));
+        // The lease holder itself is served meanwhile.
+        assert_eq!(n.handle(1, Command::Ping, half), Outcome::Pong);
+        // Once the lease (renewed at `half`) has run out, the newer epoch is joined.
+        let after = half + LEASE + Duration::from_millis(1);
+        assert_eq!(n.handle(2, set("k", 2, 5, "new"), after), Outcome::Ok(Stamp::new(2, 5)));
+        assert_eq!(n.epoch, 2);
+        // ... and the old master is fenced.
+        assert_eq!(n.handle(1, Command::Ping, after), Outcome::Fenced(2));
+    }
+
+    #[test]
+    fn stamps_decide_and_tombstones_are_kept() {
+        let (mut n, t) = (node(), Instant::now());
+        assert_eq!(n.handle(3, set("k", 3, 10, "b"), t), Outcome::Ok(Stamp::new(3, 10)));
+        // An older stamp (a late repair, a re-sent write) never replaces a newer one.
+        assert_eq!(n.handle(3, set("k", 2, 99, "old"), t), Outcome::Ok(Stamp::new(3, 10)));
+        let del = Command::Del { stamp: Stamp::new(3, 11), key: "k".into() };
+        assert_eq!(n.handle(3, del, t), Outcome::Ok(Stamp::new(3, 11)));
+        assert_eq!(n.handle(3, Command::Get { key: "k".into() }, t), Outcome::Tomb(Stamp::new(3, 11)));
+        assert_eq!(n.handle(3, Command::Get { key: "never".into() }, t), Outcome::None);
     }
 }
