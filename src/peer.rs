@@ -111,6 +111,17 @@ pub enum Command {
     Scan { from_seq: u64 },
 }
 
+impl Command {
+    /// The command that stores `value` under `key` at `stamp`: a `SET`, or for no value (a
+    /// deletion) a `DEL`.
+    pub fn store(stamp: Stamp, key: &str, value: Option<&[u8]>) -> Command {
+        match value {
+            Some(v) => Command::Set { stamp, key: key.to_string(), value: v.to_vec() },
+            None => Command::Del { stamp, key: key.to_string() },
+        }
+    }
+}
+
 /// A request from a master: id, epoch, command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {

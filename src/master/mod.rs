@@ -143,6 +143,11 @@ pub struct Stats {
 }
 
 /// State shared by all of a master's threads.
+///
+/// Lock order: `members` before `index` and before `welcomed`, and any of them before the
+/// log's own lock (an append under `members` records a new member). Nothing takes `members`
+/// while holding `index` or `welcomed`. `state` (role and epoch) takes its own lock only
+/// inside a transition, which takes no other lock.
 pub struct Shared {
     /// The configuration.
     pub config: Config,

@@ -600,10 +600,7 @@ fn repair_timed_out(shared: &Arc<Shared>, links: &[Arc<Link>], need: usize) {
             continue;
         };
         let (stamp, value) = state.latest.clone();
-        let command = match &value {
-            Some(v) => Command::Set { stamp, key: key.clone(), value: v.to_vec() },
-            None => Command::Del { stamp, key: key.clone() },
-        };
+        let command = Command::store(stamp, &key, value.as_deref());
         let deadline = Instant::now() + shared.config.ack_timeout * WRITE_DEADLINE_ACK_TIMEOUTS;
         let quorum = Arc::new(Quorum::new(need));
         match replicate(shared, links.to_vec(), &quorum, shared.epoch(), &command, deadline, false) {
@@ -635,10 +632,7 @@ fn repair_under_replicated(shared: &Arc<Shared>, links: &[Arc<Link>], need: usiz
     let epoch = shared.epoch();
     for (key, state) in weak {
         let (stamp, value) = state.committed;
-        let command = match &value {
-            Some(v) => Command::Set { stamp, key: key.clone(), value: v.to_vec() },
-            None => Command::Del { stamp, key: key.clone() },
-        };
+        let command = Command::store(stamp, &key, value.as_deref());
         let missing: Vec<Arc<Link>> =
             links.iter().filter(|l| state.holders & (1 << l.slot) == 0).cloned().collect();
         let have = (state.holders & live_mask).count_ones() as usize;

@@ -176,10 +176,7 @@ fn catch_up(shared: &Arc<Shared>, link: &Arc<Link>) {
                 break;
             };
             let (stamp, value) = state.committed;
-            let command = match value {
-                Some(v) => Command::Set { stamp, key: key.clone(), value: v.to_vec() },
-                None => Command::Del { stamp, key: key.clone() },
-            };
+            let command = Command::store(stamp, &key, value.as_deref());
             let rid = shared.rid();
             if !link.send(rid, epoch, &command, Some(&tx)) {
                 return;
