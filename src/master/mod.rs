@@ -344,6 +344,8 @@ fn serve_connection(shared: &Arc<Shared>, stream: TcpStream) {
     let mut out = Vec::with_capacity(4096);
     let mut first = true;
     let mut authenticated = shared.config.requirepass.is_none();
+    // The write half, which slave readers may share to answer a write (see `ops::execute`).
+    let client = Arc::new(ops::ClientOut::new(stream));
     loop {
         let line = match reader.read_line() {
             Ok(Some(line)) => line,
@@ -355,14 +357,18 @@ fn serve_connection(shared: &Arc<Shared>, stream: TcpStream) {
             Err(LineError::Io(_)) => break,
         };
         if first && line == b"STREAM" {
-            if admit(shared, &stream, &mut reader, PeerRole::Stream, crate::auth::MASTER_ID) {
-                replica::serve_stream(shared, stream);
+            if admit(shared, client.stream(), &mut reader, PeerRole::Stream, crate::auth::MASTER_ID) {
+                if let Some(stream) = ops::ClientOut::into_stream(client) {
+                    replica::serve_stream(shared, stream);
+                }
             }
             return;
         }
         if first && line == b"HANDOFF" {
-            if admit(shared, &stream, &mut reader, PeerRole::Handoff, crate::auth::MASTER_ID) {
-                replica::serve_handoff(shared, stream);
+            if admit(shared, client.stream(), &mut reader, PeerRole::Handoff, crate::auth::MASTER_ID) {
+                if let Some(stream) = ops::ClientOut::into_stream(client) {
+                    replica::serve_handoff(shared, stream);
+                }
             }
             return;
         }
@@ -371,13 +377,15 @@ fn serve_connection(shared: &Arc<Shared>, stream: TcpStream) {
                 Ok(hello) => {
                     // A slave's replies carry escaped values, longer than a client's lines.
                     reader.set_limit(crate::limits::MAX_PEER_LINE);
-                    if admit(shared, &stream, &mut reader, PeerRole::Slave, &hello.id) {
-                        slaves::serve_slave(shared, stream, reader, hello);
+                    if admit(shared, client.stream(), &mut reader, PeerRole::Slave, &hello.id) {
+                        if let Some(stream) = ops::ClientOut::into_stream(client) {
+                            slaves::serve_slave(shared, stream, reader, hello);
+                        }
                     }
                     return;
                 }
                 Err(e) => {
-                    let _ = (&stream).write_all(format!("ERR {e}\r\n").as_bytes());
+                    let _ = client.stream().write_all(format!("ERR {e}\r\n").as_bytes());
                     return;
                 }
             }
@@ -395,7 +403,12 @@ fn serve_connection(shared: &Arc<Shared>, stream: TcpStream) {
             Ok(request) if !authenticated && request != Request::Ping => {
                 Some(Reply::invalid("NOAUTH authentication required"))
             }
-            Ok(request) => Some(ops::execute(shared, request)),
+            Ok(request) => {
+                // The answer may be sent by another thread only when it would be sent at once
+                // anyway: nothing is waiting in `out` and no further request is buffered.
+                let early = out.is_empty() && !reader.has_buffered_line();
+                ops::execute(shared, request, early.then_some(&client))
+            }
             Err(msg) => Some(Reply::invalid(msg)),
         };
         if let Some(reply) = reply {
@@ -408,13 +421,13 @@ fn serve_connection(shared: &Arc<Shared>, stream: TcpStream) {
         // its replies in few system calls; but never let replies pile up without bound for a
         // client that pipelines many reads of big values.
         if (!reader.has_buffered_line() || out.len() >= MAX_PENDING_REPLY_BYTES) && !out.is_empty() {
-            if (&stream).write_all(&out).is_err() {
+            if client.stream().write_all(&out).is_err() {
                 return;
             }
             out.clear();
         }
     }
-    let _ = (&stream).write_all(&out);
+    let _ = client.stream().write_all(&out);
 }
 
 /// With a cluster secret, runs the server's side of the peer handshake ([`crate::auth`]) and

@@ -1,47 +1,117 @@
 //! What the master does for each client request, and the background repair that keeps every
 //! key on a majority of members.
 
+use std::io::Write;
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
 use rand::seq::SliceRandom;
 
 use super::index::{KeyState, Value};
-use super::link::{recv_parked, Ack, Link, Quorum};
+use super::link::{recv_parked, Ack, Finish, Link, Quorum};
 use super::{Shared, WRITE_DEADLINE_ACK_TIMEOUTS};
 use crate::peer::{encode_body, Command, Outcome, Stamp};
 use crate::protocol::{ErrorReply, Reply, Request};
 use crate::quorum::majority;
 use crate::wal::Record;
 
+/// A client connection's write half, shared with the slave readers so that the one whose ACK
+/// completes a write's quorum can answer the client itself (one thread hop sooner than waking
+/// the connection's thread to do it).
+pub struct ClientOut {
+    stream: TcpStream,
+    /// The part of an answer a slave reader could not send without blocking; the connection's
+    /// thread sends it. A reader never blocks on a client's socket: a client that does not read
+    /// its answers must not hold up a slave's link.
+    unsent: Mutex<Vec<u8>>,
+}
+
+impl ClientOut {
+    /// Wraps a client connection's socket.
+    pub fn new(stream: TcpStream) -> ClientOut {
+        ClientOut { stream, unsent: Mutex::new(Vec::new()) }
+    }
+
+    /// The connection's socket, for the connection's own thread.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// The socket back, when nothing else shares it (a peer connection, told apart by its first
+    /// line before any request could have shared it).
+    pub fn into_stream(this: Arc<ClientOut>) -> Option<TcpStream> {
+        Arc::into_inner(this).map(|out| out.stream)
+    }
+
+    /// Sends `bytes` without blocking; what the socket does not take is kept in `unsent`
+    /// (behind anything kept before, so answers stay in order).
+    fn send_or_keep(&self, bytes: &[u8]) {
+        let mut unsent = self.unsent.lock();
+        if !unsent.is_empty() {
+            unsent.extend_from_slice(bytes);
+            return;
+        }
+        // SAFETY: the pointer and length describe a live slice that send(2) only reads during
+        // the call; the descriptor is owned by `self.stream`.
+        let sent = unsafe {
+            libc::send(
+                self.stream.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        let sent = usize::try_from(sent).unwrap_or(0);
+        if sent < bytes.len() {
+            unsent.extend_from_slice(&bytes[sent..]);
+        }
+    }
+
+    /// Sends, blocking, whatever a reader left unsent.
+    fn flush_unsent(&self) {
+        let unsent = std::mem::take(&mut *self.unsent.lock());
+        if !unsent.is_empty() {
+            // A failed write closes the connection at its next read.
+            let _ = (&self.stream).write_all(&unsent);
+        }
+    }
+}
+
 /// Carries out one parsed client request (not `QUIT` or `CLIENT`, which the connection handles).
-pub fn execute(shared: &Arc<Shared>, request: Request) -> Reply {
+///
+/// `client`: the connection, when nothing is buffered for it and no further request is waiting,
+/// so a write's answer may be sent by the slave reader that completes its quorum. `None` means
+/// the answer was sent that way.
+pub fn execute(shared: &Arc<Shared>, request: Request, client: Option<&Arc<ClientOut>>) -> Option<Reply> {
     match request {
-        Request::Write { key, value } => guarded(shared, |s| write(s, key, Some(value.into()))),
-        Request::Delete { key } => guarded(shared, |s| delete(s, key)),
-        Request::Read { key } => guarded(shared, |s| read(s, &key)),
-        Request::Ping => Reply::Pong,
-        Request::Stats => stats(shared),
-        Request::Members => members_table(shared),
-        Request::Remove { id } => guarded(shared, |s| remove_member(s, &id)),
-        Request::Quit | Request::Hello | Request::Auth { .. } => Reply::invalid("unexpected request"),
+        Request::Write { key, value } => guarded(shared, |s| write(s, key, Some(value.into()), client)),
+        Request::Delete { key } => guarded(shared, |s| delete(s, key, client)),
+        Request::Read { key } => guarded(shared, |s| Some(read(s, &key))),
+        Request::Ping => Some(Reply::Pong),
+        Request::Stats => Some(stats(shared)),
+        Request::Members => Some(members_table(shared)),
+        Request::Remove { id } => guarded(shared, |s| Some(remove_member(s, &id))),
+        Request::Quit | Request::Hello | Request::Auth { .. } => Some(Reply::invalid("unexpected request")),
     }
 }
 
 /// Runs `f` only on a primary. The in-flight count is raised before the role is checked, so a
 /// hand-off that switches the role and then waits for the count to reach zero cannot miss a
 /// write that passed the check.
-fn guarded(shared: &Arc<Shared>, f: impl FnOnce(&Arc<Shared>) -> Reply) -> Reply {
+fn guarded(shared: &Arc<Shared>, f: impl FnOnce(&Arc<Shared>) -> Option<Reply>) -> Option<Reply> {
     shared.inflight.fetch_add(1, Ordering::SeqCst);
     let reply = match shared.role() {
         super::Role::Primary => f(shared),
-        super::Role::Candidate => Reply::Err(ErrorReply::Unavailable(format!(
+        super::Role::Candidate => Some(Reply::Err(ErrorReply::Unavailable(format!(
             "taking over as primary (epoch {}): waiting for a majority of slaves",
             shared.epoch()
-        ))),
-        super::Role::Standby => shared.not_primary(),
+        )))),
+        super::Role::Standby => Some(shared.not_primary()),
     };
     shared.inflight.fetch_sub(1, Ordering::SeqCst);
     reply
@@ -70,10 +140,10 @@ fn quorum_links(shared: &Shared, synced_only: bool) -> Result<(Vec<Arc<Link>>, u
     Ok((live, need))
 }
 
-fn write(shared: &Arc<Shared>, key: String, value: Value) -> Reply {
+fn write(shared: &Arc<Shared>, key: String, value: Value, client: Option<&Arc<ClientOut>>) -> Option<Reply> {
     let (links, need) = match quorum_links(shared, false) {
         Ok(q) => q,
-        Err(why) => return Reply::Err(ErrorReply::Unavailable(why)),
+        Err(why) => return Some(Reply::Err(ErrorReply::Unavailable(why))),
     };
     let record = match &value {
         Some(v) => Record::Set { key: key.clone(), value: v.to_vec() },
@@ -84,7 +154,7 @@ fn write(shared: &Arc<Shared>, key: String, value: Value) -> Reply {
         Ok(seq) => seq,
         Err(e) => {
             log::error!("write-ahead log append failed: {e}");
-            return Reply::Err(ErrorReply::Unavailable(format!("write-ahead log: {e}")));
+            return Some(Reply::Err(ErrorReply::Unavailable(format!("write-ahead log: {e}"))));
         }
     };
     let stamp = Stamp::new(epoch, seq);
@@ -95,8 +165,18 @@ fn write(shared: &Arc<Shared>, key: String, value: Value) -> Reply {
         _ => Command::Del { stamp, key: key.clone() },
     };
     let deadline = Instant::now() + shared.config.ack_timeout * WRITE_DEADLINE_ACK_TIMEOUTS;
-    let quorum = Arc::new(Quorum::new(need));
-    match replicate(shared, links, &quorum, epoch, &command, deadline, true) {
+    // Only while this is the one request in flight: a reader that answers clients does it one
+    // after another for all the ACKs it read at once, where the connections' own threads would
+    // answer in parallel; under load that costs more than the wake-up it saves.
+    let client = client.filter(|_| shared.inflight.load(Ordering::Relaxed) <= EARLY_ANSWER_MAX_INFLIGHT);
+    let finish = client.map(|client| finish_write(shared, client, key.clone(), stamp, value.clone()));
+    let quorum = Arc::new(Quorum::with_finish(need, finish));
+    let result = replicate(shared, links, &quorum, epoch, &command, deadline, true);
+    if client.is_some() && quorum.take_finish().is_none() {
+        // A slave reader completed the quorum, committed the write and answered the client.
+        return answered_by_reader(shared, &quorum, client?, seq);
+    }
+    Some(match result {
         Replicated::Quorum(acked) => {
             commit_write(shared, &key, stamp, value, acked);
             Reply::Ok(seq)
@@ -114,27 +194,68 @@ fn write(shared: &Arc<Shared>, key: String, value: Value) -> Reply {
                 "superseded by a master of epoch {newer} while writing; outcome unknown"
             )))
         }
-    }
+    })
 }
 
-/// Marks an acknowledged write committed, before the client is answered, so a read that
-/// follows the answer finds the write.
+/// The most requests in flight (this one included) at which a write's answer is left to the
+/// slave reader that completes its quorum.
+const EARLY_ANSWER_MAX_INFLIGHT: usize = 1;
+
+/// Marks an acknowledged write committed. Whoever answers the client calls this first, so a
+/// read that follows the answer finds the write.
 fn commit_write(shared: &Shared, key: &str, stamp: Stamp, value: Value, acked: u64) {
     crate::failpoint::failpoint("after-quorum");
     shared.index.lock().commit(key, stamp, value, acked);
     shared.stats.writes.fetch_add(1, Ordering::Relaxed);
 }
 
-fn delete(shared: &Arc<Shared>, key: String) -> Reply {
+/// What the slave reader that completes a write's quorum runs: commit it and send `OK`.
+fn finish_write(
+    shared: &Arc<Shared>,
+    client: &Arc<ClientOut>,
+    key: String,
+    stamp: Stamp,
+    value: Value,
+) -> Finish {
+    let (shared, client) = (Arc::clone(shared), Arc::clone(client));
+    Box::new(move |acked| {
+        commit_write(&shared, &key, stamp, value, acked);
+        let mut answer = Vec::with_capacity(32);
+        Reply::Ok(stamp.seq).encode_into(&mut answer);
+        client.send_or_keep(&answer);
+    })
+}
+
+/// After a reader took the write's finish: waits until it has run, then sends what it could
+/// not. `None`: the client has its answer.
+fn answered_by_reader(shared: &Shared, quorum: &Quorum, client: &ClientOut, seq: u64) -> Option<Reply> {
+    let deadline = Instant::now() + shared.config.ack_timeout;
+    while !quorum.finished() {
+        let now = Instant::now();
+        if now >= deadline {
+            // Not expected: the finish only commits and sends without blocking.
+            log::error!("a slave reader took the answer to the write at version {seq} but did not send it");
+            return Some(Reply::Err(ErrorReply::Timeout(format!(
+                "the write at version {seq} was acknowledged by a majority but its answer was lost"
+            ))));
+        }
+        // The reader unparks this thread when it delivers the ACK, after the finish.
+        std::thread::park_timeout(deadline - now);
+    }
+    client.flush_unsent();
+    None
+}
+
+fn delete(shared: &Arc<Shared>, key: String, client: Option<&Arc<ClientOut>>) -> Option<Reply> {
     let exists = shared.index.lock().get(&key).is_some_and(|s| s.committed.1.is_some());
     if !exists {
         // `NOT_FOUND` is a read of the key: it needs the read lease like any read.
         if let Err(reply) = read_lease(shared) {
-            return reply;
+            return Some(reply);
         }
-        return Reply::NotFound;
+        return Some(Reply::NotFound);
     }
-    write(shared, key, None)
+    write(shared, key, None, client)
 }
 
 thread_local! {
@@ -526,5 +647,29 @@ fn repair_under_replicated(shared: &Arc<Shared>, links: &[Arc<Link>], need: usiz
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn a_reader_never_blocks_on_a_client_that_does_not_read() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        let out = ClientOut::new(server_side);
+        // Far more than the socket buffers hold: a blocking send would never return, since the
+        // client never reads.
+        let answer = vec![b'x'; 64 << 20];
+        out.send_or_keep(&answer);
+        let kept = out.unsent.lock().len();
+        assert!(kept > 0 && kept < answer.len(), "kept {kept} of {} bytes", answer.len());
+        // Nothing overtakes what was kept: the connection's thread sends it all later, in order.
+        out.send_or_keep(b"more");
+        assert_eq!(out.unsent.lock().len(), kept + 4);
+        assert!(out.unsent.lock().ends_with(b"xmore"));
     }
 }
