@@ -3,7 +3,6 @@
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,17 +55,11 @@ impl ClientOut {
             unsent.extend_from_slice(bytes);
             return;
         }
-        // SAFETY: the pointer and length describe a live slice that send(2) only reads during
-        // the call; the descriptor is owned by `self.stream`.
-        let sent = unsafe {
-            libc::send(
-                self.stream.as_raw_fd(),
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        let sent = usize::try_from(sent).unwrap_or(0);
+        // Non-blocking for this one call only (the connection's own thread blocks on the same
+        // socket), through socket2's safe wrapper of send(2).
+        let sent = socket2::SockRef::from(&self.stream)
+            .send_with_flags(bytes, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            .unwrap_or(0);
         if sent < bytes.len() {
             unsent.extend_from_slice(&bytes[sent..]);
         }
