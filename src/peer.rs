@@ -15,7 +15,6 @@
 //!                    <rid> <epoch> DEL <data-epoch> <seq> <key>
 //!                    <rid> <epoch> GET <key>
 //!                    <rid> <epoch> PING                  (heartbeat; renews the read lease)
-//!                    <rid> <epoch> EPOCH                 (accept a new epoch: takeover)
 //!                    <rid> <epoch> SCAN <from-seq>       (list entries with seq > from-seq)
 //!
 //! slave  -> master   <rid> OK <data-epoch> <seq>          (applied; or the newer stamp kept)
@@ -104,8 +103,6 @@ pub enum Command {
     Get { key: String },
     /// Heartbeat; renews the master's read lease.
     Ping,
-    /// Accept the request's epoch as the newest.
-    Epoch,
     /// List every entry whose seq is above the given one (a new master recovering writes its
     /// log copy may lack).
     Scan { from_seq: u64 },
@@ -240,7 +237,6 @@ impl Request {
                 _ => return Err("expected: GET <key>".into()),
             },
             b"PING" if rest.is_none() => Command::Ping,
-            b"EPOCH" if rest.is_none() => Command::Epoch,
             b"SCAN" => Command::Scan { from_seq: number(rest.unwrap_or(b""))? },
             _ => return Err(format!("unknown slave command '{}'", truncate_for_display(verb))),
         };
@@ -272,7 +268,6 @@ pub fn encode_body(epoch: u64, command: &Command, out: &mut Vec<u8>) {
             out.extend_from_slice(key.as_bytes());
         }
         Command::Ping => out.extend_from_slice(b" PING"),
-        Command::Epoch => out.extend_from_slice(b" EPOCH"),
         Command::Scan { from_seq } => {
             out.extend_from_slice(b" SCAN ");
             push_u64(out, *from_seq);
@@ -433,7 +428,6 @@ mod tests {
             Command::Del { stamp: s, key: "k".into() },
             Command::Get { key: "k".into() },
             Command::Ping,
-            Command::Epoch,
             Command::Scan { from_seq: 12 },
         ] {
             round_trip_request(Request { rid: 9, epoch: 3, command });

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use crate::framing::{LineError, LineReader};
-use crate::peer::{Command, Hello, Outcome, Reply, Request, Stamp, LEASE};
+use crate::peer::{Command, Hello, Outcome, Reply, Request, LEASE};
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -341,7 +341,6 @@ impl Node {
                 self.lease = Some((epoch, now + LEASE));
                 Outcome::Pong
             }
-            Command::Epoch => Outcome::Ok(Stamp::default()),
             // Answered by the request loop, which can send several lines.
             Command::Scan { .. } => Outcome::Err("SCAN is answered elsewhere".into()),
         }
@@ -351,6 +350,7 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::peer::Stamp;
 
     fn node() -> Node {
         let config = Config { id: "s1".into(), master: "127.0.0.1:1".into(), backup: None, secret: None };

@@ -155,12 +155,11 @@ fn request(rng: &mut StdRng) -> Request {
 }
 
 fn command(rng: &mut StdRng) -> Command {
-    match rng.gen_range(0..6) {
+    match rng.gen_range(0..5) {
         0 => Command::Set { stamp: stamp(rng), key: key(rng), value: value(rng) },
         1 => Command::Del { stamp: stamp(rng), key: key(rng) },
         2 => Command::Get { key: key(rng) },
         3 => Command::Ping,
-        4 => Command::Epoch,
         _ => Command::Scan { from_seq: num(rng) },
     }
 }

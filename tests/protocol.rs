@@ -94,7 +94,7 @@ fn pipelined_requests_get_replies_in_order() {
 fn an_oversized_line_is_refused_and_the_connection_closed() {
     let c = TestCluster::start(1);
     let mut r = c.raw();
-    assert_eq!(r.ask("WRITE small v"), "OK 3");
+    assert!(r.ask("WRITE small v").starts_with("OK "));
     let mut huge = b"WRITE big ".to_vec();
     huge.resize(dsm::framing::MAX_LINE + 100, b'x');
     huge.push(b'\n');
