@@ -187,9 +187,12 @@ impl Standby {
             allowed && shared.role() == Role::Standby
         });
         if !allowed && self.own_epoch != 0 {
-            // The stream's RESET dropped nothing: it only runs after `allowed`... except for
-            // records sent before the first heartbeat, so reload our own log's copy if needed.
-            log::debug!("holding our own copy (epoch {}) over the primary's", self.own_epoch);
+            // Only logged. The stream's RESET and the records before its first heartbeat were
+            // applied before `allowed` could be decided, so the copy held now is the primary's
+            // older one, not ours; what we acknowledged in our epoch is still on a majority of
+            // the slaves, where a takeover's SCAN finds it. Deferring RESET until the first
+            // heartbeat would keep our copy; not done yet.
+            log::debug!("the primary's log (epoch at most {}) is older than our own", self.own_epoch);
         }
         if let Err(e) = result {
             log::info!("log stream from {} broke: {e}", config.primary);
