@@ -10,12 +10,16 @@
 //! | limit | bytes | where |
 //! |---|---|---|
 //! | [`MAX_KEY`] | 250 | a key, everywhere |
+//! | [`MAX_ID`] | 64 | a slave id |
 //! | [`MAX_VALUE`] | 1,048,576 (1 MiB) | a value, as the client sends it (unescaped) |
 //! | [`MAX_LINE`] | 1,049,600 (1 MiB + 1 KiB) | a line from a client, terminator excluded |
 //! | [`MAX_PEER_LINE`] | 4,198,400 (4 MiB + 4 KiB) | a line between master, slaves and backup |
 
 /// The longest key, in bytes (as memcached's).
 pub const MAX_KEY: usize = 250;
+
+/// The longest slave id, in bytes.
+pub const MAX_ID: usize = 64;
 
 /// The longest value, in bytes: 1 MiB. A longer value is refused at the door with
 /// `ERR value too long (N bytes, max 1048576)`.

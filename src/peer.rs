@@ -39,15 +39,14 @@ use std::fmt;
 
 use crate::escape;
 use crate::escape::push_u64;
-use crate::protocol::{parse_key, truncate_for_display};
-use crate::wire::{fields, number, split_word};
+use crate::wire::{fields, number, parse_key, split_word, truncate_for_display};
 
 /// The largest sequence number a peer may report: a quarter of the `u64` range, more than any
 /// log reaches (a million writes a second for 146,000 years), so the rest can never run out.
 pub const MAX_SEQ: u64 = u64::MAX / 4;
 
-/// The longest slave id, in bytes.
-pub const MAX_ID: usize = 64;
+pub use crate::limits::MAX_ID;
+pub use crate::wire::parse_slave_id;
 
 /// How long a slave's answer to a master's `PING` promises not to accept a newer epoch: the
 /// master's read lease. A slave that has given a lease to one master waits for it to run out
@@ -170,20 +169,6 @@ pub fn leading_rid(line: &[u8]) -> Option<u64> {
     let (rid, rest) = split_word(line);
     rest?;
     number(rid).ok()
-}
-
-/// Checks a slave id: 1..=MAX_ID bytes of letters, digits, `-`, `_`, `.`, `:`.
-pub fn parse_slave_id(id: &[u8]) -> Result<String, String> {
-    if id.is_empty() || id.len() > MAX_ID {
-        return Err(format!("slave id must be 1 to {MAX_ID} bytes"));
-    }
-    if !id.iter().all(|&b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) {
-        return Err(format!(
-            "invalid slave id '{}': use letters, digits, '-', '_', '.', ':'",
-            truncate_for_display(id)
-        ));
-    }
-    Ok(String::from_utf8_lossy(id).into_owned())
 }
 
 impl Hello {

@@ -24,7 +24,8 @@
 
 use std::fmt;
 
-use crate::wire::{number, split_word};
+pub use crate::wire::{check_key, parse_key, truncate_for_display};
+use crate::wire::{number, parse_slave_id, split_word};
 
 pub use crate::limits::{MAX_KEY, MAX_VALUE};
 
@@ -242,7 +243,7 @@ impl Request {
             b"DELETE" | b"DEL" => Ok(Request::Delete { key: parse_key(args(1)?[0])? }),
             b"REMOVE" => {
                 let id = args(1)?[0];
-                Ok(Request::Remove { id: crate::peer::parse_slave_id(id)? })
+                Ok(Request::Remove { id: parse_slave_id(id)? })
             }
             b"PING" => args(0).map(|_| Request::Ping),
             b"STATS" => args(0).map(|_| Request::Stats),
@@ -307,7 +308,7 @@ impl Request {
                 check_line_value(value, "value")
             }
             Request::Read { key } | Request::Delete { key } => check_key(key.as_bytes()),
-            Request::Remove { id } => crate::peer::parse_slave_id(id.as_bytes()).map(|_| ()),
+            Request::Remove { id } => parse_slave_id(id.as_bytes()).map(|_| ()),
             Request::Auth { password } if password.is_empty() => {
                 Err("wrong number of arguments for 'auth'".to_string())
             }
@@ -327,33 +328,6 @@ pub fn check_line_value(value: &[u8], what: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a key: 1..=MAX_KEY bytes of UTF-8, no whitespace or control bytes.
-pub fn parse_key(key: &[u8]) -> Result<String, String> {
-    check_key(key)?;
-    // check_key has seen valid UTF-8.
-    Ok(String::from_utf8_lossy(key).into_owned())
-}
-
-/// [`parse_key`] without making a `String` of the key.
-pub fn check_key(key: &[u8]) -> Result<(), String> {
-    if key.is_empty() {
-        return Err("empty key".to_string());
-    }
-    if key.len() > MAX_KEY {
-        return Err(format!("key too long ({} bytes, max {MAX_KEY})", key.len()));
-    }
-    if key.iter().any(|&b| b <= b' ' || b == 0x7f) {
-        return Err("key contains whitespace or control bytes".to_string());
-    }
-    match std::str::from_utf8(key) {
-        Ok(k) if k.chars().any(|c| c.is_whitespace() || c.is_control()) => {
-            Err("key contains whitespace or control bytes".to_string())
-        }
-        Ok(_) => Ok(()),
-        Err(_) => Err("key is not valid UTF-8".to_string()),
-    }
-}
-
 /// Checks a value's length: at most [`MAX_VALUE`] bytes.
 pub fn check_value(value: &[u8]) -> Result<(), String> {
     if value.len() > MAX_VALUE {
@@ -364,18 +338,6 @@ pub fn check_value(value: &[u8]) -> Result<(), String> {
 
 fn lossy(b: &[u8]) -> String {
     truncate_for_display(b)
-}
-
-/// A short, printable rendering of untrusted bytes for error messages and logs.
-pub fn truncate_for_display(b: &[u8]) -> String {
-    const SHOWN: usize = 40;
-    let shown = &b[..b.len().min(SHOWN)];
-    let mut s: String =
-        String::from_utf8_lossy(shown).chars().map(|c| if c.is_control() { '?' } else { c }).collect();
-    if b.len() > SHOWN {
-        s.push_str("...");
-    }
-    s
 }
 
 #[cfg(test)]

@@ -4,9 +4,10 @@
 //! Every format separates its fields with single spaces and ends its last field at the end of
 //! the line, so that field may hold spaces (a value, a password). Numbers are written one way
 //! only, by [`crate::escape::push_u64`], and read back one way only, by [`number`]: decimal
-//! digits, no sign, no leading zero, no overflow.
+//! digits, no sign, no leading zero, no overflow. The checks of the two names every format
+//! carries, keys and slave ids, live here too, so no protocol module needs another.
 
-use crate::protocol::truncate_for_display;
+use crate::limits::{MAX_ID, MAX_KEY};
 
 /// Splits at the first space: the word before it, and everything after that single space
 /// (`None` when there is no space).
@@ -45,6 +46,59 @@ pub fn number(field: &[u8]) -> Result<u64, String> {
             .ok_or_else(|| format!("number too large: '{}'", truncate_for_display(field)))?;
     }
     Ok(n)
+}
+
+/// Checks a key: 1..=MAX_KEY bytes of UTF-8, no whitespace or control bytes.
+pub fn parse_key(key: &[u8]) -> Result<String, String> {
+    check_key(key)?;
+    // check_key has seen valid UTF-8.
+    Ok(String::from_utf8_lossy(key).into_owned())
+}
+
+/// [`parse_key`] without making a `String` of the key.
+pub fn check_key(key: &[u8]) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("empty key".to_string());
+    }
+    if key.len() > MAX_KEY {
+        return Err(format!("key too long ({} bytes, max {MAX_KEY})", key.len()));
+    }
+    if key.iter().any(|&b| b <= b' ' || b == 0x7f) {
+        return Err("key contains whitespace or control bytes".to_string());
+    }
+    match std::str::from_utf8(key) {
+        Ok(k) if k.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            Err("key contains whitespace or control bytes".to_string())
+        }
+        Ok(_) => Ok(()),
+        Err(_) => Err("key is not valid UTF-8".to_string()),
+    }
+}
+
+/// Checks a slave id: 1..=MAX_ID bytes of letters, digits, `-`, `_`, `.`, `:`.
+pub fn parse_slave_id(id: &[u8]) -> Result<String, String> {
+    if id.is_empty() || id.len() > MAX_ID {
+        return Err(format!("slave id must be 1 to {MAX_ID} bytes"));
+    }
+    if !id.iter().all(|&b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) {
+        return Err(format!(
+            "invalid slave id '{}': use letters, digits, '-', '_', '.', ':'",
+            truncate_for_display(id)
+        ));
+    }
+    Ok(String::from_utf8_lossy(id).into_owned())
+}
+
+/// A short, printable rendering of untrusted bytes for error messages and logs.
+pub fn truncate_for_display(b: &[u8]) -> String {
+    const SHOWN: usize = 40;
+    let shown = &b[..b.len().min(SHOWN)];
+    let mut s: String =
+        String::from_utf8_lossy(shown).chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+    if b.len() > SHOWN {
+        s.push_str("...");
+    }
+    s
 }
 
 #[cfg(test)]

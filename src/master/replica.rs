@@ -473,7 +473,7 @@ pub struct PeerState {
     pub role: String,
     /// Its epoch.
     pub epoch: u64,
-    /// Its state is its own log's (see [`Shared::authoritative`]).
+    /// Its state is its own log's (see [`RoleState::is_authoritative`](super::RoleState::is_authoritative)).
     pub authoritative: bool,
     /// Its live, caught-up slaves.
     pub slaves: usize,
