@@ -166,13 +166,11 @@ impl Client {
             // Retry only what certainly did nothing: a refusal before the request was sent,
             // or a reply that says nothing was done. A write whose connection broke has an
             // unknown outcome and is never sent again.
-            let retry = match &result {
-                Ok(Reply::Err(e @ (ErrorReply::NotPrimary(_) | ErrorReply::Unavailable(_)))) => {
-                    e.had_no_effect()
-                }
-                Err(Error::Unavailable(_)) => true,
-                _ => false,
-            };
+            let retry = matches!(
+                result,
+                Ok(Reply::Err(ErrorReply::NotPrimary(_) | ErrorReply::Unavailable(_)))
+                    | Err(Error::Unavailable(_))
+            );
             if !retry || Instant::now() >= deadline {
                 return result;
             }
