@@ -19,7 +19,10 @@ build:
 # is prefixed by its role and kept in $(RUN_DIR)/<role>.out beside the logs (kv_store.log,
 # backup_kv_store.log). Ctrl-C stops them all. A server that cannot start (it exits within
 # START_GRACE seconds, as on a taken port) stops them all too, and `make run` exits with an
-# error; a server killed later (to watch a failover) is reported and the rest runs on.
+# error; a server killed later (to watch a failover) is reported and the rest runs on. On the
+# way out the recipe's shell ignores TERM, sends it to its whole process group, and sends
+# KILL a moment later, so no server it started outlives it (one started while the first
+# signal went out was once left running).
 run: build cluster
 
 START_GRACE ?= 3
@@ -27,7 +30,7 @@ START_GRACE ?= 3
 # `make run` without the build (BIN names the directory of the binaries).
 cluster:
 	@mkdir -p $(RUN_DIR)
-	@cd $(RUN_DIR) && trap 'trap - INT TERM EXIT; kill 0 2>/dev/null' INT TERM EXIT; \
+	@cd $(RUN_DIR) && trap 'trap "" INT TERM; trap - EXIT; kill 0 2>/dev/null; sleep 0.3; kill -9 0 2>/dev/null' INT TERM EXIT; \
 	trap 'echo "[make] a server could not start (see $(RUN_DIR)/*.out); stopping the cluster" >&2; exit 1' USR1; \
 	top=$$$$; \
 	supervise() { name=$$1; shift; t0=$$(date +%s); "$$@" 2>&1; rc=$$?; \

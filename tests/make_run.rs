@@ -19,6 +19,10 @@ fn make_run_exits_with_an_error_when_a_server_cannot_start() {
     let backup = free_port().unwrap().to_string();
     let run_dir = tempfile::tempdir().unwrap();
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_dsm-master")).parent().unwrap().to_path_buf();
+    // Output to a file, not a pipe: a pipe would keep the test waiting for as long as any
+    // process that inherited it lives, and that is what the test checks.
+    let logs = tempfile::tempdir().unwrap();
+    let stderr_path = logs.path().join("make.err");
     let mut child = Command::new("make")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["-s", "cluster", "SLAVES=1"])
@@ -29,10 +33,11 @@ fn make_run_exits_with_an_error_when_a_server_cannot_start() {
         // Its own process group: on the way out the recipe kills its whole group.
         .process_group(0)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
         .spawn()
         .unwrap();
+    let group = child.id();
     let mut status = None;
     wait_for("make to exit", Duration::from_secs(60), || {
         status = child.try_wait().unwrap();
@@ -42,17 +47,21 @@ fn make_run_exits_with_an_error_when_a_server_cannot_start() {
         let _ = child.kill();
         panic!("{e}: make ran on without its primary");
     });
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
     assert!(!status.unwrap().success(), "make exited 0");
     assert!(stderr.contains("could not start"), "{stderr}");
     // Each server's output is kept in the run directory.
     let master = std::fs::read_to_string(run_dir.path().join("master.out")).unwrap_or_default();
     assert!(master.contains("cannot listen on"), "master.out: {master}");
-    // Nothing of that cluster is left running.
+    // Nothing of that cluster is left running: every one of its servers names the primary's
+    // address on its command line (the backup's --primary, each slave's --master).
     wait_for("the other servers to stop", Duration::from_secs(30), || {
-        let pgrep = Command::new("pgrep").args(["-f", &format!("--listen {backup}")]).output();
+        let pgrep = Command::new("pgrep").args(["-f", &format!("dsm-.* .*{primary}")]).output();
         pgrep.map(|o| o.stdout.is_empty()).unwrap_or(true)
     })
-    .unwrap();
+    .unwrap_or_else(|e| {
+        // Do not leave them behind for the next test, then fail.
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{group}")]).status();
+        panic!("{e}: a server outlived make");
+    });
 }
