@@ -128,10 +128,15 @@ impl Standby {
         if self.follower.is_none() {
             let Some(peek) = self.peek.as_mut() else { return };
             let newest = std::cell::Cell::new(self.followed_epoch);
-            let polled = peek.poll(&mut || newest.set(0), &mut |_, record| {
+            let mut reset = || {
+                newest.set(0);
+                Ok(())
+            };
+            let polled = peek.poll(&mut reset, &mut |_, record| {
                 if let Record::Epoch { epoch } = record {
                     newest.set(newest.get().max(epoch));
                 }
+                Ok(())
             });
             if let Err(e) = polled {
                 log::error!("cannot read the followed log {}: {e}", path.display());
@@ -147,7 +152,10 @@ impl Standby {
                 self.followed_epoch,
                 self.own_epoch
             );
-            shared.reset_state();
+            if let Err(e) = shared.reset_state() {
+                log::error!("cannot reset this master's log to copy {}: {e}", path.display());
+                return;
+            }
             self.follower = Some(Follower::new(path));
         }
         if let Some(f) = self.follower.as_mut() {
@@ -177,7 +185,7 @@ impl Standby {
             if !allowed && (self.own_epoch == 0 || at.epoch > self.own_epoch) {
                 allowed = true;
             }
-            let applied = shared.applied_seq.load(std::sync::atomic::Ordering::Acquire);
+            let applied = shared.wal.last_seq();
             *shared.extra_stats.lock() = vec![
                 ("following".to_string(), config.primary.clone()),
                 ("follow_seq".to_string(), applied.to_string()),

@@ -8,20 +8,25 @@
 //! one line.
 //!
 //! ```text
-//! slave  -> master   SLAVE <id> <accepted-epoch> <max-seq>          (registration)
+//! slave  -> master   SLAVE <id> <accepted-epoch> <max-seq> <held-epoch> <held-seq>
+//!                                                    (registration; see [`Hello::held`])
 //! master -> slave    WELCOME <epoch>  |  ERR <reason>
 //!
 //! master -> slave    <rid> <epoch> SET <data-epoch> <seq> <key> <escaped-value>
 //!                    <rid> <epoch> DEL <data-epoch> <seq> <key>
 //!                    <rid> <epoch> GET <key>
-//!                    <rid> <epoch> PING                  (heartbeat; renews the read lease)
-//!                    <rid> <epoch> SCAN <from-seq>       (list entries with seq > from-seq)
+//!                    <rid> <epoch> PING [<seq>]          (heartbeat; renews the read lease; with
+//!                                                        a seq: every write of this log up to
+//!                                                        it was sent to you before this PING)
+//!                    <rid> <epoch> SCAN <log-epoch> <log-seq> <older-seq>
+//!                                        (list entries a log ending there may lack; see
+//!                                         [`Command::Scan`])
 //!
 //! slave  -> master   <rid> OK <data-epoch> <seq>          (applied; or the newer stamp kept)
 //!                    <rid> VALUE <data-epoch> <seq> <escaped-value>
 //!                    <rid> TOMB <data-epoch> <seq>        (deleted at that stamp)
 //!                    <rid> NONE                           (never had the key)
-//!                    <rid> PONG
+//!                    <rid> PONG <keys>                    (keys held, tombstones excluded)
 //!                    <rid> FENCED <accepted-epoch>        (request from an older epoch)
 //!                    <rid> WAIT <ms>                      (another master's lease is live)
 //!                    <rid> ERR <reason>
@@ -89,6 +94,10 @@ pub struct Hello {
     pub epoch: u64,
     /// The highest sequence number the slave stores.
     pub max_seq: u64,
+    /// How much of a master's log the slave is known to hold: every write of the log of the
+    /// master of epoch `held.epoch` up to seq `held.seq` (the last `PING <seq>` it got while in
+    /// sync). [`Stamp::default()`] for nothing (a fresh slave): a master sends it everything.
+    pub held: Stamp,
 }
 
 /// What a master asks of a slave.
@@ -100,11 +109,30 @@ pub enum Command {
     Del { stamp: Stamp, key: String },
     /// Return what is stored under `key`.
     Get { key: String },
-    /// Heartbeat; renews the master's read lease.
-    Ping,
-    /// List every entry whose seq is above the given one (a new master recovering writes its
-    /// log copy may lack).
-    Scan { from_seq: u64 },
+    /// Heartbeat; renews the master's read lease. `synced`: every write of the master's log
+    /// up to this seq was sent to the slave before this message (only to a slave in sync).
+    Ping { synced: Option<u64> },
+    /// List every entry a log may lack whose last epoch is `epoch`, which holds that epoch's
+    /// writes up to `seq` and older epochs' up to `older_seq`: entries of a newer epoch, of
+    /// that epoch above `seq`, and of an older one above `older_seq` (a new master recovering
+    /// the writes that were in flight).
+    Scan { epoch: u64, seq: u64, older_seq: u64 },
+}
+
+impl Command {
+    /// A heartbeat that carries no sync position.
+    pub const PING: Command = Command::Ping { synced: None };
+}
+
+/// Whether an entry stamped `entry` may be missing from a log described by a
+/// [`Command::Scan`]'s three numbers.
+pub fn scan_wants(entry: Stamp, epoch: u64, seq: u64, older_seq: u64) -> bool {
+    use std::cmp::Ordering::*;
+    match entry.epoch.cmp(&epoch) {
+        Greater => true,
+        Equal => entry.seq > seq,
+        Less => entry.seq > older_seq,
+    }
 }
 
 impl Command {
@@ -140,8 +168,8 @@ pub enum Outcome {
     Tomb(Stamp),
     /// The key was never stored.
     None,
-    /// The answer to `PING`.
-    Pong,
+    /// The answer to `PING`, with the number of keys the slave holds (tombstones excluded).
+    Pong(u64),
     /// The request's epoch is older than the accepted one (given).
     Fenced(u64),
     /// A lease of the current epoch's master is live for this many milliseconds more.
@@ -174,17 +202,29 @@ pub fn leading_rid(line: &[u8]) -> Option<u64> {
 impl Hello {
     /// The registration line, without terminator.
     pub fn encode(&self) -> String {
-        format!("SLAVE {} {} {}", self.id, self.epoch, self.max_seq)
+        format!("SLAVE {} {} {} {}", self.id, self.epoch, self.max_seq, self.held)
     }
 
     /// Parses a registration line.
     pub fn parse(line: &[u8]) -> Result<Hello, String> {
         let fields = fields(line);
         match fields.as_slice() {
-            [word, id, epoch, max_seq] if word.eq_ignore_ascii_case(b"SLAVE") => {
-                Ok(Hello { id: parse_slave_id(id)?, epoch: number(epoch)?, max_seq: seq_number(max_seq)? })
+            [word, id, epoch, max_seq, rest @ ..] if word.eq_ignore_ascii_case(b"SLAVE") => {
+                let held = match rest {
+                    [] => Stamp::default(),
+                    [e, s] => stamp(e, s)?,
+                    _ => {
+                        return Err("expected: SLAVE <id> <epoch> <max-seq> [<held-epoch> <held-seq>]".into())
+                    }
+                };
+                Ok(Hello {
+                    id: parse_slave_id(id)?,
+                    epoch: number(epoch)?,
+                    max_seq: seq_number(max_seq)?,
+                    held,
+                })
             }
-            _ => Err("expected: SLAVE <id> <epoch> <max-seq>".to_string()),
+            _ => Err("expected: SLAVE <id> <epoch> <max-seq> [<held-epoch> <held-seq>]".to_string()),
         }
     }
 }
@@ -221,8 +261,16 @@ impl Request {
                 [key] => Command::Get { key: parse_key(key)? },
                 _ => return Err("expected: GET <key>".into()),
             },
-            b"PING" if rest.is_none() => Command::Ping,
-            b"SCAN" => Command::Scan { from_seq: number(rest.unwrap_or(b""))? },
+            b"PING" => match rest {
+                None => Command::PING,
+                Some(seq) => Command::Ping { synced: Some(seq_number(seq)?) },
+            },
+            b"SCAN" => match fields(rest.unwrap_or(b"")).as_slice() {
+                [e, s, o] => {
+                    Command::Scan { epoch: number(e)?, seq: seq_number(s)?, older_seq: seq_number(o)? }
+                }
+                _ => return Err("expected: SCAN <log-epoch> <log-seq> <older-seq>".into()),
+            },
             _ => return Err(format!("unknown slave command '{}'", truncate_for_display(verb))),
         };
         Ok(Request { rid, epoch, command })
@@ -252,10 +300,20 @@ pub fn encode_body(epoch: u64, command: &Command, out: &mut Vec<u8>) {
             out.extend_from_slice(b" GET ");
             out.extend_from_slice(key.as_bytes());
         }
-        Command::Ping => out.extend_from_slice(b" PING"),
-        Command::Scan { from_seq } => {
+        Command::Ping { synced } => {
+            out.extend_from_slice(b" PING");
+            if let Some(seq) = synced {
+                out.push(b' ');
+                push_u64(out, *seq);
+            }
+        }
+        Command::Scan { epoch, seq, older_seq } => {
             out.extend_from_slice(b" SCAN ");
-            push_u64(out, *from_seq);
+            push_u64(out, *epoch);
+            out.push(b' ');
+            push_u64(out, *seq);
+            out.push(b' ');
+            push_u64(out, *older_seq);
         }
     }
     out.push(b'\n');
@@ -281,7 +339,10 @@ impl Reply {
                 push_stamp(out, *s);
             }
             Outcome::None => out.extend_from_slice(b" NONE"),
-            Outcome::Pong => out.extend_from_slice(b" PONG"),
+            Outcome::Pong(keys) => {
+                out.extend_from_slice(b" PONG ");
+                push_u64(out, *keys);
+            }
             Outcome::Fenced(e) => {
                 out.extend_from_slice(b" FENCED ");
                 push_u64(out, *e);
@@ -338,7 +399,10 @@ impl Reply {
             }
             b"TOMB" => Outcome::Tomb(stamp_fields(&fields(rest.unwrap_or(b"")))?),
             b"NONE" if rest.is_none() => Outcome::None,
-            b"PONG" if rest.is_none() => Outcome::Pong,
+            b"PONG" => Outcome::Pong(match rest {
+                None => 0,
+                Some(keys) => number(keys)?,
+            }),
             b"FENCED" => Outcome::Fenced(number(rest.unwrap_or(b""))?),
             b"WAIT" => Outcome::Wait(number(rest.unwrap_or(b""))?),
             b"ITEM" => {
@@ -412,8 +476,9 @@ mod tests {
             Command::Set { stamp: s, key: "k".into(), value: Vec::new() },
             Command::Del { stamp: s, key: "k".into() },
             Command::Get { key: "k".into() },
-            Command::Ping,
-            Command::Scan { from_seq: 12 },
+            Command::PING,
+            Command::Ping { synced: Some(77) },
+            Command::Scan { epoch: 4, seq: 12, older_seq: 9 },
         ] {
             round_trip_request(Request { rid: 9, epoch: 3, command });
         }
@@ -428,7 +493,7 @@ mod tests {
             Outcome::Value(s, Vec::new()),
             Outcome::Tomb(s),
             Outcome::None,
-            Outcome::Pong,
+            Outcome::Pong(12),
             Outcome::Fenced(4),
             Outcome::Wait(250),
             Outcome::Err("bad\nthing".into()),
@@ -448,6 +513,7 @@ mod tests {
             b"x 1 PING",
             b"1 PING",
             b"1 1 PING extra",
+            b"1 1 SCAN 1 2",
             b"1 1 SET 1 2 k",
             b"1 1 SET 1 2 k bad\\q",
             b"1 1 DEL 1 k",
@@ -464,8 +530,11 @@ mod tests {
 
     #[test]
     fn hello_round_trips_and_checks_ids() {
-        let h = Hello { id: "s-1.a:b_c".into(), epoch: 3, max_seq: 10 };
+        let h = Hello { id: "s-1.a:b_c".into(), epoch: 3, max_seq: 10, held: Stamp::new(3, 9) };
         assert_eq!(Hello::parse(h.encode().as_bytes()).unwrap(), h);
+        // A slave that holds nothing may leave the position out.
+        assert_eq!(Hello::parse(b"SLAVE a 1 2").unwrap().held, Stamp::default());
+        assert!(Hello::parse(b"SLAVE a 1 2 3").is_err());
         assert!(Hello::parse(b"SLAVE bad/id 1 1").is_err());
         assert!(Hello::parse(b"SLAVE a 1").is_err());
         assert!(parse_slave_id(&[b'a'; MAX_ID + 1]).is_err());
@@ -506,7 +575,7 @@ mod tests {
         Request { rid: 8, epoch: 3, command: Command::Del { stamp: s, key: "k".into() } }
             .encode_into(&mut out);
         Request { rid: 9, epoch: 3, command: Command::Get { key: "k".into() } }.encode_into(&mut out);
-        Request { rid: 10, epoch: 3, command: Command::Ping }.encode_into(&mut out);
+        Request { rid: 10, epoch: 3, command: Command::PING }.encode_into(&mut out);
         Reply { rid: 7, outcome: Outcome::Ok(s) }.encode_into(&mut out);
         Reply { rid: 9, outcome: Outcome::Value(s, b"a b".to_vec()) }.encode_into(&mut out);
         Reply { rid: 9, outcome: Outcome::Fenced(4) }.encode_into(&mut out);
@@ -514,6 +583,16 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "7 3 SET 2 41 k a b\n8 3 DEL 2 41 k\n9 3 GET k\n10 3 PING\n7 OK 2 41\n9 VALUE 2 41 a b\n9 FENCED 4\n"
         );
+    }
+
+    #[test]
+    fn a_scan_asks_for_what_a_log_ending_there_may_lack() {
+        // A log whose last epoch 4 holds that epoch up to seq 100 and older ones up to 60.
+        let wants = |e, s| scan_wants(Stamp::new(e, s), 4, 100, 60);
+        assert!(wants(5, 1), "a newer epoch, whatever its seq");
+        assert!(wants(4, 101) && !wants(4, 100), "that epoch, above what the log holds");
+        assert!(wants(3, 61) && !wants(3, 60), "an older epoch, above the older part");
+        assert!(!wants(1, 5));
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub enum Request {
     Stats,
     /// `MEMBERS`: the registered slaves and their liveness.
     Members,
+    /// `COMPACT`: start a compaction of the log in the background (like Redis's
+    /// `BGREWRITEAOF`); answered `OK` at once, progress in `STATS`.
+    Compact,
     /// `REMOVE <slave-id>`: remove a member for good.
     Remove { id: String },
     /// `QUIT`: close the connection.
@@ -248,6 +251,7 @@ impl Request {
             b"PING" => args(0).map(|_| Request::Ping),
             b"STATS" => args(0).map(|_| Request::Stats),
             b"MEMBERS" => args(0).map(|_| Request::Members),
+            b"COMPACT" => args(0).map(|_| Request::Compact),
             b"QUIT" => args(0).map(|_| Request::Quit),
             b"CLIENT" => args(0).map(|_| Request::Hello),
             b"AUTH" => match rest {
@@ -289,6 +293,7 @@ impl Request {
             Request::Ping => out.extend_from_slice(b"PING"),
             Request::Stats => out.extend_from_slice(b"STATS"),
             Request::Members => out.extend_from_slice(b"MEMBERS"),
+            Request::Compact => out.extend_from_slice(b"COMPACT"),
             Request::Quit => out.extend_from_slice(b"QUIT"),
             Request::Hello => out.extend_from_slice(b"CLIENT"),
             Request::Auth { password } => {
@@ -313,7 +318,12 @@ impl Request {
                 Err("wrong number of arguments for 'auth'".to_string())
             }
             Request::Auth { password } => check_line_value(password, "password"),
-            Request::Ping | Request::Stats | Request::Members | Request::Quit | Request::Hello => Ok(()),
+            Request::Ping
+            | Request::Stats
+            | Request::Members
+            | Request::Compact
+            | Request::Quit
+            | Request::Hello => Ok(()),
         }
     }
 }
@@ -367,6 +377,7 @@ mod tests {
         assert_eq!(ok("ping"), Request::Ping);
         assert_eq!(ok("STATS"), Request::Stats);
         assert_eq!(ok("members"), Request::Members);
+        assert_eq!(ok("COMPACT"), Request::Compact);
         assert_eq!(ok("QUIT"), Request::Quit);
         assert_eq!(ok("CLIENT"), Request::Hello);
         assert_eq!(ok("auth pass word"), Request::Auth { password: b"pass word".to_vec() });

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use crate::framing::{LineError, LineReader};
-use crate::peer::{Command, Hello, Outcome, Reply, Request, LEASE};
+use crate::peer::{scan_wants, Command, Hello, Outcome, Reply, Request, Stamp, LEASE};
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -83,6 +83,10 @@ struct Node {
     epoch: u64,
     /// The read lease given: to which epoch, until when.
     lease: Option<(u64, Instant)>,
+    /// How much of a master's log this store is known to hold (see [`Hello::held`]): set by a
+    /// `PING <seq>`, which a master sends only to a slave in sync, and kept across sessions so
+    /// that the next master sends only what is newer.
+    held: Stamp,
 }
 
 /// How a session with a master ended.
@@ -95,7 +99,7 @@ enum End {
 
 /// Runs a slave forever.
 pub fn run(config: Config) -> ! {
-    let mut node = Node { config, store: Store::new(), epoch: 0, lease: None };
+    let mut node = Node { config, store: Store::new(), epoch: 0, lease: None, held: Stamp::default() };
     let mut backoff = BACKOFF_INITIAL;
     let mut short_backoff = BACKOFF_INITIAL;
     let mut servers = vec![node.config.master.clone()];
@@ -200,9 +204,11 @@ impl Node {
                 Err(LineError::Io(e)) => return End::Lost(e.to_string()),
             };
             let reply = match Request::parse(line) {
-                Ok(Request { rid, epoch, command: Command::Scan { from_seq } }) if epoch >= self.epoch => {
-                    self.scan_into(rid, epoch, from_seq, &mut out);
-                    Reply { rid, outcome: Outcome::End(self.store.since(from_seq).count() as u64) }
+                Ok(Request { rid, epoch, command: Command::Scan { epoch: log_epoch, seq, older_seq } })
+                    if epoch >= self.epoch =>
+                {
+                    let sent = self.scan_into(rid, epoch, (log_epoch, seq, older_seq), &mut out);
+                    Reply { rid, outcome: Outcome::End(sent) }
                 }
                 Ok(request) => Reply {
                     rid: request.rid,
@@ -234,7 +240,12 @@ impl Node {
         let stream = TcpStream::connect_timeout(&sockaddr, HANDSHAKE_TIMEOUT)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
-        let hello = Hello { id: self.config.id.clone(), epoch: self.epoch, max_seq: self.store.max_seq() };
+        let hello = Hello {
+            id: self.config.id.clone(),
+            epoch: self.epoch,
+            max_seq: self.store.max_seq(),
+            held: self.held,
+        };
         (&stream).write_all(format!("{}\n", hello.encode()).as_bytes())?;
         let mut reader = LineReader::with_limit(stream.try_clone()?, crate::limits::MAX_PEER_LINE);
         if let Some(secret) = &self.config.secret {
@@ -304,15 +315,19 @@ impl Node {
         }
     }
 
-    /// Writes one `ITEM` reply per entry above `from_seq` (the caller adds the `END`).
-    fn scan_into(&mut self, rid: u64, epoch: u64, from_seq: u64, out: &mut Vec<u8>) {
+    /// Writes one `ITEM` reply per entry the described log may lack (see [`Command::Scan`]);
+    /// returns how many (the caller adds the `END`).
+    fn scan_into(&mut self, rid: u64, epoch: u64, log: (u64, u64, u64), out: &mut Vec<u8>) -> u64 {
         if epoch > self.epoch {
             self.join_epoch(epoch);
         }
-        for (key, entry) in self.store.since(from_seq) {
+        let mut sent = 0;
+        for (key, entry) in self.store.iter().filter(|(_, e)| scan_wants(e.stamp, log.0, log.1, log.2)) {
             let outcome = Outcome::Item { stamp: entry.stamp, key: key.clone(), value: entry.value.clone() };
             Reply { rid, outcome }.encode_into(out);
+            sent += 1;
         }
+        sent
     }
 
     /// The step function of a slave: what it answers to `command` of a master in `epoch`, at
@@ -337,9 +352,12 @@ impl Node {
                 },
                 None => Outcome::None,
             },
-            Command::Ping => {
+            Command::Ping { synced } => {
                 self.lease = Some((epoch, now + LEASE));
-                Outcome::Pong
+                if let Some(seq) = synced {
+                    self.held = Stamp::new(epoch, seq);
+                }
+                Outcome::Pong(self.store.live() as u64)
             }
             // Answered by the request loop, which can send several lines.
             Command::Scan { .. } => Outcome::Err("SCAN is answered elsewhere".into()),
@@ -350,11 +368,10 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::peer::Stamp;
 
     fn node() -> Node {
         let config = Config { id: "s1".into(), master: "127.0.0.1:1".into(), backup: None, secret: None };
-        Node { config, store: Store::new(), epoch: 0, lease: None }
+        Node { config, store: Store::new(), epoch: 0, lease: None, held: Stamp::default() }
     }
 
     fn set(key: &str, epoch: u64, seq: u64, value: &str) -> Command {
@@ -377,7 +394,7 @@ mod tests {
     #[test]
     fn a_lease_given_holds_a_newer_epoch_off_until_it_runs_out() {
         let (mut n, t) = (node(), Instant::now());
-        assert_eq!(n.handle(1, Command::Ping, t), Outcome::Pong);
+        assert_eq!(n.handle(1, Command::PING, t), Outcome::Pong(0));
         // Within the lease, a newer master is told how long to wait, and nothing is applied.
         let half = t + LEASE / 2;
         match n.handle(2, set("k", 2, 5, "new"), half) {
@@ -386,13 +403,13 @@ mod tests {
         }
         assert_eq!((n.epoch, n.store.get("k").is_none()), (1, true));
         // The lease holder itself is served meanwhile.
-        assert_eq!(n.handle(1, Command::Ping, half), Outcome::Pong);
+        assert_eq!(n.handle(1, Command::PING, half), Outcome::Pong(0));
         // Once the lease (renewed at `half`) has run out, the newer epoch is joined.
         let after = half + LEASE + Duration::from_millis(1);
         assert_eq!(n.handle(2, set("k", 2, 5, "new"), after), Outcome::Ok(Stamp::new(2, 5)));
         assert_eq!(n.epoch, 2);
         // ... and the old master is fenced.
-        assert_eq!(n.handle(1, Command::Ping, after), Outcome::Fenced(2));
+        assert_eq!(n.handle(1, Command::PING, after), Outcome::Fenced(2));
     }
 
     #[test]
@@ -405,5 +422,21 @@ mod tests {
         assert_eq!(n.handle(3, del, t), Outcome::Ok(Stamp::new(3, 11)));
         assert_eq!(n.handle(3, Command::Get { key: "k".into() }, t), Outcome::Tomb(Stamp::new(3, 11)));
         assert_eq!(n.handle(3, Command::Get { key: "never".into() }, t), Outcome::None);
+    }
+
+    #[test]
+    fn a_sync_position_is_kept_only_from_a_ping_that_carries_one() {
+        let (mut n, t) = (node(), Instant::now());
+        assert_eq!(n.handle(3, Command::PING, t), Outcome::Pong(0));
+        assert_eq!(n.held, Stamp::default());
+        assert_eq!(n.handle(3, Command::Ping { synced: Some(40) }, t), Outcome::Pong(0));
+        assert_eq!(n.held, Stamp::new(3, 40));
+        // A plain heartbeat of a new master (the slave is not in sync with it yet) keeps it.
+        let later = t + LEASE * 2;
+        assert_eq!(n.handle(5, Command::PING, later), Outcome::Pong(0));
+        assert_eq!(n.held, Stamp::new(3, 40));
+        // A fenced request changes nothing.
+        assert_eq!(n.handle(3, Command::Ping { synced: Some(90) }, later), Outcome::Fenced(5));
+        assert_eq!(n.held, Stamp::new(3, 40));
     }
 }

@@ -23,6 +23,8 @@ pub struct Entry {
 pub struct Store {
     map: HashMap<String, Entry>,
     max_seq: u64,
+    /// Entries holding a value (not tombstones).
+    live: usize,
 }
 
 impl Store {
@@ -38,10 +40,12 @@ impl Store {
         match self.map.get_mut(key) {
             Some(e) if e.stamp >= stamp => e.stamp,
             Some(e) => {
+                self.live = self.live + usize::from(value.is_some()) - usize::from(e.value.is_some());
                 *e = Entry { stamp, value };
                 stamp
             }
             None => {
+                self.live += usize::from(value.is_some());
                 self.map.insert(key.to_string(), Entry { stamp, value });
                 stamp
             }
@@ -53,9 +57,14 @@ impl Store {
         self.map.get(key)
     }
 
-    /// Every entry whose seq is above `from_seq`.
-    pub fn since(&self, from_seq: u64) -> impl Iterator<Item = (&String, &Entry)> {
-        self.map.iter().filter(move |(_, e)| e.stamp.seq > from_seq)
+    /// Every entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Entry)> {
+        self.map.iter()
+    }
+
+    /// The number of keys holding a value (tombstones excluded).
+    pub fn live(&self) -> usize {
+        self.live
     }
 
     /// The highest sequence number ever applied.
@@ -90,6 +99,7 @@ mod tests {
         assert_eq!(s.apply("k", s2, Some(b"two".to_vec())), s3);
         assert_eq!(s.get("k").unwrap().value, None);
         assert_eq!(s.max_seq(), 2);
+        assert_eq!((s.len(), s.live()), (1, 0), "a tombstone is kept but is not a live key");
     }
 
     #[test]

@@ -237,7 +237,7 @@ fn a_slave_survives_a_master_that_sends_garbage() {
         assert!(reply.contains(" ERR "), "{garbage:?} got {reply}");
     }
     r.send(b"7 1 PING\n");
-    assert_eq!(r.line_lf(), "7 PONG");
+    assert_eq!(r.line_lf(), "7 PONG 0");
     // A line longer than any master sends: that one request fails, and the connection goes
     // on (reconnecting would only be sent the same line again).
     let mut huge = b"9 1 SET 1 1 k ".to_vec();
@@ -247,7 +247,7 @@ fn a_slave_survives_a_master_that_sends_garbage() {
     let reply = r.line_lf();
     assert!(reply.starts_with("9 ERR message longer than"), "{reply}");
     r.send(b"8 1 PING\n");
-    assert_eq!(r.line_lf(), "8 PONG");
+    assert_eq!(r.line_lf(), "8 PONG 0");
     assert!(slave.is_running());
     let out = std::fs::read_to_string(dir.path().join("s1.out")).unwrap_or_default();
     assert!(!out.contains("panicked"), "{out}");

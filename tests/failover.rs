@@ -192,10 +192,21 @@ fn backup_follows_a_long_log_partial_lines_and_a_replaced_file() {
     // The partial line is applied once it is complete.
     std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"ue\n20002 DEL key3\n").unwrap();
     wait_for("the completed line", READY, || seq() == Some(20_002)).unwrap();
-    // A replaced (shorter) file is detected and reloaded, never mis-parsed.
-    let replacement = dir.path().join("new.log");
-    std::fs::write(&replacement, "1 EPOCH 3\n7 SET only one\n").unwrap();
-    std::fs::rename(&replacement, &path).unwrap();
+    // A file replaced by a rename is a compaction (a subsequence of the old log, then what was
+    // appended since): the backup goes on after the last record it applied.
+    let compacted = dir.path().join("new.log");
+    let mut text = String::from("1 EPOCH 1\n");
+    for i in 19_501..=20_000 {
+        text.push_str(&format!("{i} SET key{} value {i}\n", i % 500));
+    }
+    text.push_str("20001 SET half value\n20002 DEL key3\n20003 SET after compaction\n");
+    std::fs::write(&compacted, &text).unwrap();
+    std::fs::rename(&compacted, &path).unwrap();
+    wait_for("the record after the compaction", READY, || seq() == Some(20_003)).unwrap();
+    assert_eq!(stat(&addr, "keys").as_deref(), Some("501"), "key0..key499 but key3, half, after");
+    // A file rewritten in place (shorter) is another history: detected and reloaded, never
+    // mis-parsed.
+    std::fs::write(&path, "1 EPOCH 3\n7 SET only one\n").unwrap();
     wait_for("the reload", READY, || seq() == Some(7)).unwrap();
     assert_eq!(stat(&addr, "keys").as_deref(), Some("1"));
 }

@@ -159,8 +159,8 @@ fn command(rng: &mut StdRng) -> Command {
         0 => Command::Set { stamp: stamp(rng), key: key(rng), value: value(rng) },
         1 => Command::Del { stamp: stamp(rng), key: key(rng) },
         2 => Command::Get { key: key(rng) },
-        3 => Command::Ping,
-        _ => Command::Scan { from_seq: num(rng) },
+        3 => Command::Ping { synced: rng.gen_bool(0.5).then(|| seq(rng)) },
+        _ => Command::Scan { epoch: num(rng), seq: seq(rng), older_seq: seq(rng) },
     }
 }
 
@@ -170,7 +170,7 @@ fn outcome(rng: &mut StdRng) -> Outcome {
         1 => Outcome::Value(stamp(rng), value(rng)),
         2 => Outcome::Tomb(stamp(rng)),
         3 => Outcome::None,
-        4 => Outcome::Pong,
+        4 => Outcome::Pong(num(rng)),
         5 => Outcome::Fenced(num(rng)),
         6 => Outcome::Wait(num(rng)),
         7 => Outcome::Err(String::from_utf8_lossy(&value(rng)).into_owned()),
@@ -256,7 +256,8 @@ fn client_requests_and_replies_round_trip() {
 fn slave_messages_round_trip() {
     let mut rng = StdRng::seed_from_u64(0x5eed_0003);
     for _ in 0..CASES {
-        let hello = Hello { id: id(&mut rng), epoch: num(&mut rng), max_seq: seq(&mut rng) };
+        let held = stamp(&mut rng);
+        let hello = Hello { id: id(&mut rng), epoch: num(&mut rng), max_seq: seq(&mut rng), held };
         assert_eq!(Hello::parse(hello.encode().as_bytes()), Ok(hello));
         let r = peer::Request { rid: num(&mut rng), epoch: num(&mut rng), command: command(&mut rng) };
         let mut wire = Vec::new();
@@ -306,7 +307,7 @@ fn log_records_round_trip_and_a_random_log_file_never_panics() {
         }
         bad.truncate(rng.gen_range(0..=bad.len()));
         std::fs::write(&path, &bad).unwrap();
-        let _ = wal::Follower::new(&path).poll(&mut || {}, &mut |_, _| {});
+        let _ = wal::Follower::new(&path).poll(&mut || Ok(()), &mut |_, _| Ok(()));
         let _ = wal::Wal::open(&path, wal::Fsync::Never, |_, _| Ok(()));
     }
 }

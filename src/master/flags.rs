@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Config, Master, Shared, DEFAULT_ACK_TIMEOUT_MS, DEFAULT_HEARTBEAT_MS, DEFAULT_MAX_CONNECTIONS};
+use super::compaction::{Policy, DEFAULT_COMPACT_MIN_BYTES, DEFAULT_COMPACT_PERCENT};
+use super::{
+    Config, Master, ReadFrom, Shared, DEFAULT_ACK_TIMEOUT_MS, DEFAULT_HEARTBEAT_MS, DEFAULT_MAX_CONNECTIONS,
+};
 use crate::auth::{PasswordArgs, SecretArgs};
 use crate::logging::{self, Level};
 use crate::wal::Fsync;
@@ -16,7 +19,7 @@ use crate::wal::Fsync;
 pub struct ServerFlags {
     /// When to fsync the log: `always` before every reply (with group commit), `everysec`, or
     /// `never`. With everysec a killed process loses nothing; an OS crash may lose up to 1 s.
-    #[arg(long, value_enum, default_value_t = Fsync::Everysec)]
+    #[arg(long, default_value_t = Fsync::Everysec)]
     pub fsync: Fsync,
     /// How long a write waits for one slave's ACK before replacing that slave.
     #[arg(long, default_value_t = DEFAULT_ACK_TIMEOUT_MS)]
@@ -28,6 +31,17 @@ pub struct ServerFlags {
     /// Most connections (clients and slaves) at once.
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Who answers reads: `master` (from its committed copy, while it holds read leases from a
+    /// majority) or `slaves` (a slave holding the committed version, checked by the master).
+    #[arg(long, default_value_t = ReadFrom::Master)]
+    pub read_from: ReadFrom,
+    /// Compact the log in the background when it has grown by this many percent over its size
+    /// after the last compaction (0: whenever it is over --compact-min-bytes).
+    #[arg(long, default_value_t = DEFAULT_COMPACT_PERCENT)]
+    pub compact_percent: u64,
+    /// Never compact a smaller log on its own (`COMPACT` does).
+    #[arg(long, default_value_t = DEFAULT_COMPACT_MIN_BYTES)]
+    pub compact_min_bytes: u64,
     /// Log verbosity.
     #[arg(long, value_enum, default_value_t = Level::Info)]
     pub log_level: Level,
@@ -55,6 +69,8 @@ impl ServerFlags {
             max_connections: self.max_connections,
             secret,
             requirepass,
+            read_from: self.read_from,
+            compaction: Policy { percent: self.compact_percent, min_bytes: self.compact_min_bytes },
         })
     }
 }

@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::{self, Thread};
 use std::time::Instant;
@@ -32,6 +32,13 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::escape::push_u64;
 use crate::peer::{encode_body, Command, Outcome};
+
+/// A [`Link`]'s state: connected, being resynced (it takes writes but serves no reads).
+const SYNCING: u8 = 0;
+/// Connected and resynced: it holds every write the master logged.
+const SYNCED: u8 = 1;
+/// Closed or killed.
+const DEAD: u8 = 2;
 
 /// The most bytes of requests queued for one slave while another thread writes to its socket.
 /// A sender that finds the outbox this full waits until the writer has taken it, so a slave that
@@ -197,8 +204,9 @@ pub struct Link {
     /// Signalled whenever a writer has taken a batch (room in the outbox) or the link died.
     drained: Condvar,
     pending: Mutex<HashMap<u64, Waiter>>,
-    alive: AtomicBool,
-    synced: AtomicBool,
+    /// [`SYNCING`], [`SYNCED`] or [`DEAD`]: a link is born syncing, becomes synced once its
+    /// resync is done, and dies once; it never goes back.
+    state: AtomicU8,
     /// When the slave last sent anything, in microseconds since the master started.
     pub last_heard_us: AtomicU64,
     /// Until when (microseconds since start) the slave's read lease to us is known valid.
@@ -206,6 +214,12 @@ pub struct Link {
     /// Client reads and writes sent to this slave (the load-distribution measurement); not
     /// heartbeats, catch-up or repair. Counted by the read and write paths.
     pub requests: AtomicU64,
+    /// What the slave said it held when it registered (see [`crate::peer::Hello::held`]).
+    pub held: crate::peer::Stamp,
+    /// The keys the slave said it holds in its last answer to a heartbeat.
+    pub keys: AtomicU64,
+    /// The keys sent to it by its resync (so far, while it runs).
+    pub resync_keys: AtomicU64,
     /// Set by the first catch-up of this connection, so a slave that registers while a
     /// takeover completes is not caught up twice.
     catch_up_started: AtomicBool,
@@ -225,14 +239,22 @@ impl Link {
             outbox: Mutex::new(Outbox::default()),
             drained: Condvar::new(),
             pending: Mutex::new(HashMap::new()),
-            alive: AtomicBool::new(true),
-            synced: AtomicBool::new(false),
+            state: AtomicU8::new(SYNCING),
             last_heard_us: AtomicU64::new(now_us),
             lease_until_us: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            held: crate::peer::Stamp::default(),
+            keys: AtomicU64::new(0),
+            resync_keys: AtomicU64::new(0),
             catch_up_started: AtomicBool::new(false),
             last_ping: Mutex::new((0, 0)),
         }
+    }
+
+    /// The link of a slave that holds `held`.
+    pub fn holding(mut self, held: crate::peer::Stamp) -> Link {
+        self.held = held;
+        self
     }
 
     /// Records a heartbeat sent now.
@@ -257,17 +279,18 @@ impl Link {
 
     /// True until the link is killed.
     pub fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire) != DEAD
     }
 
     /// True once the slave has been caught up and may serve reads.
     pub fn is_synced(&self) -> bool {
-        self.synced.load(Ordering::Acquire) && self.is_alive()
+        self.state.load(Ordering::Acquire) == SYNCED
     }
 
     /// Marks the catch-up done.
     pub fn set_synced(&self) {
-        self.synced.store(true, Ordering::Release);
+        // A dead link stays dead.
+        let _ = self.state.compare_exchange(SYNCING, SYNCED, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// Sends a request. If `reply_to` is given, the reply (or the link's death) is delivered
@@ -385,7 +408,7 @@ impl Link {
     /// Marks the link dead, closes the socket (which ends the reader thread) and tells every
     /// pending requester. Idempotent.
     pub fn kill(&self, why: &str) {
-        if self.alive.swap(false, Ordering::AcqRel) {
+        if self.state.swap(DEAD, Ordering::AcqRel) != DEAD {
             log::warn!("slave {} ({}) marked down: {why}", self.id, self.peer);
             let _ = self.stream.shutdown(Shutdown::Both);
             // Senders waiting for room in the outbox give up.

@@ -2,8 +2,8 @@
 //!
 //! A member is a slave id that has registered once (recorded in the log as `MEMBER <id>`) and
 //! has not been removed by an operator (`REMOVE <id>`). Quorums are majorities of members, not
-//! of connected slaves. Each member owns a slot, its bit in every key's holder set; slots are
-//! reused only after a removal has cleared the bit everywhere.
+//! of connected slaves. Each member owns a slot, its bit in a write's ACK set; slots are
+//! reused after a removal.
 
 use std::sync::Arc;
 
@@ -17,6 +17,8 @@ pub const MAX_MEMBERS: usize = 64;
 pub struct Member {
     /// The slave's id.
     pub id: String,
+    /// The seq of its `MEMBER` record (kept by a compaction).
+    pub seq: u64,
     /// Its live connection, if any.
     pub link: Option<Arc<Link>>,
 }
@@ -43,12 +45,18 @@ impl Members {
         self.slots.iter().position(|m| m.as_ref().is_some_and(|m| m.id == id))
     }
 
-    /// Adds a member and returns its slot; `None` if the cluster is full.
-    pub fn add(&mut self, id: &str) -> Option<usize> {
+    /// Whether one more member fits.
+    pub fn has_room(&self) -> bool {
+        self.count() < MAX_MEMBERS
+    }
+
+    /// Adds a member whose `MEMBER` record has `seq` and returns its slot; `None` if the
+    /// cluster is full.
+    pub fn add(&mut self, id: &str, seq: u64) -> Option<usize> {
         if let Some(slot) = self.slot_of(id) {
             return Some(slot);
         }
-        let member = Member { id: id.to_string(), link: None };
+        let member = Member { id: id.to_string(), seq, link: None };
         if let Some(slot) = self.slots.iter().position(Option::is_none) {
             self.slots[slot] = Some(member);
             return Some(slot);
@@ -107,14 +115,14 @@ mod tests {
     #[test]
     fn slots_are_stable_and_reused_after_removal() {
         let mut m = Members::new();
-        assert_eq!(m.add("a"), Some(0));
-        assert_eq!(m.add("b"), Some(1));
-        assert_eq!(m.add("a"), Some(0));
+        assert_eq!(m.add("a", 1), Some(0));
+        assert_eq!(m.add("b", 1), Some(1));
+        assert_eq!(m.add("a", 1), Some(0));
         assert_eq!(m.count(), 2);
         assert_eq!(m.remove("a"), Some(0));
         assert_eq!(m.remove("a"), None);
         assert_eq!(m.count(), 1);
-        assert_eq!(m.add("c"), Some(0));
+        assert_eq!(m.add("c", 1), Some(0));
         assert_eq!(m.slot_of("b"), Some(1));
     }
 
@@ -122,8 +130,8 @@ mod tests {
     fn refuses_more_than_max_members() {
         let mut m = Members::new();
         for i in 0..MAX_MEMBERS {
-            assert!(m.add(&format!("s{i}")).is_some());
+            assert!(m.add(&format!("s{i}"), i as u64).is_some());
         }
-        assert_eq!(m.add("one-too-many"), None);
+        assert_eq!(m.add("one-too-many", 1), None);
     }
 }

@@ -23,7 +23,9 @@
 //! rebuild its map, and answers from its log-backed index. A read never returns anything but the
 //! newest acknowledged write.
 
+pub mod compaction;
 pub mod flags;
+pub mod history;
 pub mod index;
 pub mod link;
 pub mod members;
@@ -50,6 +52,7 @@ use crate::protocol::{ErrorReply, Reply, Request};
 use crate::wal::{Fsync, Record, Wal};
 use crate::{Error, Result};
 
+use history::History;
 use index::Index;
 use members::Members;
 pub use role::{Role, RoleState};
@@ -76,9 +79,6 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// How often the repair thread looks for keys with fewer live copies than a majority.
 pub const REPAIR_INTERVAL: Duration = Duration::from_millis(500);
-
-/// How many catch-up writes may be outstanding to one slave at once.
-pub const SYNC_WINDOW: usize = 256;
 
 /// Replies buffered for one client before they are written even though more pipelined
 /// requests wait: bounds a connection's memory when small requests ask for big values.
@@ -113,6 +113,50 @@ pub struct Config {
     pub secret: Option<crate::auth::Secret>,
     /// The client password (`--requirepass`); `None` lets every client in.
     pub requirepass: Option<crate::auth::Password>,
+    /// Who answers reads (`--read-from`).
+    pub read_from: ReadFrom,
+    /// When the log is compacted in the background.
+    pub compaction: compaction::Policy,
+}
+
+/// Who answers a client's read (`--read-from`). Both give the same guarantee: never an older
+/// value than the last acknowledged write, never an unacknowledged one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadFrom {
+    /// The master, from its committed copy, while it holds read leases from a majority: one
+    /// hop, no slave work.
+    #[default]
+    Master,
+    /// A slave that holds the committed version, as the original system did, checked against
+    /// the master's copy (a stale slave is repaired); the master's copy answers if none does.
+    Slaves,
+}
+
+impl ReadFrom {
+    /// Its flag value.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadFrom::Master => "master",
+            ReadFrom::Slaves => "slaves",
+        }
+    }
+}
+
+impl std::fmt::Display for ReadFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ReadFrom {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<ReadFrom, String> {
+        match s {
+            "master" => Ok(ReadFrom::Master),
+            "slaves" => Ok(ReadFrom::Slaves),
+            other => Err(format!("'{other}' is not one of: master, slaves")),
+        }
+    }
 }
 
 impl Default for Config {
@@ -127,6 +171,8 @@ impl Default for Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             secret: None,
             requirepass: None,
+            read_from: ReadFrom::Master,
+            compaction: compaction::Policy::default(),
         }
     }
 }
@@ -144,10 +190,10 @@ pub struct Stats {
 
 /// State shared by all of a master's threads.
 ///
-/// Lock order: `members` before `index` and before `welcomed`, and any of them before the
-/// log's own lock (an append under `members` records a new member). Nothing takes `members`
-/// while holding `index` or `welcomed`. `state` (role and epoch) takes its own lock only
-/// inside a transition, which takes no other lock.
+/// Lock order: `members` before `index` before `history`, and `members` before `welcomed`;
+/// any of them before the log's own lock (an append under `members` records a new member).
+/// Nothing takes `members` while holding `index`, `history` or `welcomed`. `state` (role and
+/// epoch) takes its own lock only inside a transition, which takes no other lock.
 pub struct Shared {
     /// The configuration.
     pub config: Config,
@@ -159,6 +205,10 @@ pub struct Shared {
     pub index: Mutex<Index>,
     /// Members and their connections.
     pub members: Mutex<Members>,
+    /// Where each epoch of the log began.
+    pub history: Mutex<History>,
+    /// Background compaction of the log.
+    pub compaction: compaction::Compactor,
     /// Counters.
     pub stats: Stats,
     connections: AtomicUsize,
@@ -166,6 +216,9 @@ pub struct Shared {
     started: Instant,
     /// Keys whose newest logged write is not yet on a majority (their write timed out).
     pub repair_queue: Mutex<HashSet<String>>,
+    /// Keys a slave holds a newer copy of than the log (a deposed master's unacknowledged
+    /// write): written again in this epoch by the repair thread.
+    pub stale_keys: Mutex<HashSet<String>>,
     /// Slaves welcomed into the current epoch: a slave claiming our epoch that we never
     /// welcomed was welcomed by another master using the same number.
     pub welcomed: Mutex<HashSet<String>>,
@@ -173,8 +226,6 @@ pub struct Shared {
     pub inflight: AtomicUsize,
     /// Extra `STATS` rows of a controller (a backup's lag, say).
     pub extra_stats: Mutex<Vec<(String, String)>>,
-    /// The newest seq applied from a followed log or stream.
-    pub applied_seq: AtomicU64,
 }
 
 impl Shared {
@@ -232,28 +283,14 @@ impl Master {
             .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.listen)))?;
         let mut index = Index::new();
         let mut members = Members::new();
-        let mut epoch = 0;
+        let mut history = History::new();
         let mut records = 0u64;
         let started = Instant::now();
         let wal = Wal::open(&config.wal, config.fsync, |seq, record| {
             records += 1;
-            match record {
-                Record::Set { key, value } => index.replay(key, Stamp::new(epoch, seq), Some(value.into())),
-                Record::Del { key } => index.replay(key, Stamp::new(epoch, seq), None),
-                Record::Member { id } => {
-                    members
-                        .add(&id)
-                        .ok_or_else(|| Error::Corrupt(format!("too many members at seq {seq}")))?;
-                }
-                Record::Remove { id } => {
-                    if let Some(slot) = members.remove(&id) {
-                        index.forget_slot(slot);
-                    }
-                }
-                Record::Epoch { epoch: e } => epoch = e,
-            }
-            Ok(())
+            apply_record(&mut index, &mut members, &mut history, seq, record)
         })?;
+        let epoch = history.epoch();
         log::info!(
             "replayed {records} log records from {} in {:?}: {} keys, {} members, epoch {epoch}",
             config.wal.display(),
@@ -261,26 +298,26 @@ impl Master {
             index.len(),
             members.count()
         );
-        // Everything the log holds was (re)sent to the slaves under its last epoch.
-        index.restamp(epoch);
         if let Ok(addr) = listener.local_addr() {
             crate::auth::warn_if_exposed(addr, config.secret.is_some());
         }
         let shared = Arc::new(Shared {
+            compaction: compaction::Compactor::new(wal.bytes()),
             config,
             wal,
             state: RoleState::new(epoch),
             index: Mutex::new(index),
             members: Mutex::new(members),
+            history: Mutex::new(history),
             stats: Stats::default(),
             connections: AtomicUsize::new(0),
             next_rid: AtomicU64::new(1),
             started: Instant::now(),
             repair_queue: Mutex::new(HashSet::new()),
+            stale_keys: Mutex::new(HashSet::new()),
             welcomed: Mutex::new(HashSet::new()),
             inflight: AtomicUsize::new(0),
             extra_stats: Mutex::new(Vec::new()),
-            applied_seq: AtomicU64::new(0),
         });
         Ok(Master { shared, listener })
     }
@@ -304,6 +341,8 @@ impl Master {
         thread::Builder::new().name("heartbeat".into()).spawn(move || slaves::heartbeat_loop(&shared))?;
         let shared = Arc::clone(&self.shared);
         thread::Builder::new().name("repair".into()).spawn(move || ops::repair_loop(&shared))?;
+        let shared = Arc::clone(&self.shared);
+        thread::Builder::new().name("compaction".into()).spawn(move || compaction::run(&shared))?;
         for stream in self.listener.incoming() {
             let stream = match stream {
                 Ok(s) => s,
@@ -334,6 +373,35 @@ impl Master {
     }
 }
 
+/// Applies one log record to a master's state: what replay does at start, and what a standby
+/// does with each record it copies from the other master. The one place a record's meaning is
+/// decided. A write is stamped with the epoch of the last `EPOCH` record before it.
+pub fn apply_record(
+    index: &mut Index,
+    members: &mut Members,
+    history: &mut History,
+    seq: u64,
+    record: Record,
+) -> Result<()> {
+    let stamp = Stamp::new(history.epoch(), seq);
+    match record {
+        Record::Set { key, value } => index.replay(key, stamp, Some(value.into())),
+        Record::Del { key } => index.replay(key, stamp, None),
+        Record::Member { id } => {
+            members.add(&id, seq).ok_or_else(|| Error::Corrupt(format!("too many members at seq {seq}")))?;
+        }
+        Record::Remove { id } => {
+            members.remove(&id);
+        }
+        Record::Epoch { epoch } => {
+            history.note(seq, Some(epoch));
+            return Ok(());
+        }
+    }
+    history.note(seq, None);
+    Ok(())
+}
+
 /// Serves one connection: a slave if its first line is `SLAVE ...`, otherwise a client.
 fn serve_connection(shared: &Arc<Shared>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
@@ -356,10 +424,17 @@ fn serve_connection(shared: &Arc<Shared>, stream: TcpStream) {
             }
             Err(LineError::Io(_)) => break,
         };
-        if first && line == b"STREAM" {
+        if first && (line == b"STREAM" || line.starts_with(b"STREAM ")) {
+            let held = match replica::Held::parse(line.get(7..).unwrap_or_default()) {
+                Ok(held) => held,
+                Err(e) => {
+                    let _ = client.stream().write_all(format!("ERR {e}\n").as_bytes());
+                    return;
+                }
+            };
             if admit(shared, client.stream(), &mut reader, PeerRole::Stream, crate::auth::MASTER_ID) {
                 if let Some(stream) = ops::ClientOut::into_stream(client) {
-                    replica::serve_stream(shared, stream);
+                    replica::serve_stream(shared, stream, held);
                 }
             }
             return;

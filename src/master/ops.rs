@@ -13,6 +13,7 @@ use rand::seq::SliceRandom;
 
 use super::index::{KeyState, Value};
 use super::link::{recv_parked, Ack, Finish, Link, Quorum};
+use super::ReadFrom;
 use super::{Shared, WRITE_DEADLINE_ACK_TIMEOUTS};
 use crate::peer::{encode_body, Command, Outcome, Stamp};
 use crate::protocol::{ErrorReply, Reply, Request};
@@ -89,6 +90,10 @@ pub fn execute(shared: &Arc<Shared>, request: Request, client: Option<&Arc<Clien
         Request::Stats => Some(stats(shared)),
         Request::Members => Some(members_table(shared)),
         Request::Remove { id } => guarded(shared, |s| Some(remove_member(s, &id))),
+        Request::Compact => {
+            shared.compaction.request();
+            Some(Reply::Done)
+        }
         Request::Quit | Request::Hello | Request::Auth { .. } => Some(Reply::invalid("unexpected request")),
     }
 }
@@ -112,8 +117,8 @@ fn guarded(shared: &Arc<Shared>, f: impl FnOnce(&Arc<Shared>) -> Option<Reply>) 
 
 /// How a replication round ended.
 enum Replicated {
-    /// A majority acknowledged; the bit set of those that did.
-    Quorum(u64),
+    /// A majority acknowledged.
+    Quorum,
     /// Fewer acknowledged before the deadline or before candidates ran out.
     Short(u64),
     /// A member has accepted a newer epoch: we are no longer the primary.
@@ -134,29 +139,37 @@ fn quorum_links(shared: &Shared, synced_only: bool) -> Result<(Vec<Arc<Link>>, u
 }
 
 fn write(shared: &Arc<Shared>, key: String, value: Value, client: Option<&Arc<ClientOut>>) -> Option<Reply> {
-    let (links, need) = match quorum_links(shared, false) {
-        Ok(q) => q,
-        Err(why) => return Some(Reply::Err(ErrorReply::Unavailable(why))),
-    };
-    let record = match &value {
-        Some(v) => Record::Set { key: key.clone(), value: v.to_vec() },
-        None => Record::Del { key: key.clone() },
-    };
+    // Refused before anything is logged when a majority is not even connected.
+    if let Err(why) = quorum_links(shared, false) {
+        return Some(Reply::Err(ErrorReply::Unavailable(why)));
+    }
+    let record = Record::store(&key, value.as_deref());
     let epoch = shared.epoch();
-    let seq = match shared.wal.append(&record) {
-        Ok(seq) => seq,
+    // Unsettled until it has been handed to every link (see `Wal::append_tracked`).
+    let appended = match shared.wal.append_tracked(&record) {
+        Ok(appended) => appended,
         Err(e) => {
-            log::error!("write-ahead log append failed: {e}");
-            return Some(Reply::Err(ErrorReply::Unavailable(format!("write-ahead log: {e}"))));
+            return Some(Reply::Err(ErrorReply::Unavailable(format!(
+                "the write-ahead log cannot be appended to, so nothing was written: {e}"
+            ))));
         }
     };
+    let seq = appended.seq;
     let stamp = Stamp::new(epoch, seq);
     shared.index.lock().logged(&key, stamp, value.clone());
     crate::failpoint::failpoint("after-append");
-    let command = match record {
-        Record::Set { key, value } => Command::Set { stamp, key, value },
-        _ => Command::Del { stamp, key: key.clone() },
+    // The links are taken after the append: a slave attached before this line is sent the
+    // write here, one attached after it finds the write in the index it is resynced from.
+    let (links, need) = match quorum_links(shared, false) {
+        Ok(q) => q,
+        Err(why) => {
+            shared.repair_queue.lock().insert(key);
+            return Some(Reply::Err(ErrorReply::Timeout(format!(
+                "{why} after the write was logged at version {seq}; it may still take effect"
+            ))));
+        }
     };
+    let command = Command::store(stamp, &key, value.as_deref());
     let deadline = Instant::now() + shared.config.ack_timeout * WRITE_DEADLINE_ACK_TIMEOUTS;
     // Only while this is the one request in flight: a reader that answers clients does it one
     // after another for all the ACKs it read at once, where the connections' own threads would
@@ -165,13 +178,14 @@ fn write(shared: &Arc<Shared>, key: String, value: Value, client: Option<&Arc<Cl
     let finish = client.map(|client| finish_write(shared, client, key.clone(), stamp, value.clone()));
     let quorum = Arc::new(Quorum::with_finish(need, finish));
     let result = replicate(shared, links, &quorum, epoch, &command, deadline, true);
+    drop(appended);
     if client.is_some() && quorum.take_finish().is_none() {
         // A slave reader completed the quorum, committed the write and answered the client.
         return answered_by_reader(shared, &quorum, client?, seq);
     }
     Some(match result {
-        Replicated::Quorum(acked) => {
-            commit_write(shared, &key, stamp, value, acked);
+        Replicated::Quorum => {
+            commit_write(shared, &key, stamp, value);
             Reply::Ok(seq)
         }
         Replicated::Short(acked) => {
@@ -190,15 +204,46 @@ fn write(shared: &Arc<Shared>, key: String, value: Value, client: Option<&Arc<Cl
     })
 }
 
+/// Logs and replicates `value` under `key` again, in `epoch`, on `links`; `Ok` once a majority
+/// has it and it is committed. For a write a new master recovered from the slaves, and for a
+/// key a slave holds a newer unacknowledged copy of, which only a newer stamp replaces.
+pub fn relog(
+    shared: &Shared,
+    links: &[Arc<Link>],
+    need: usize,
+    epoch: u64,
+    key: String,
+    value: Value,
+) -> Result<u64, String> {
+    let appended =
+        shared.wal.append_tracked(&Record::store(&key, value.as_deref())).map_err(|e| e.to_string())?;
+    let stamp = Stamp::new(epoch, appended.seq);
+    shared.index.lock().logged(&key, stamp, value.clone());
+    let command = Command::store(stamp, &key, value.as_deref());
+    let deadline = Instant::now() + shared.config.ack_timeout * WRITE_DEADLINE_ACK_TIMEOUTS;
+    let quorum = Arc::new(Quorum::new(need));
+    match replicate(shared, links.to_vec(), &quorum, epoch, &command, deadline, false) {
+        Replicated::Quorum => {
+            shared.index.lock().commit(&key, stamp, value);
+            Ok(stamp.seq)
+        }
+        Replicated::Short(acked) => Err(format!("{} of {need} acknowledgements", acked.count_ones())),
+        Replicated::Fenced(newer) => {
+            shared.state.note_superseded(newer);
+            Err(format!("a slave has joined epoch {newer}"))
+        }
+    }
+}
+
 /// The most requests in flight (this one included) at which a write's answer is left to the
 /// slave reader that completes its quorum.
 const EARLY_ANSWER_MAX_INFLIGHT: usize = 1;
 
 /// Marks an acknowledged write committed. Whoever answers the client calls this first, so a
 /// read that follows the answer finds the write.
-fn commit_write(shared: &Shared, key: &str, stamp: Stamp, value: Value, acked: u64) {
+fn commit_write(shared: &Shared, key: &str, stamp: Stamp, value: Value) {
     crate::failpoint::failpoint("after-quorum");
-    shared.index.lock().commit(key, stamp, value, acked);
+    shared.index.lock().commit(key, stamp, value);
     shared.stats.writes.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -211,8 +256,8 @@ fn finish_write(
     value: Value,
 ) -> Finish {
     let (shared, client) = (Arc::clone(shared), Arc::clone(client));
-    Box::new(move |acked| {
-        commit_write(&shared, &key, stamp, value, acked);
+    Box::new(move |_acked| {
+        commit_write(&shared, &key, stamp, value);
         let mut answer = Vec::with_capacity(32);
         Reply::Ok(stamp.seq).encode_into(&mut answer);
         client.send_or_keep(&answer);
@@ -266,16 +311,17 @@ fn with_replies<T>(f: impl FnOnce(&Sender<Ack>, &Receiver<Ack>) -> T) -> T {
     })
 }
 
-/// Sends `command` to `need` of `candidates` (in random order) and collects ACKs, replacing a
-/// member that fails or does not answer within the ACK timeout, until `need` acknowledged, the
-/// candidates ran out, or `deadline` passed.
+/// Sends `command` to every one of `candidates` and collects ACKs until `need` acknowledged,
+/// every candidate failed, or `deadline` passed. A member that does not answer within the ACK
+/// timeout while the quorum is still short is marked down. Every connected slave gets every
+/// write, so a slave that stays connected holds all of them (see `slaves::start_resync`).
 ///
 /// ACKs are counted in a [`Quorum`] shared with the links, so this thread wakes once when the
 /// quorum is complete, not once per ACK; it also wakes for every failure, and at each
 /// member's ACK deadline.
 fn replicate(
     shared: &Shared,
-    mut candidates: Vec<Arc<Link>>,
+    candidates: Vec<Arc<Link>>,
     quorum: &Arc<Quorum>,
     epoch: u64,
     command: &Command,
@@ -283,7 +329,6 @@ fn replicate(
     for_client: bool,
 ) -> Replicated {
     let need = quorum.need();
-    candidates.shuffle(&mut rand::thread_rng());
     let mut body = Vec::with_capacity(64);
     encode_body(epoch, command, &mut body);
     with_replies(|tx, rx| {
@@ -296,7 +341,7 @@ fn replicate(
             let acked = quorum.acked();
             outstanding.retain(|o| acked & (1 << candidates[o.0].slot) == 0);
             let acks = acked.count_ones() as usize;
-            while acks + outstanding.len() < need && next < candidates.len() {
+            while next < candidates.len() {
                 let rid = shared.rid();
                 if candidates[next].send_counted(rid, &body, tx, quorum) {
                     if for_client {
@@ -307,7 +352,7 @@ fn replicate(
                 next += 1;
             }
             if acks >= need {
-                break Replicated::Quorum(acked);
+                break Replicated::Quorum;
             }
             if outstanding.is_empty() {
                 break Replicated::Short(acked);
@@ -333,7 +378,7 @@ fn replicate(
                     let acked = quorum.acked();
                     if now >= deadline {
                         if acked.count_ones() as usize >= need {
-                            break Replicated::Quorum(acked);
+                            break Replicated::Quorum;
                         }
                         break Replicated::Short(acked);
                     }
@@ -357,12 +402,13 @@ fn replicate(
     })
 }
 
-/// The connected, caught-up links and the majority, if this master holds read leases from a
-/// majority of the members; otherwise the error to answer. Every answer derived from this
-/// master's state — a value, or `NOT_FOUND` — needs this first: a master that was cut off or
-/// superseded must not answer from a state that may be stale.
+/// The connected links and the majority, if this master holds read leases from a majority of
+/// the members; otherwise the error to answer. Every answer derived from this master's state —
+/// a value, or `NOT_FOUND` — needs this first: a master that was cut off or superseded must not
+/// answer from a state that may be stale.
 fn read_lease(shared: &Shared) -> Result<(Vec<Arc<Link>>, usize), Reply> {
-    let (links, need) = quorum_links(shared, true).map_err(|why| Reply::Err(ErrorReply::Unavailable(why)))?;
+    let (links, need) =
+        quorum_links(shared, false).map_err(|why| Reply::Err(ErrorReply::Unavailable(why)))?;
     let now = shared.now_us();
     let leased = links.iter().filter(|l| l.lease_until_us.load(Ordering::Acquire) > now).count();
     if leased < need {
@@ -374,8 +420,8 @@ fn read_lease(shared: &Shared) -> Result<(Vec<Arc<Link>>, usize), Reply> {
 }
 
 fn read(shared: &Arc<Shared>, key: &str) -> Reply {
-    let (links, need) = match read_lease(shared) {
-        Ok(q) => q,
+    let links = match read_lease(shared) {
+        Ok((links, _)) => links,
         Err(reply) => return reply,
     };
     let Some(state) = shared.index.lock().get(key).cloned() else {
@@ -383,16 +429,18 @@ fn read(shared: &Arc<Shared>, key: &str) -> Reply {
         return Reply::NotFound;
     };
     let committed = state.committed.0;
-    if committed == Stamp::default() {
-        // Logged but never acknowledged (its write timed out): nothing acknowledged to return.
+    if committed == Stamp::default() || shared.config.read_from == ReadFrom::Master {
+        // Never acknowledged (its write timed out): NOT_FOUND. Otherwise the master's copy,
+        // which is the truth while it holds the lease.
         shared.stats.reads.fetch_add(1, Ordering::Relaxed);
-        return Reply::NotFound;
+        return committed_reply(&state);
     }
-    let mut holders: Vec<&Arc<Link>> = links.iter().filter(|l| state.holders & (1 << l.slot) != 0).collect();
-    holders.shuffle(&mut rand::thread_rng());
+    // `--read-from slaves`: one slave in sync, checked against the committed stamp.
+    let mut synced: Vec<&Arc<Link>> = links.iter().filter(|l| l.is_synced()).collect();
+    synced.shuffle(&mut rand::thread_rng());
     let command = Command::Get { key: key.to_string() };
     let epoch = shared.epoch();
-    for link in holders {
+    for link in synced {
         let rid = shared.rid();
         let answer = with_replies(|tx, rx| {
             if !link.send(rid, epoch, &command, Some(tx)) {
@@ -426,7 +474,6 @@ fn read(shared: &Arc<Shared>, key: &str) -> Reply {
                 }
                 Outcome::Value(..) | Outcome::Tomb(_) | Outcome::None => {
                     log::warn!("slave {} has a stale copy of '{key}'; repairing", link.id);
-                    shared.index.lock().drop_holder(key, link.slot);
                     shared.repair_queue.lock().insert(key.to_string());
                 }
                 other => log::debug!("slave {} could not serve a read: {other:?}", link.id),
@@ -440,46 +487,10 @@ fn read(shared: &Arc<Shared>, key: &str) -> Reply {
             }
         }
     }
-    // No member is known to hold the committed copy: ask a majority to rebuild the map, and
-    // answer from the log-backed index, which is the truth while we hold the lease.
-    survey(shared, key, &state, &links, need, epoch);
+    // No slave answered with the committed copy: the master's copy is the truth while it holds
+    // the lease.
     shared.stats.reads.fetch_add(1, Ordering::Relaxed);
     committed_reply(&state)
-}
-
-/// Asks `links` for `key`, records who holds the committed copy, and queues a repair if fewer
-/// than a majority do.
-fn survey(shared: &Shared, key: &str, state: &KeyState, links: &[Arc<Link>], need: usize, epoch: u64) {
-    let (tx, rx) = unbounded();
-    let command = Command::Get { key: key.to_string() };
-    let mut asked = Vec::new();
-    for link in links {
-        let rid = shared.rid();
-        if link.send(rid, epoch, &command, Some(&tx)) {
-            asked.push((Arc::clone(link), rid));
-        }
-    }
-    let deadline = Instant::now() + shared.config.ack_timeout;
-    let mut holders = 0u64;
-    let mut answered = 0;
-    while answered < asked.len() {
-        let Ok(ack) = rx.recv_deadline(deadline) else {
-            break;
-        };
-        answered += 1;
-        if let Outcome::Value(s, _) | Outcome::Tomb(s) = ack.outcome {
-            if s >= state.committed.0 {
-                holders |= 1 << ack.slot;
-            }
-        }
-    }
-    for (link, rid) in asked {
-        link.forget(rid);
-    }
-    shared.index.lock().add_holders(key, state.committed.0, holders);
-    if (holders.count_ones() as usize) < need {
-        shared.repair_queue.lock().insert(key.to_string());
-    }
 }
 
 fn committed_reply(state: &KeyState) -> Reply {
@@ -502,24 +513,18 @@ fn remove_member(shared: &Arc<Shared>, id: &str) -> Reply {
         Err(e) => return Reply::Err(ErrorReply::Unavailable(format!("write-ahead log: {e}"))),
     };
     members.remove(id);
-    shared.index.lock().forget_slot(slot);
     log::info!("member {id} removed by an operator (now {} members)", members.count());
     Reply::Ok(seq)
 }
 
 fn stats(shared: &Arc<Shared>) -> Reply {
     let members = shared.members.lock().all();
-    let (keys, per_slot) = {
-        let index = shared.index.lock();
-        (index.live_keys(), index.keys_per_slot())
-    };
+    let keys = shared.index.lock().live_keys();
     let live = members.iter().filter(|(_, m)| m.link.as_ref().is_some_and(|l| l.is_synced())).count();
     let s = &shared.stats;
-    // A standby's seq is how far it has followed the other master's log.
-    let seq = match shared.role() {
-        super::Role::Standby => shared.applied_seq.load(Ordering::Acquire),
-        _ => shared.wal.last_seq(),
-    };
+    // A standby's log is its copy of the other master's: its seq is how far it has followed.
+    let seq = shared.wal.last_seq();
+    let compaction = shared.compaction.status();
     let mut rows = vec![
         ("role", shared.role().name().to_string()),
         ("epoch", shared.epoch().to_string()),
@@ -534,16 +539,29 @@ fn stats(shared: &Arc<Shared>) -> Reply {
         ("uptime_s", (shared.now_us() / 1_000_000).to_string()),
         ("connections", shared.connections.load(Ordering::Relaxed).to_string()),
         ("authoritative", u8::from(shared.state.is_authoritative()).to_string()),
+        ("wal_error", shared.wal.trouble().unwrap_or_default()),
+        ("compacting", u8::from(compaction.running || compaction.requested).to_string()),
+        ("compactions", compaction.done.to_string()),
+        ("compaction_base_bytes", compaction.base_bytes.to_string()),
+        ("last_compaction_ms", compaction.last.map_or(0, |(_, took)| took.as_millis() as u64).to_string()),
+        ("compaction_error", compaction.failed.map(|(why, _)| why).unwrap_or_default()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect::<Vec<_>>();
     rows.extend(shared.extra_stats.lock().iter().cloned());
-    for (slot, m) in &members {
-        let requests = m.link.as_ref().map_or(0, |l| l.requests.load(Ordering::Relaxed));
+    for (_, m) in &members {
+        let link = m.link.as_ref();
+        let requests = link.map_or(0, |l| l.requests.load(Ordering::Relaxed));
         rows.push((format!("slave.{}.state", m.id), member_state(m).to_string()));
         rows.push((format!("slave.{}.requests", m.id), requests.to_string()));
-        rows.push((format!("slave.{}.keys", m.id), per_slot[*slot].to_string()));
+        // As the slave said in its last answer to a heartbeat.
+        rows.push((
+            format!("slave.{}.keys", m.id),
+            link.map_or(0, |l| l.keys.load(Ordering::Relaxed)).to_string(),
+        ));
+        let resync = link.map_or(0, |l| l.resync_keys.load(Ordering::Relaxed));
+        rows.push((format!("slave.{}.resync_keys", m.id), resync.to_string()));
     }
     Reply::Table { tag: "STAT", rows }
 }
@@ -567,25 +585,43 @@ fn members_table(shared: &Arc<Shared>) -> Reply {
     Reply::Table { tag: "MEMBER", rows }
 }
 
-/// The repair thread: completes writes that timed out, and copies keys that have fewer live
-/// copies than a majority to other connected members.
+/// The repair thread: completes writes that timed out. (A key whose copies were lost with a
+/// slave's memory is sent to it again when it re-registers: see `slaves::start_resync`.)
 pub fn repair_loop(shared: &Arc<Shared>) {
     loop {
         std::thread::sleep(REPAIR_PAUSE);
         if shared.role() != super::Role::Primary {
             continue;
         }
-        let Ok((links, need)) = quorum_links(shared, true) else {
+        let Ok((links, need)) = quorum_links(shared, false) else {
             continue;
         };
         repair_timed_out(shared, &links, need);
-        repair_under_replicated(shared, &links, need);
+        rewrite_stale(shared, &links, need);
+    }
+}
+
+/// Writes again, in this epoch, each key a slave holds a newer copy of than the log.
+fn rewrite_stale(shared: &Arc<Shared>, links: &[Arc<Link>], need: usize) {
+    let keys: Vec<String> = shared.stale_keys.lock().drain().collect();
+    for key in keys {
+        let Some(state) = shared.index.lock().get(&key).cloned() else { continue };
+        if state.latest.0 != state.committed.0 {
+            // A write of the key is in flight or being repaired: it replaces the copy.
+            continue;
+        }
+        if let Err(why) = relog(shared, links, need, shared.epoch(), key.clone(), state.committed.1) {
+            log::warn!("cannot rewrite '{key}': {why}; retrying");
+            shared.stale_keys.lock().insert(key);
+        }
     }
 }
 
 /// Pause between repair rounds.
 const REPAIR_PAUSE: Duration = super::REPAIR_INTERVAL;
 
+/// Replicates the newest logged write of each key whose write did not reach a majority in
+/// time, until it does; then it is committed.
 fn repair_timed_out(shared: &Arc<Shared>, links: &[Arc<Link>], need: usize) {
     let keys: Vec<String> = shared.repair_queue.lock().drain().collect();
     for key in keys {
@@ -597,43 +633,13 @@ fn repair_timed_out(shared: &Arc<Shared>, links: &[Arc<Link>], need: usize) {
         let deadline = Instant::now() + shared.config.ack_timeout * WRITE_DEADLINE_ACK_TIMEOUTS;
         let quorum = Arc::new(Quorum::new(need));
         match replicate(shared, links.to_vec(), &quorum, shared.epoch(), &command, deadline, false) {
-            Replicated::Quorum(acked) => {
-                if shared.index.lock().commit(&key, stamp, value, acked) {
+            Replicated::Quorum => {
+                if shared.index.lock().commit(&key, stamp, value) {
                     log::info!("repair completed the write of '{key}' at version {}", stamp.seq);
                 }
             }
             Replicated::Short(_) => {
                 shared.repair_queue.lock().insert(key);
-            }
-            Replicated::Fenced(newer) => {
-                shared.step_down(newer);
-                return;
-            }
-        }
-    }
-}
-
-fn repair_under_replicated(shared: &Arc<Shared>, links: &[Arc<Link>], need: usize) {
-    let live_mask = links.iter().fold(0u64, |m, l| m | 1 << l.slot);
-    let weak = shared.index.lock().select(|s| {
-        s.committed.0 != Stamp::default() && ((s.holders & live_mask).count_ones() as usize) < need
-    });
-    if weak.is_empty() {
-        return;
-    }
-    log::info!("re-replicating {} keys with fewer than {need} live copies", weak.len());
-    let epoch = shared.epoch();
-    for (key, state) in weak {
-        let (stamp, value) = state.committed;
-        let command = Command::store(stamp, &key, value.as_deref());
-        let missing: Vec<Arc<Link>> =
-            links.iter().filter(|l| state.holders & (1 << l.slot) == 0).cloned().collect();
-        let have = (state.holders & live_mask).count_ones() as usize;
-        let deadline = Instant::now() + shared.config.ack_timeout;
-        let quorum = Arc::new(Quorum::new(need - have));
-        match replicate(shared, missing, &quorum, epoch, &command, deadline, false) {
-            Replicated::Quorum(acked) | Replicated::Short(acked) => {
-                shared.index.lock().add_holders(&key, stamp, acked);
             }
             Replicated::Fenced(newer) => {
                 shared.step_down(newer);

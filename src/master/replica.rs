@@ -8,8 +8,12 @@
 //! over TCP from the other master ([`serve_stream`] / [`follow_stream`]):
 //!
 //! ```text
-//! -> STREAM
-//! <- RESET                      drop your copy: the whole log follows
+//! -> STREAM [<epoch> <epoch-seq> <last-seq>]
+//!                               what the follower holds: its log's last epoch, the seq of that
+//!                               epoch's EPOCH record, and its last record
+//! <- RESET                      drop your copy: the whole log follows (unless the follower's
+//!                               log is a prefix of the sender's: then only what is above
+//!                               <last-seq> follows, without RESET)
 //! <- <log line>                 one record, exactly as in the log file
 //! <- AT <seq> <epoch> <role>    heartbeat: what the sender has logged so far
 //! ```
@@ -34,6 +38,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::unbounded;
 
+use super::history::ScanBounds;
+use super::index::Value;
 use super::{Role, Shared};
 use crate::framing::{LineError, LineReader};
 use crate::peer::{Command, Outcome, Stamp};
@@ -71,74 +77,107 @@ pub fn next_epoch(known: u64, parity: u64) -> u64 {
 }
 
 impl Shared {
-    /// Applies one record of a followed log to the index, members and epoch.
-    pub fn apply_record(&self, seq: u64, record: Record) {
-        let epoch = self.epoch();
-        match record {
-            Record::Set { key, value } => {
-                self.index.lock().replay(key, Stamp::new(epoch, seq), Some(value.into()))
-            }
-            Record::Del { key } => self.index.lock().replay(key, Stamp::new(epoch, seq), None),
-            Record::Member { id } => {
-                self.members.lock().add(&id);
-            }
-            Record::Remove { id } => {
-                let mut members = self.members.lock();
-                if let Some(slot) = members.remove(&id) {
-                    self.index.lock().forget_slot(slot);
-                }
-            }
-            Record::Epoch { epoch } => {
-                self.state.follow_epoch(epoch);
-                self.index.lock().restamp(epoch);
-            }
+    /// Applies one record copied from the other master's log: to this master's own log (with
+    /// the same seq, so the two logs agree) and to its state. Both under the state's locks, so
+    /// a compaction's snapshot never sees the record in the log but not in the state.
+    pub fn apply_record(&self, seq: u64, record: Record) -> Result<()> {
+        let mut members = self.members.lock();
+        let mut index = self.index.lock();
+        let mut history = self.history.lock();
+        self.wal.append_at(seq, &record)?;
+        let epoch = match &record {
+            Record::Epoch { epoch } => Some(*epoch),
+            _ => None,
+        };
+        super::apply_record(&mut index, &mut members, &mut history, seq, record)?;
+        drop((history, index, members));
+        if let Some(epoch) = epoch {
+            self.state.follow_epoch(epoch);
         }
-        self.applied_seq.store(seq, Ordering::Release);
         self.state.mark_copy();
+        Ok(())
     }
 
-    /// Forgets the followed copy: a fresh copy follows.
-    pub fn reset_state(&self) {
+    /// Forgets the copied state and empties this master's log: a fresh copy follows.
+    pub fn reset_state(&self) -> Result<()> {
         let mut members = self.members.lock();
         for link in members.live_links() {
             link.kill("state reset");
         }
+        let mut index = self.index.lock();
+        let mut history = self.history.lock();
+        self.wal.reset()?;
         *members = super::members::Members::new();
-        *self.index.lock() = super::index::Index::new();
+        *index = super::index::Index::new();
+        *history = super::history::History::new();
+        drop((history, index, members));
         self.state.reset_copy();
-        self.applied_seq.store(0, Ordering::Release);
-    }
-
-    /// The whole state as log records with increasing seqs: every key's newest write, then the
-    /// members, then `EPOCH epoch`.
-    fn snapshot_records(&self, epoch: u64) -> Vec<(u64, Record)> {
-        let members = self.members.lock().all();
-        let snapshot = self.index.lock().snapshot(self.wal.last_seq());
-        let mut seq = snapshot.last().map_or(0, |e| e.0).max(self.wal.last_seq());
-        let mut records: Vec<(u64, Record)> = snapshot
-            .into_iter()
-            .map(|(s, key, value)| {
-                let record = match value {
-                    Some(v) => Record::Set { key, value: v.to_vec() },
-                    None => Record::Del { key },
-                };
-                (s, record)
-            })
-            .collect();
-        for (_, m) in members {
-            seq += 1;
-            records.push((seq, Record::Member { id: m.id }));
-        }
-        records.push((seq + 1, Record::Epoch { epoch }));
-        records
+        Ok(())
     }
 }
 
-/// Sends this master's log to a follower, from its start, then as it grows (`STREAM`).
-pub fn serve_stream(shared: &Arc<Shared>, stream: TcpStream) {
+/// What a follower says it holds when it asks for a stream: see the module doc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// Its log's last epoch.
+    pub epoch: u64,
+    /// The seq of that epoch's `EPOCH` record.
+    pub epoch_seq: u64,
+    /// The seq of its last record.
+    pub last: u64,
+}
+
+impl Held {
+    /// Parses what follows `STREAM`: nothing (a follower that holds nothing) or three numbers.
+    pub fn parse(rest: &[u8]) -> std::result::Result<Option<Held>, String> {
+        match fields(rest).as_slice() {
+            [] => Ok(None),
+            [e, s, l] => Ok(Some(Held { epoch: number(e)?, epoch_seq: number(s)?, last: number(l)? })),
+            _ => Err("expected: STREAM [<epoch> <epoch-seq> <last-seq>]".into()),
+        }
+    }
+
+    /// What `shared`'s log holds, if it has started an epoch.
+    fn of(shared: &Shared) -> Option<Held> {
+        let history = shared.history.lock();
+        let last = history.epochs().last()?;
+        Some(Held { epoch: last.epoch, epoch_seq: last.seq, last: shared.wal.last_record() })
+    }
+}
+
+/// Whether a follower holding `held` holds a prefix of the log whose history is `history` and
+/// whose last record is `log_last`: the same `EPOCH` record, and nothing beyond where that
+/// epoch ends here (beyond it, the follower's records are not this log's).
+pub fn is_prefix(history: &super::history::History, log_last: u64, held: Held) -> bool {
+    let epochs = history.epochs();
+    let Some(i) = epochs.iter().position(|e| e.epoch == held.epoch && e.seq == held.epoch_seq) else {
+        return false;
+    };
+    let end = epochs.get(i + 1).map_or(log_last, |next| next.before);
+    held.last <= end
+}
+
+/// Sends this master's log to a follower, then as it grows (`STREAM`): from its start, or
+/// from above what the follower holds when that is a prefix of this log.
+pub fn serve_stream(shared: &Arc<Shared>, stream: TcpStream, held: Option<Held>) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    log::info!("streaming the log to {peer}");
-    let mut follower = Follower::new(shared.wal.path());
+    let from =
+        held.filter(|h| is_prefix(&shared.history.lock(), shared.wal.last_record(), *h)).map(|h| h.last);
+    let mut follower = match from {
+        Some(seq) => {
+            log::info!("streaming the log to {peer} from above seq {seq}, which it holds");
+            Follower::after(shared.wal.path(), seq)
+        }
+        None => {
+            log::info!(
+                "streaming the log to {peer}, all of it (it holds {held:?}, not a prefix of this log)"
+            );
+            if (&stream).write_all(b"RESET\n").is_err() {
+                return;
+            }
+            Follower::new(shared.wal.path())
+        }
+    };
     let mut out = Vec::with_capacity(64 * 1024);
     let mut last_heartbeat = Instant::now() - STREAM_HEARTBEAT;
     loop {
@@ -152,8 +191,13 @@ pub fn serve_stream(shared: &Arc<Shared>, stream: TcpStream) {
         }
         let polled = {
             let out = std::cell::RefCell::new(&mut out);
-            follower.poll(&mut || out.borrow_mut().extend_from_slice(b"RESET\n"), &mut |seq, record| {
-                wal::encode(seq, &record, &mut out.borrow_mut())
+            let mut reset = || {
+                out.borrow_mut().extend_from_slice(b"RESET\n");
+                Ok(())
+            };
+            follower.poll(&mut reset, &mut |seq, record| {
+                wal::encode(seq, &record, &mut out.borrow_mut());
+                Ok(())
             })
         };
         if let Err(e) = polled {
@@ -213,8 +257,16 @@ impl At {
 /// Applies the log streamed by the master at `addr` to `shared` until `keep_going` returns
 /// false (it is called after every `AT` heartbeat with what it said) or the stream fails.
 pub fn follow_stream(shared: &Shared, addr: &str, mut keep_going: impl FnMut(At) -> bool) -> Result<()> {
-    let (stream, mut reader) =
-        open_master_link(addr, b"STREAM\n", crate::auth::PeerRole::Stream, shared.config.secret.as_ref())?;
+    let first = match Held::of(shared) {
+        Some(h) => format!("STREAM {} {} {}\n", h.epoch, h.epoch_seq, h.last),
+        None => "STREAM\n".to_string(),
+    };
+    let (stream, mut reader) = open_master_link(
+        addr,
+        first.as_bytes(),
+        crate::auth::PeerRole::Stream,
+        shared.config.secret.as_ref(),
+    )?;
     stream.set_read_timeout(Some(STREAM_SILENCE))?;
     loop {
         let line = match reader.read_line() {
@@ -224,7 +276,7 @@ pub fn follow_stream(shared: &Shared, addr: &str, mut keep_going: impl FnMut(At)
             Err(LineError::Io(e)) => return Err(Error::Io(e)),
         };
         if line == b"RESET" {
-            shared.reset_state();
+            shared.reset_state()?;
         } else if let Some(rest) = line.strip_prefix(b"AT ") {
             let at = At::parse(rest).ok_or_else(|| {
                 Error::Protocol(format!("log stream: malformed AT line '{}'", truncate_for_display(line)))
@@ -236,12 +288,12 @@ pub fn follow_stream(shared: &Shared, addr: &str, mut keep_going: impl FnMut(At)
             return Err(Error::Unavailable(String::from_utf8_lossy(line).into_owned()));
         } else {
             let (seq, record) = wal::decode(line).map_err(|e| Error::Protocol(format!("log stream: {e}")))?;
-            shared.apply_record(seq, record);
+            shared.apply_record(seq, record)?;
         }
     }
 }
 
-/// Connects to the master at `addr`, sends `first_line` (`STREAM` or `HANDOFF`) and, with a
+/// Connects to the master at `addr`, sends `first_line` (`STREAM ...` or `HANDOFF`) and, with a
 /// cluster secret, proves to be a master in `role` (allowing [`crate::auth::AUTH_TIMEOUT`] for
 /// the handshake).
 fn open_master_link(
@@ -287,7 +339,7 @@ pub fn sync_from(shared: &Shared, addr: &str) -> Result<u64> {
     let mut remote_epoch = 0;
     follow_stream(shared, addr, |at| {
         remote_epoch = remote_epoch.max(at.epoch);
-        let applied = shared.applied_seq.load(Ordering::Acquire);
+        let applied = shared.wal.last_seq();
         match handoff {
             None if applied >= at.seq => match request_handoff(addr, shared.config.secret.as_ref()) {
                 Ok(h) => {
@@ -316,23 +368,32 @@ pub fn sync_from(shared: &Shared, addr: &str) -> Result<u64> {
 pub enum TakeoverError {
     /// A slave had joined an epoch at least as new as ours under another master.
     Stale(u64),
-    /// The caller's abort condition held (the other master serves after all), or a hand-off
-    /// made this master a standby.
+    /// The caller's abort condition held (the other master serves after all), a hand-off made
+    /// this master a standby, or the writes recovered could not be replicated.
     Aborted,
-    /// The log could not be rewritten.
+    /// The log could not be appended to.
     Log(Error),
 }
 
-/// Becomes primary in `epoch`: accepts slaves into it, waits for a majority, recovers newer
-/// writes from them, rewrites the log with the result, and starts serving. `abort` is asked
-/// while waiting for the majority; when it says so, the takeover is given up (before anything
-/// was recovered or written).
+/// Becomes primary in `epoch`: accepts slaves into it, waits for a majority, asks them for the
+/// writes this master's log may lack (those that were in flight when the last master stopped,
+/// see [`History::scan_bounds`](super::history::History::scan_bounds)), starts the epoch in
+/// the log, logs and replicates the writes it recovered, and starts serving. Nothing that did
+/// not change is rescanned, restamped, rewritten or re-sent: the time this takes does not
+/// depend on the size of the data. The slaves are resynced in the background afterwards, each
+/// with what it lacks.
+///
+/// `abort` is asked while waiting for the majority; when it says so, the takeover is given up
+/// (before anything was recovered or written).
 pub fn takeover(
     shared: &Arc<Shared>,
     epoch: u64,
     abort: &mut dyn FnMut() -> bool,
 ) -> std::result::Result<(), TakeoverError> {
     let started = Instant::now();
+    // Fixed before any slave is accepted: a member registering logs a record of its own.
+    let log_end = shared.wal.last_record();
+    let bounds = shared.history.lock().scan_bounds(log_end);
     {
         let members = shared.members.lock();
         for link in members.live_links() {
@@ -342,7 +403,7 @@ pub fn takeover(
         shared.state.begin_takeover(epoch);
     }
     log::warn!("taking over: epoch {epoch}, waiting for a majority of the members to join");
-    let recovered = loop {
+    let (items, joined, need) = loop {
         if let Some(newer) = shared.state.superseded() {
             give_up(shared);
             return Err(TakeoverError::Stale(newer));
@@ -362,25 +423,41 @@ pub fn takeover(
             (members.count(), joined)
         };
         match majority(count) {
-            None => break 0,
+            None => break (Vec::new(), joined, 0),
             Some(need) if joined.len() >= need => {
-                // Scan everything, not just what is newer than our log: the other master's seqs
-                // may overlap ours, and stamps (epoch first) decide what is newer.
-                if let Some(n) = scan(shared, &joined, need, 0, epoch) {
-                    break n;
+                if let Some(items) = scan(shared, &joined, need, bounds, epoch) {
+                    break (items, joined, need);
                 }
             }
             Some(_) => {}
         }
         thread::sleep(Duration::from_millis(10));
     };
-    let records = {
-        shared.index.lock().restamp(epoch);
-        shared.snapshot_records(epoch)
-    };
-    if let Err(e) = shared.wal.rewrite(&mut records.into_iter()) {
-        shared.state.give_up();
-        return Err(TakeoverError::Log(e));
+    let asked = items.len();
+    // The epoch starts above every seq seen anywhere, so its writes are newer than any copy of
+    // an older epoch's, whatever its seq.
+    shared.wal.advance_seq(items.iter().map(|(_, stamp, _)| stamp.seq).max().unwrap_or(0));
+    {
+        let mut history = shared.history.lock();
+        let seq = match shared.wal.append(&Record::Epoch { epoch }) {
+            Ok(seq) => seq,
+            Err(e) => {
+                give_up(shared);
+                return Err(TakeoverError::Log(e));
+            }
+        };
+        history.begin(epoch, seq, bounds.seq);
+    }
+    let recovered = newest_unknown(shared, items);
+    let count = recovered.len();
+    for (key, value) in recovered {
+        // Acknowledged by the old master, perhaps: it must be on a majority again before a read
+        // can be answered, so it is written anew in this epoch, through the write path.
+        if let Err(why) = super::ops::relog(shared, &joined, need, epoch, key, value) {
+            log::warn!("cannot replicate a recovered write: {why}; giving the takeover up");
+            give_up(shared);
+            return Err(TakeoverError::Aborted);
+        }
     }
     if !shared.state.complete_takeover(epoch) {
         // Stepped down, or learnt of a newer epoch, while recovering: never serve.
@@ -392,15 +469,44 @@ pub fn takeover(
     }
     let links = shared.members.lock().live_links();
     for link in &links {
-        super::slaves::start_catch_up(shared, link);
+        super::slaves::start_resync(shared, link);
     }
     log::warn!(
-        "now primary in epoch {epoch} after {:?}: {} keys, {recovered} writes recovered from slaves, {} slaves connected",
+        "now primary in epoch {epoch} after {:?}: {} keys, {count} writes recovered from slaves ({asked} entries \
+         asked for above seq {} of epoch {}), {} slaves connected",
         started.elapsed(),
         shared.index.lock().len(),
+        bounds.seq,
+        bounds.epoch,
         links.len()
     );
     Ok(())
+}
+
+/// An entry a slave returned to a `SCAN`: key, stamp, value (`None`: a tombstone).
+type Found = (String, Stamp, Option<Vec<u8>>);
+
+/// Of the entries the slaves returned, the newest of each key, where it is newer than what the
+/// log has.
+fn newest_unknown(shared: &Shared, items: Vec<Found>) -> Vec<(String, Value)> {
+    let mut newest: std::collections::HashMap<String, (Stamp, Option<Vec<u8>>)> = Default::default();
+    for (key, stamp, value) in items {
+        match newest.get(&key) {
+            Some((s, _)) if *s >= stamp => {}
+            _ => {
+                newest.insert(key, (stamp, value));
+            }
+        }
+    }
+    let index = shared.index.lock();
+    let mut recovered: Vec<(Stamp, String, Value)> = newest
+        .into_iter()
+        .filter(|(key, (stamp, _))| index.is_newer(key, *stamp))
+        .map(|(key, (stamp, value))| (stamp, key, value.map(Into::into)))
+        .collect();
+    // In the order the old masters wrote them, so the new seqs keep that order.
+    recovered.sort_unstable_by_key(|e| e.0);
+    recovered.into_iter().map(|(_, key, value)| (key, value)).collect()
 }
 
 /// Leaves the candidate role: the slaves that joined are let go (they look for a master again).
@@ -411,20 +517,21 @@ fn give_up(shared: &Shared) {
     }
 }
 
-/// Asks `links` for every entry above `from_seq` and merges the newest of each key into the
-/// index. Returns how many entries were taken, or `None` if fewer than `need` answered.
+/// Asks `links` for the entries a log within `bounds` may lack. Returns them, or `None` if
+/// fewer than `need` answered.
 fn scan(
     shared: &Shared,
     links: &[Arc<super::link::Link>],
     need: usize,
-    from_seq: u64,
+    bounds: ScanBounds,
     epoch: u64,
-) -> Option<usize> {
+) -> Option<Vec<Found>> {
     let (tx, rx) = unbounded();
     let mut asked = Vec::new();
+    let command = Command::Scan { epoch: bounds.epoch, seq: bounds.seq, older_seq: bounds.older_seq };
     for link in links {
         let rid = shared.rid();
-        if link.send(rid, epoch, &Command::Scan { from_seq }, Some(&tx)) {
+        if link.send(rid, epoch, &command, Some(&tx)) {
             asked.push((Arc::clone(link), rid));
         }
     }
@@ -449,21 +556,7 @@ fn scan(
     for (link, rid) in &asked {
         link.forget(*rid);
     }
-    if finished < need {
-        return None;
-    }
-    let mut index = shared.index.lock();
-    let mut taken = 0;
-    let mut max_seq = 0;
-    for (key, stamp, value) in items {
-        max_seq = max_seq.max(stamp.seq);
-        if index.recover(&key, stamp, value.map(Into::into)) {
-            taken += 1;
-        }
-    }
-    drop(index);
-    shared.wal.advance_seq(max_seq);
-    Some(taken)
+    (finished >= need).then_some(items)
 }
 
 /// What a master says of itself in `STATS`.
@@ -598,7 +691,8 @@ pub fn run_primary(shared: Arc<Shared>) {
 
 #[cfg(test)]
 mod tests {
-    use super::At;
+    use super::*;
+    use crate::master::history::History;
 
     #[test]
     fn an_at_line_parses_only_when_whole() {
@@ -607,5 +701,22 @@ mod tests {
         for bad in [&b""[..], b"17", b"x 3 primary", b"17 y primary", b"-1 3 primary", b"\xff 3"] {
             assert!(At::parse(bad).is_none(), "{:?}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn a_follower_is_streamed_only_what_is_above_a_prefix_it_holds() {
+        // The sender: epoch 1 from seq 1, epoch 2 taken over at 15 (its log had 10 of epoch 1).
+        let mut h = History::new();
+        h.note(1, Some(1));
+        h.begin(2, 15, 10);
+        let held = |epoch, epoch_seq, last| Held { epoch, epoch_seq, last };
+        assert!(is_prefix(&h, 30, held(2, 15, 20)), "its own epoch");
+        assert!(is_prefix(&h, 30, held(1, 1, 10)), "the old primary, caught up to the takeover");
+        assert!(!is_prefix(&h, 30, held(1, 1, 12)), "it logged past what the takeover kept");
+        assert!(!is_prefix(&h, 30, held(1, 2, 5)), "another epoch 1, begun elsewhere");
+        assert!(!is_prefix(&h, 30, held(3, 40, 41)), "an epoch this log never saw");
+        assert_eq!(Held::parse(b"").unwrap(), None);
+        assert_eq!(Held::parse(b"2 15 20").unwrap(), Some(held(2, 15, 20)));
+        assert!(Held::parse(b"2 15").is_err() && Held::parse(b"2 x 3").is_err());
     }
 }

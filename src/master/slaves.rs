@@ -1,5 +1,14 @@
 //! The master's side of its slaves: registration, the reader thread of each slave connection,
-//! catch-up of a slave that (re)joins, and heartbeats.
+//! the resync of a slave that (re)joins, and heartbeats.
+//!
+//! Every connected slave is sent every write, so a slave that stays connected holds all of
+//! them. The heartbeats of a primary tell each slave in sync how far that is (`PING <seq>`:
+//! every write up to `seq` was sent before this message), and a slave reports the last such
+//! position when it registers again ([`Hello::held`]). The master then sends it only the keys
+//! written above that position, if its log shares that history
+//! ([`History::resync_from`](super::history::History::resync_from)); a slave that lost its
+//! memory, or was in sync with a history this log does not share, is sent every key. Either
+//! way in the background: the slave takes new writes meanwhile, and the cluster serves.
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -10,9 +19,9 @@ use std::time::Instant;
 use crossbeam_channel::unbounded;
 
 use super::link::Link;
-use super::{Role, Shared, HEARTBEAT_MISSES, SYNC_WINDOW};
+use super::{Role, Shared, HEARTBEAT_MISSES};
 use crate::framing::{LineError, LineReader};
-use crate::peer::{Command, Hello, Outcome, Reply, Stamp};
+use crate::peer::{Command, Hello, Outcome, Reply};
 use crate::wal::Record;
 
 /// Registers a slave and then reads its replies until the connection ends. Runs on the
@@ -40,13 +49,16 @@ pub fn serve_slave(shared: &Arc<Shared>, stream: TcpStream, mut reader: LineRead
         let slot = match members.slot_of(&hello.id) {
             Some(slot) => slot,
             None => {
-                let Some(slot) = members.add(&hello.id) else {
+                if !members.has_room() {
+                    return refuse(format!("cluster full ({} members)", super::members::MAX_MEMBERS));
+                }
+                let seq = match shared.wal.append(&Record::Member { id: hello.id.clone() }) {
+                    Ok(seq) => seq,
+                    Err(e) => return refuse(format!("cannot log the new member: {e}")),
+                };
+                let Some(slot) = members.add(&hello.id, seq) else {
                     return refuse(format!("cluster full ({} members)", super::members::MAX_MEMBERS));
                 };
-                if let Err(e) = shared.wal.append(&Record::Member { id: hello.id.clone() }) {
-                    members.remove(&hello.id);
-                    return refuse(format!("cannot log the new member: {e}"));
-                }
                 log::info!("new member {} (now {} members)", hello.id, members.count());
                 slot
             }
@@ -73,7 +85,9 @@ pub fn serve_slave(shared: &Arc<Shared>, stream: TcpStream, mut reader: LineRead
         // A slave joining a new epoch first waits out the lease it gave the old master, silent:
         // that is not a failure, so its silence is counted from after that wait.
         let grace = crate::peer::LEASE.as_micros() as u64;
-        let link = Arc::new(Link::new(hello.id.clone(), slot, write_half, shared.now_us() + grace));
+        let link = Arc::new(
+            Link::new(hello.id.clone(), slot, write_half, shared.now_us() + grace).holding(hello.held),
+        );
         // A slave that holds writes the log lost (an OS crash with --fsync never) must never
         // see their versions reused.
         shared.wal.advance_seq(hello.max_seq);
@@ -86,19 +100,17 @@ pub fn serve_slave(shared: &Arc<Shared>, stream: TcpStream, mut reader: LineRead
         if let Some(old) = members.attach(slot, Arc::clone(&link)) {
             old.kill("the slave registered again on a new connection");
         }
-        // It may have lost its memory: it holds nothing until catch-up says otherwise.
-        shared.index.lock().forget_slot(slot);
         link
     };
     log::info!("slave {} registered from {} (epoch {epoch})", link.id, link.peer);
     if shared.role() == Role::Primary {
-        start_catch_up(shared, &link);
+        start_resync(shared, &link);
     } else {
         // A candidate only needs to know the slave has joined its epoch: the answer to this
         // heartbeat comes after the slave has.
         let rid = shared.rid();
         link.record_ping(rid, shared.now_us());
-        link.send(rid, epoch, &Command::Ping, None);
+        link.send(rid, epoch, &Command::PING, None);
     }
     read_replies(shared, &link, &mut reader);
     link.kill("connection closed");
@@ -128,7 +140,10 @@ fn read_replies(shared: &Shared, link: &Link, reader: &mut LineReader<TcpStream>
         match Reply::parse(line) {
             Ok(Reply { rid, outcome }) => {
                 match outcome {
-                    Outcome::Pong => link.on_pong(rid),
+                    Outcome::Pong(keys) => {
+                        link.keys.store(keys, Ordering::Relaxed);
+                        link.on_pong(rid);
+                    }
                     // Also for a heartbeat, which nobody waits for: the slave has joined a
                     // newer epoch, so this master is stale.
                     Outcome::Fenced(newer) if newer > shared.epoch() => shared.step_down(newer),
@@ -144,8 +159,12 @@ fn read_replies(shared: &Shared, link: &Link, reader: &mut LineReader<TcpStream>
     }
 }
 
-/// Starts copying every committed key to `link` on a thread of its own.
-pub fn start_catch_up(shared: &Arc<Shared>, link: &Arc<Link>) {
+/// How many resync writes may be outstanding to one slave at once: enough to keep the link
+/// and the slave busy (they are combined into large sends and answered in large batches).
+pub const RESYNC_WINDOW: usize = 4096;
+
+/// Starts sending `link` what it lacks, on a thread of its own (once per connection).
+pub fn start_resync(shared: &Arc<Shared>, link: &Arc<Link>) {
     if !link.claim_catch_up() {
         return;
     }
@@ -153,29 +172,40 @@ pub fn start_catch_up(shared: &Arc<Shared>, link: &Arc<Link>) {
     let sync_link = Arc::clone(link);
     let _ = std::thread::Builder::new()
         .name(format!("sync-{}", link.id))
-        .spawn(move || catch_up(&sync_shared, &sync_link));
+        .spawn(move || resync(&sync_shared, &sync_link));
 }
 
-/// Copies every committed key to a slave that just registered, then lets it serve reads.
-fn catch_up(shared: &Arc<Shared>, link: &Arc<Link>) {
+/// Sends a slave that just registered every key written above the position it holds, then
+/// marks it in sync.
+fn resync(shared: &Arc<Shared>, link: &Arc<Link>) {
     let started = Instant::now();
     let epoch = shared.epoch();
     // A heartbeat first, so the slave's read lease is in place when it starts serving.
     let ping = shared.rid();
     link.record_ping(ping, shared.now_us());
-    link.send(ping, epoch, &Command::Ping, None);
-    let keys = shared.index.lock().select(|s| s.committed.0 != Stamp::default());
+    link.send(ping, epoch, &Command::PING, None);
+    let from = shared.history.lock().resync_from(link.held, shared.wal.last_record());
+    // Taken after the link was attached: a write logged before is here, a later one is sent
+    // to the link by its writer.
+    let keys = shared.index.lock().select(|s| s.latest.0.seq > from);
+    log::info!(
+        "resyncing slave {}: {} keys above seq {from} (it holds epoch {}'s log up to seq {})",
+        link.id,
+        keys.len(),
+        link.held.epoch,
+        link.held.seq
+    );
     let (tx, rx) = unbounded();
     let mut in_flight = std::collections::HashMap::new();
     let mut iter = keys.into_iter();
     let stall = shared.config.ack_timeout * super::WRITE_DEADLINE_ACK_TIMEOUTS;
-    let mut sent = 0usize;
+    let mut sent = 0u64;
     loop {
-        while in_flight.len() < SYNC_WINDOW {
+        while in_flight.len() < RESYNC_WINDOW {
             let Some((key, state)) = iter.next() else {
                 break;
             };
-            let (stamp, value) = state.committed;
+            let (stamp, value) = state.latest;
             let command = Command::store(stamp, &key, value.as_deref());
             let rid = shared.rid();
             if !link.send(rid, epoch, &command, Some(&tx)) {
@@ -183,44 +213,53 @@ fn catch_up(shared: &Arc<Shared>, link: &Arc<Link>) {
             }
             in_flight.insert(rid, (key, stamp));
             sent += 1;
+            link.resync_keys.store(sent, Ordering::Relaxed);
         }
         if in_flight.is_empty() {
             break;
         }
         match rx.recv_timeout(stall) {
             Ok(ack) => {
-                if let Some((key, stamp)) = in_flight.remove(&ack.rid) {
-                    match ack.outcome {
-                        Outcome::Ok(_) => shared.index.lock().add_holders(&key, stamp, 1 << link.slot),
-                        Outcome::Fenced(newer) => return shared.step_down(newer),
-                        Outcome::Err(why) => {
-                            // The slave could not take this one record (it cannot happen with
-                            // agreeing limits; see crate::limits). Killing the link would only
-                            // send it again after the reconnect, for ever: skip it. The slave
-                            // is not a holder of the key, so its reads go elsewhere.
-                            log::error!("slave {} refused {key} in catch-up, skipped: {why}", link.id);
-                        }
-                        other => {
-                            link.kill(&format!("catch-up write failed: {other:?}"));
-                            return;
-                        }
+                let Some((key, stamp)) = in_flight.remove(&ack.rid) else { continue };
+                match ack.outcome {
+                    Outcome::Ok(kept) if kept > stamp => {
+                        // A write this log never had, left by a master that was deposed before
+                        // it was acknowledged: the slave keeps it over ours. Writing the key
+                        // again in this epoch replaces it everywhere.
+                        log::warn!(
+                            "slave {} holds a newer '{key}' ({kept}) than the log ({stamp}); rewriting it",
+                            link.id
+                        );
+                        shared.stale_keys.lock().insert(key);
+                    }
+                    Outcome::Ok(_) => {}
+                    Outcome::Fenced(newer) => return shared.step_down(newer),
+                    Outcome::Err(why) => {
+                        // The slave could not take this one record (it cannot happen with
+                        // agreeing limits; see crate::limits). Killing the link would only
+                        // send it again after the reconnect, for ever: skip it.
+                        log::error!("slave {} refused {key} in its resync, skipped: {why}", link.id);
+                    }
+                    other => {
+                        link.kill(&format!("resync write failed: {other:?}"));
+                        return;
                     }
                 }
             }
             Err(_) => {
-                link.kill("catch-up stalled");
+                link.kill("resync stalled");
                 return;
             }
         }
     }
     if link.is_alive() {
         link.set_synced();
-        log::info!("slave {} caught up: {sent} keys in {:?}", link.id, started.elapsed());
+        log::info!("slave {} in sync: {sent} keys sent in {:?}", link.id, started.elapsed());
     }
 }
 
 /// The heartbeat thread: pings every slave each interval, and disconnects a slave that has
-/// been silent for [`HEARTBEAT_MISSES`] intervals (it will reconnect and be caught up).
+/// been silent for [`HEARTBEAT_MISSES`] intervals (it will reconnect and be resynced).
 pub fn heartbeat_loop(shared: &Arc<Shared>) {
     let interval = shared.config.heartbeat;
     let silence_limit = (interval * HEARTBEAT_MISSES).as_micros() as u64;
@@ -228,6 +267,10 @@ pub fn heartbeat_loop(shared: &Arc<Shared>) {
         std::thread::sleep(interval);
         let links = shared.members.lock().live_links();
         let epoch = shared.epoch();
+        // Every write up to here has been handed to every link that was connected when it was
+        // logged; a link in sync gets this PING after all of them (see the module doc).
+        let primary = shared.role() == Role::Primary;
+        let settled = shared.wal.settled_through();
         for link in links {
             let now = shared.now_us();
             let silent = now.saturating_sub(link.last_heard_us.load(Ordering::Acquire));
@@ -237,7 +280,8 @@ pub fn heartbeat_loop(shared: &Arc<Shared>) {
             }
             let rid = shared.rid();
             link.record_ping(rid, now);
-            link.send(rid, epoch, &Command::Ping, None);
+            let synced = (primary && link.is_synced()).then_some(settled);
+            link.send(rid, epoch, &Command::Ping { synced }, None);
         }
     }
 }

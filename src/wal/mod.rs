@@ -30,9 +30,9 @@
 //! - The operation is one of the upper-case ASCII words `SET`, `DEL`, `MEMBER`, `REMOVE`,
 //!   `EPOCH`.
 //! - `<key>` is 1 to [`MAX_KEY`](crate::protocol::MAX_KEY) bytes of UTF-8 without whitespace or
-//!   control bytes, exactly as [`parse_key`] accepts it.
+//!   control bytes, exactly as [`parse_key`](crate::wire::parse_key) accepts it.
 //! - `<slave-id>` is 1 to [`MAX_ID`](crate::peer::MAX_ID) bytes of ASCII letters, digits, `-`,
-//!   `_`, `.` and `:`, exactly as [`parse_slave_id`] accepts it.
+//!   `_`, `.` and `:`, exactly as [`parse_slave_id`](crate::wire::parse_slave_id) accepts it.
 //! - `<epoch>` is written like `<seq>`.
 //! - `<escaped-value>` is the value escaped by [`crate::escape`]: zero or more bytes, none of
 //!   them below `0x20` or equal to `0x7f`. It is everything after the single space that follows
@@ -127,10 +127,19 @@
 //! a best-effort check); then it tells the caller to clear its state and re-applies the whole
 //! file.
 
+mod compact;
+mod follow;
+mod format;
+mod lines;
+
+pub use compact::Compaction;
+pub use follow::{Follower, Poll};
+pub use format::{decode, encode, Record};
+
+use std::collections::BTreeSet;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -138,12 +147,10 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use crate::escape;
-use crate::escape::push_u64;
-use crate::peer::parse_slave_id;
-use crate::protocol::{parse_key, truncate_for_display};
-use crate::wire::{number, split_word};
 use crate::{Error, Result};
+use compact::sync_dir;
+use format::{check_line, validate};
+use lines::{read_lines, read_retrying};
 
 /// How many bytes replay and the follower ask for per `read(2)`. Big reads keep replay bound by
 /// parsing rather than by system calls; a line longer than this grows the buffer instead of
@@ -166,102 +173,8 @@ const SPARE_BUFFER_LIMIT: usize = 1 << 20;
 /// the same directory so the final rename cannot cross file systems.
 pub const REWRITE_SUFFIX: &str = ".rewrite";
 
-/// One change recorded in the log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Record {
-    /// A client wrote `value` under `key`.
-    Set {
-        /// The key, as [`parse_key`] accepts it.
-        key: String,
-        /// The value: any bytes.
-        value: Vec<u8>,
-    },
-    /// A client deleted `key`.
-    Del {
-        /// The key, as [`parse_key`] accepts it.
-        key: String,
-    },
-    /// A slave registered for the first time and became a member.
-    Member {
-        /// The slave id, as [`parse_slave_id`] accepts it.
-        id: String,
-    },
-    /// An operator removed a member for good.
-    Remove {
-        /// The slave id, as [`parse_slave_id`] accepts it.
-        id: String,
-    },
-    /// A master started a new epoch; the records after this one belong to it.
-    Epoch {
-        /// The new epoch.
-        epoch: u64,
-    },
-}
-
-/// Appends the log line for `record` with sequence number `seq`, `\n` included, to `out`.
-///
-/// The key or id is written as it is; [`Wal::append`] checks it first, so the log never holds a
-/// line it could not read back.
-pub fn encode(seq: u64, record: &Record, out: &mut Vec<u8>) {
-    push_u64(out, seq);
-    match record {
-        Record::Set { key, value } => {
-            out.extend_from_slice(b" SET ");
-            out.extend_from_slice(key.as_bytes());
-            out.push(b' ');
-            escape::escape_into(value, out);
-        }
-        Record::Del { key } => {
-            out.extend_from_slice(b" DEL ");
-            out.extend_from_slice(key.as_bytes());
-        }
-        Record::Member { id } => {
-            out.extend_from_slice(b" MEMBER ");
-            out.extend_from_slice(id.as_bytes());
-        }
-        Record::Remove { id } => {
-            out.extend_from_slice(b" REMOVE ");
-            out.extend_from_slice(id.as_bytes());
-        }
-        Record::Epoch { epoch } => {
-            out.extend_from_slice(b" EPOCH ");
-            push_u64(out, *epoch);
-        }
-    }
-    out.push(b'\n');
-}
-
-/// Parses one log line, `\n` removed. The error says what is wrong with the line.
-pub fn decode(line: &[u8]) -> std::result::Result<(u64, Record), String> {
-    let (seq, rest) = split_word(line);
-    let seq = number(seq).map_err(|e| format!("bad sequence number: {e}"))?;
-    let rest = rest.ok_or("missing operation after the sequence number")?;
-    let (op, rest) = split_word(rest);
-    let record = match op {
-        b"SET" => {
-            let (key, value) = split_word(rest.ok_or("SET needs a key and a value")?);
-            let key = parse_key(key).map_err(|e| format!("SET: {e}"))?;
-            let value = value.ok_or("SET needs a space and a value after the key")?;
-            let value = escape::unescape(value).ok_or("SET value is not validly escaped")?;
-            Record::Set { key, value }
-        }
-        b"DEL" => Record::Del { key: parse_key(only_field("DEL", rest)?).map_err(|e| format!("DEL: {e}"))? },
-        b"MEMBER" => Record::Member {
-            id: parse_slave_id(only_field("MEMBER", rest)?).map_err(|e| format!("MEMBER: {e}"))?,
-        },
-        b"REMOVE" => Record::Remove {
-            id: parse_slave_id(only_field("REMOVE", rest)?).map_err(|e| format!("REMOVE: {e}"))?,
-        },
-        b"EPOCH" => Record::Epoch {
-            epoch: number(only_field("EPOCH", rest)?).map_err(|e| format!("bad epoch: {e}"))?,
-        },
-        _ => return Err(format!("unknown operation '{}'", truncate_for_display(op))),
-    };
-    Ok((seq, record))
-}
-
 /// When appends reach the disk; see the module documentation for what each choice can lose.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Fsync {
     /// `fdatasync` before every append returns (one per group-committed batch).
     Always,
@@ -270,6 +183,18 @@ pub enum Fsync {
     Everysec,
     /// Never `fdatasync`; the kernel writes back when it likes.
     Never,
+}
+
+impl std::str::FromStr for Fsync {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Fsync, String> {
+        match s {
+            "always" => Ok(Fsync::Always),
+            "everysec" => Ok(Fsync::Everysec),
+            "never" => Ok(Fsync::Never),
+            other => Err(format!("'{other}' is not one of: always, everysec, never")),
+        }
+    }
 }
 
 impl fmt::Display for Fsync {
@@ -342,6 +267,14 @@ struct State {
     /// Set when the `Wal` is dropped, to stop the sync thread.
     stop: bool,
     stats: Stats,
+    /// The seq of the last record written (not one merely reserved with `advance_seq`).
+    last_record: u64,
+    /// Seqs appended with [`Wal::append_tracked`] whose guard is still alive.
+    unsettled: BTreeSet<u64>,
+    /// The error of the last failed batch, until a batch is written again.
+    last_error: Option<String>,
+    /// A compaction is running (only one at a time).
+    compacting: bool,
 }
 
 /// The error of a failed batch, kept until each of its waiting appenders has taken a copy.
@@ -403,6 +336,10 @@ impl Wal {
                 dirty: false,
                 stop: false,
                 stats: Stats::default(),
+                unsettled: BTreeSet::new(),
+                last_record: prev.unwrap_or(0),
+                last_error: None,
+                compacting: false,
             }),
             batch_done: Condvar::new(),
             stop: Condvar::new(),
@@ -427,33 +364,108 @@ impl Wal {
     /// A key or slave id that could not be read back is refused with [`Error::Protocol`] before
     /// a seq is taken. An I/O error is returned to every append of the failed batch.
     pub fn append(&self, record: &Record) -> Result<u64> {
+        self.append_inner(record, None, false)
+    }
+
+    /// Like [`append`](Wal::append), and the seq stays *unsettled* until the returned guard is
+    /// dropped: [`settled_through`](Wal::settled_through) does not pass it before. A master
+    /// holds the guard until it has handed the write to every slave link, so that a sync
+    /// position it gives a slave never runs ahead of a write still on its way.
+    pub fn append_tracked(&self, record: &Record) -> Result<Appended<'_>> {
+        let seq = self.append_inner(record, None, true)?;
+        Ok(Appended { wal: self, seq })
+    }
+
+    /// Appends a record copied from another master's log with the seq it has there, which must
+    /// be above every seq of this log ([`Error::Corrupt`] otherwise).
+    pub fn append_at(&self, seq: u64, record: &Record) -> Result<()> {
+        self.append_inner(record, Some(seq), false).map(drop)
+    }
+
+    fn append_inner(&self, record: &Record, at: Option<u64>, track: bool) -> Result<u64> {
         validate(record)?;
         let shared = &*self.shared;
         let mut st = shared.state.lock();
         if let Some(why) = &st.broken {
             return Err(broken_error(why));
         }
-        let seq = st
-            .last_seq
-            .checked_add(1)
-            .ok_or_else(|| Error::Unavailable("the log's sequence numbers are exhausted".to_string()))?;
-        st.last_seq = seq;
+        let seq = match at {
+            Some(seq) if seq <= st.last_record => {
+                return Err(Error::Corrupt(format!(
+                    "a copied record's sequence number {seq} does not follow this log's {}",
+                    st.last_record
+                )))
+            }
+            Some(seq) => seq,
+            None => st
+                .last_seq
+                .checked_add(1)
+                .ok_or_else(|| Error::Unavailable("the log's sequence numbers are exhausted".to_string()))?,
+        };
+        st.last_seq = st.last_seq.max(seq);
+        if track {
+            st.unsettled.insert(seq);
+        }
         encode(seq, record, &mut st.pending);
         st.pending_count += 1;
         st.stats.appends += 1;
         let batch = st.next_batch;
-        loop {
+        let result = loop {
             if st.done_batch >= batch {
                 // Someone else's write carried this line.
-                return st.take_failure(batch).map(|()| seq);
+                break st.take_failure(batch);
             }
             if !st.writing {
                 // Nobody took this line yet (a leader would have advanced `done_batch` or still
                 // be `writing`), so it is still in `pending`: write the batch.
-                return self.lead(&mut st).map(|()| seq);
+                break self.lead(&mut st);
             }
             shared.batch_done.wait(&mut st);
+        };
+        match &result {
+            Ok(()) => st.last_record = st.last_record.max(seq),
+            Err(_) if track => {
+                st.unsettled.remove(&seq);
+            }
+            Err(_) => {}
         }
+        result.map(|()| seq)
+    }
+
+    /// The highest seq at or below which every append is settled (see
+    /// [`append_tracked`](Wal::append_tracked)).
+    pub fn settled_through(&self) -> u64 {
+        let st = self.shared.state.lock();
+        st.unsettled.first().map_or(st.last_seq, |first| first - 1)
+    }
+
+    /// Why appends fail, if the last one did: the error of the last failed batch (cleared by the
+    /// next batch that is written), or what made the log refuse appends for good.
+    pub fn trouble(&self) -> Option<String> {
+        let st = self.shared.state.lock();
+        st.broken.clone().or_else(|| st.last_error.clone())
+    }
+
+    /// Empties the log in place (truncating the file, so that a follower sees it shrink and
+    /// starts over) and forgets its sequence numbers: a copy of another master's log follows.
+    pub fn reset(&self) -> Result<()> {
+        let shared = &*self.shared;
+        let mut st = shared.state.lock();
+        while st.writing || !st.pending.is_empty() {
+            shared.batch_done.wait(&mut st);
+        }
+        if let Some(why) = &st.broken {
+            return Err(broken_error(why));
+        }
+        st.file.set_len(0).map_err(|e| io_error("cannot truncate", &shared.path, e))?;
+        if shared.fsync != Fsync::Never {
+            st.file.sync_data().map_err(|e| io_error("cannot sync", &shared.path, e))?;
+        }
+        st.size = 0;
+        st.last_seq = 0;
+        st.last_record = 0;
+        st.unsettled.clear();
+        Ok(())
     }
 
     /// Writes everything pending as one batch, as the leader, with the lock released during the
@@ -489,6 +501,7 @@ impl Wal {
         let result = match outcome {
             Ok(()) => {
                 st.size += buf.len() as u64;
+                st.last_error = None;
                 if sync {
                     st.stats.syncs += 1;
                 } else {
@@ -503,6 +516,7 @@ impl Wal {
                     failure.error
                 );
                 log::error!("{message}");
+                st.last_error = Some(message.clone());
                 if failure.written {
                     st.size += buf.len() as u64;
                 }
@@ -534,6 +548,12 @@ impl Wal {
         self.shared.state.lock().last_seq
     }
 
+    /// The seq of the last record in the log (0 if none): unlike [`last_seq`](Wal::last_seq),
+    /// never one only reserved with [`advance_seq`](Wal::advance_seq).
+    pub fn last_record(&self) -> u64 {
+        self.shared.state.lock().last_record
+    }
+
     /// Makes the next append get a seq greater than `at_least` (a new master starting above
     /// every seq it has seen anywhere). Never lowers it.
     pub fn advance_seq(&self, at_least: u64) {
@@ -555,57 +575,18 @@ impl Wal {
     pub fn stats(&self) -> Stats {
         self.shared.state.lock().stats
     }
+}
 
-    /// Atomically replaces the whole log with these entries (temp file in the same dir, fsync,
-    /// rename, fsync dir); used for failback state transfer and compaction. Seqs must increase;
-    /// afterwards last_seq() >= the last entry's seq.
-    ///
-    /// Appends block while it runs, so `entries` must not call back into this `Wal`. Entries whose seqs do not increase are [`Error::Corrupt`],
-    /// an invalid key or id is [`Error::Protocol`]; on any error before the rename the old log
-    /// is left as it was. If only the final directory sync fails, the new log is already in
-    /// place (and in use) and the error says so.
-    pub fn rewrite(&self, entries: &mut dyn Iterator<Item = (u64, Record)>) -> Result<()> {
-        let shared = &*self.shared;
-        let mut st = shared.state.lock();
-        // Let the appends already in flight finish into the old file; the new entries replace
-        // them with everything else.
-        while st.writing || !st.pending.is_empty() {
-            shared.batch_done.wait(&mut st);
-        }
-        if let Some(why) = &st.broken {
-            return Err(broken_error(why));
-        }
-        let path = &shared.path;
-        let mut temp = path.as_os_str().to_owned();
-        temp.push(REWRITE_SUFFIX);
-        let temp = PathBuf::from(temp);
-        let (file, size, last) = match write_new_log(&temp, entries) {
-            Ok(written) => written,
-            Err(e) => {
-                let _ = fs::remove_file(&temp);
-                return Err(e);
-            }
-        };
-        if let Err(e) = fs::rename(&temp, path) {
-            let _ = fs::remove_file(&temp);
-            return Err(io_error("cannot rename the rewritten log over", path, e));
-        }
-        st.file = Arc::new(file);
-        st.size = size;
-        st.dirty = false;
-        if let Some(last) = last {
-            st.last_seq = st.last_seq.max(last);
-        }
-        sync_dir(path).map_err(|e| {
-            Error::Io(io::Error::new(
-                e.kind(),
-                format!(
-                    "the rewritten log {} is in place, but syncing its directory failed, so a \
-                     crash could still bring back the old one: {e}",
-                    path.display()
-                ),
-            ))
-        })
+/// An append whose seq stays unsettled while this lives (see [`Wal::append_tracked`]).
+pub struct Appended<'a> {
+    wal: &'a Wal,
+    /// The seq the record was appended with.
+    pub seq: u64,
+}
+
+impl Drop for Appended<'_> {
+    fn drop(&mut self) {
+        self.wal.shared.state.lock().unsettled.remove(&self.seq);
     }
 }
 
@@ -727,332 +708,17 @@ fn open_log(path: &Path, fsync: Fsync) -> Result<File> {
     }
 }
 
-/// Writes `entries` to a fresh file at `temp` and syncs it. Returns the file (open for
-/// appending), its size and the last seq written.
-fn write_new_log(
-    temp: &Path,
-    entries: &mut dyn Iterator<Item = (u64, Record)>,
-) -> Result<(File, u64, Option<u64>)> {
-    match fs::remove_file(temp) {
-        Ok(()) => log::info!("removed {}, left by an interrupted rewrite", temp.display()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_error("cannot remove", temp, e)),
-    }
-    let file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create_new(true)
-        .open(temp)
-        .map_err(|e| io_error("cannot create", temp, e))?;
-    let mut writer = &file;
-    let mut buf = Vec::with_capacity(REWRITE_BUFFER);
-    let mut size = 0u64;
-    let mut prev: Option<u64> = None;
-    for (seq, record) in entries {
-        if let Some(prev) = prev.filter(|&p| seq <= p) {
-            return Err(Error::Corrupt(format!(
-                "rewrite: sequence number {seq} follows {prev}; entries must have increasing \
-                 sequence numbers"
-            )));
-        }
-        validate(&record)?;
-        prev = Some(seq);
-        encode(seq, &record, &mut buf);
-        if buf.len() >= REWRITE_BUFFER {
-            writer.write_all(&buf).map_err(|e| io_error("cannot write", temp, e))?;
-            size += buf.len() as u64;
-            buf.clear();
-        }
-    }
-    writer.write_all(&buf).map_err(|e| io_error("cannot write", temp, e))?;
-    size += buf.len() as u64;
-    file.sync_all().map_err(|e| io_error("cannot sync", temp, e))?;
-    Ok((file, size, prev))
-}
-
-/// Syncs the directory holding `path`, which makes a create or rename in it durable.
-fn sync_dir(path: &Path) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    File::open(dir)?.sync_all()
-}
-
-/// Follows a log file written by another process (the backup master polls the primary's file).
-pub struct Follower {
-    path: PathBuf,
-    /// The file being followed and its identity, once it has been seen.
-    file: Option<(File, FileId)>,
-    /// Bytes of complete lines applied: where the next poll starts reading.
-    consumed: u64,
-    /// Complete lines applied.
-    lines: u64,
-    /// The seq of the last record applied, for the increasing-seq check.
-    prev_seq: Option<u64>,
-    /// The file's length as of the last poll.
-    len: u64,
-    buf: Vec<u8>,
-}
-
-/// What one [`Follower::poll`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Poll {
-    /// New records applied, maybe 0.
-    Applied(usize),
-    /// The file shrank or was replaced (inode/dev changed or len < offset): the caller's state
-    /// was cleared via the reset callback, then the whole file re-applied (this many records).
-    Reloaded(usize),
-}
-
-/// Which file a path names: replacing it by rename changes this.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileId {
-    dev: u64,
-    ino: u64,
-}
-
-impl FileId {
-    fn of(meta: &fs::Metadata) -> FileId {
-        FileId { dev: meta.dev(), ino: meta.ino() }
-    }
-}
-
-impl Follower {
-    /// A follower of the log at `path`, which need not exist yet. Nothing is read until
-    /// [`poll`](Follower::poll).
-    pub fn new(path: &Path) -> Follower {
-        Follower {
-            path: path.to_path_buf(),
-            file: None,
-            consumed: 0,
-            lines: 0,
-            prev_seq: None,
-            len: 0,
-            buf: Vec::new(),
-        }
-    }
-
-    /// Applies each new COMPLETE line; a partial last line waits until its '\n' arrives; a bad
-    /// complete line is Error::Corrupt (never mis-parsed).
-    ///
-    /// If the file was replaced, shrank, or was rewritten in place, `reset` is called first and
-    /// the whole file is applied again ([`Poll::Reloaded`]). A missing file applies nothing. After
-    /// a `Corrupt` error the records before the bad line stay applied and the next poll stops at
-    /// the same line again.
-    pub fn poll(&mut self, reset: &mut dyn FnMut(), apply: &mut dyn FnMut(u64, Record)) -> Result<Poll> {
-        let meta = match fs::metadata(&self.path) {
-            Ok(meta) => meta,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Poll::Applied(0)),
-            Err(e) => return Err(io_error("cannot stat", &self.path, e)),
-        };
-        let reload = match &self.file {
-            Some((file, id)) if *id == FileId::of(&meta) => {
-                meta.len() < self.consumed || !self.line_ends_at_consumed(file)?
-            }
-            known => {
-                let had_file = known.is_some();
-                let file = match File::open(&self.path) {
-                    Ok(file) => file,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Poll::Applied(0)),
-                    Err(e) => return Err(io_error("cannot open", &self.path, e)),
-                };
-                // The identity of what was opened, not of what was stat-ed a moment ago.
-                let id = FileId::of(&file.metadata().map_err(|e| io_error("cannot stat", &self.path, e))?);
-                self.file = Some((file, id));
-                had_file
-            }
-        };
-        if reload {
-            reset();
-            self.consumed = 0;
-            self.lines = 0;
-            self.prev_seq = None;
-        }
-        let applied = self.read_new(meta.len(), apply)?;
-        Ok(if reload { Poll::Reloaded(applied) } else { Poll::Applied(applied) })
-    }
-
-    /// Whether the byte before `consumed` is still the `\n` of the last line applied. If not,
-    /// the file was rewritten in place and what was applied no longer describes it.
-    fn line_ends_at_consumed(&self, file: &File) -> Result<bool> {
-        if self.consumed == 0 {
-            return Ok(true);
-        }
-        let mut byte = [0u8; 1];
-        loop {
-            match file.read_at(&mut byte, self.consumed - 1) {
-                Ok(n) => return Ok(n == 1 && byte[0] == b'\n'),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io_error("cannot read", &self.path, e)),
-            }
-        }
-    }
-
-    /// Reads from `consumed` to the end of the file and applies each complete line.
-    fn read_new(&mut self, len: u64, apply: &mut dyn FnMut(u64, Record)) -> Result<usize> {
-        let Follower { path, file, consumed, lines, prev_seq, len: seen_len, buf } = self;
-        let Some((file, _)) = file.as_ref() else {
-            return Ok(0);
-        };
-        let mut pos = *consumed;
-        let mut applied = 0;
-        let lines_before = *lines;
-        let result = read_lines(
-            buf,
-            |chunk| loop {
-                match file.read_at(chunk, pos) {
-                    Ok(n) => {
-                        pos += n as u64;
-                        return Ok(n);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(io_error("cannot read", path, e)),
-                }
-            },
-            *consumed,
-            |line, number, offset| {
-                let number = lines_before + number;
-                let (seq, record) = check_line(path, line, number, offset, prev_seq)?;
-                apply(seq, record);
-                applied += 1;
-                *consumed = offset + line.len() as u64 + 1;
-                *lines = number;
-                Ok(())
-            },
-        );
-        *seen_len = len.max(pos);
-        result.map(|_| applied)
-    }
-
-    /// The seq of the last record applied; 0 before any.
-    pub fn last_seq(&self) -> u64 {
-        self.prev_seq.unwrap_or(0)
-    }
-
-    /// File length minus bytes consumed (as of the last poll): the partial last line, or what a
-    /// `Corrupt` error stopped in front of.
-    pub fn lag_bytes(&self) -> u64 {
-        self.len.saturating_sub(self.consumed)
-    }
-}
-
-/// What [`read_lines`] found.
-struct Scanned {
-    /// Bytes in complete lines, `\n` included, from the starting offset.
-    complete: u64,
-    /// Bytes after the last `\n`: a line still being written, or a torn one.
-    partial: u64,
-}
-
-/// Reads with `read` until it returns 0, in [`READ_BUFFER`]-sized chunks, and calls `on_line`
-/// with each complete line (without its `\n`), its 1-based number counted from this call, and
-/// its byte offset (counted from `offset`). Stops at the first error.
-fn read_lines(
-    buf: &mut Vec<u8>,
-    mut read: impl FnMut(&mut [u8]) -> Result<usize>,
-    offset: u64,
-    mut on_line: impl FnMut(&[u8], u64, u64) -> Result<()>,
-) -> Result<Scanned> {
-    if buf.len() < READ_BUFFER {
-        buf.resize(READ_BUFFER, 0);
-    }
-    let mut line_start = offset;
-    let mut number = 0u64;
-    // Unparsed bytes are buf[start..end]; the search for the next '\n' resumes at `searched`
-    // so a line longer than one read is scanned only once.
-    let (mut start, mut end, mut searched) = (0usize, 0usize, 0usize);
-    loop {
-        while let Some(i) = buf[searched..end].iter().position(|&b| b == b'\n') {
-            let line_end = searched + i;
-            number += 1;
-            on_line(&buf[start..line_end], number, line_start)?;
-            line_start += (line_end + 1 - start) as u64;
-            start = line_end + 1;
-            searched = start;
-        }
-        searched = end;
-        if start > 0 {
-            buf.copy_within(start..end, 0);
-            end -= start;
-            searched -= start;
-            start = 0;
-        }
-        if end == buf.len() {
-            let doubled = buf.len() * 2;
-            buf.resize(doubled, 0);
-        }
-        let n = read(&mut buf[end..])?;
-        if n == 0 {
-            return Ok(Scanned { complete: line_start - offset, partial: end as u64 });
-        }
-        end += n;
-    }
-}
-
-/// `read` that retries when a signal interrupts it.
-fn read_retrying(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        match file.read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            other => return other,
-        }
-    }
-}
-
-/// Decodes one complete line and checks that its seq increases.
-fn check_line(
-    path: &Path,
-    line: &[u8],
-    number: u64,
-    offset: u64,
-    prev: &mut Option<u64>,
-) -> Result<(u64, Record)> {
-    let corrupt = |why: String| {
-        Error::Corrupt(format!(
-            "{} line {number} (byte offset {offset}): {why}; the log is damaged before its end, \
-             so it is not replayed past this line: repair or remove the line by hand, or \
-             restore the file from a good copy",
-            path.display()
-        ))
-    };
-    let (seq, record) = decode(line).map_err(corrupt)?;
-    if let Some(p) = prev.filter(|&p| seq <= p) {
-        return Err(corrupt(format!("sequence number {seq} does not increase (the line before has {p})")));
-    }
-    *prev = Some(seq);
-    Ok((seq, record))
-}
-
-/// Refuses a record whose line could not be decoded again.
-fn validate(record: &Record) -> Result<()> {
-    let checked = match record {
-        Record::Set { key, .. } | Record::Del { key } => parse_key(key.as_bytes()).map(drop),
-        Record::Member { id } | Record::Remove { id } => parse_slave_id(id.as_bytes()).map(drop),
-        Record::Epoch { .. } => Ok(()),
-    };
-    checked.map_err(|e| Error::Protocol(format!("not logging an unreadable record: {e}")))
-}
-
 /// An I/O error that names the file and what was being done to it.
 fn io_error(what: &str, path: &Path, e: io::Error) -> Error {
     Error::Io(io::Error::new(e.kind(), format!("{what} {}: {e}", path.display())))
 }
 
-/// Splits at the first space: the field before it, and everything after that single space.
-/// The single argument after `op`, with nothing after it.
-fn only_field<'a>(op: &str, rest: Option<&'a [u8]>) -> std::result::Result<&'a [u8], String> {
-    match rest {
-        None => Err(format!("{op} needs one argument")),
-        Some(field) if field.contains(&b' ') => Err(format!("{op} takes one argument, but more follow it")),
-        Some(field) => Ok(field),
-    }
-}
-
+#[cfg(test)]
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashSet;
+    use std::fs;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     fn set(key: &str, value: &[u8]) -> Record {
@@ -1483,10 +1149,13 @@ mod tests {
 
     #[test]
     fn fsync_names_match_the_command_line() {
-        use clap::ValueEnum;
-        for fsync in Fsync::value_variants() {
-            assert_eq!(Fsync::from_str(&fsync.to_string(), false), Ok(*fsync));
+        for fsync in [Fsync::Always, Fsync::Everysec, Fsync::Never] {
+            assert_eq!(fsync.to_string().parse(), Ok(fsync));
         }
+        assert_eq!(
+            "sometimes".parse::<Fsync>(),
+            Err("'sometimes' is not one of: always, everysec, never".into())
+        );
         assert_eq!(Fsync::default(), Fsync::Everysec);
     }
 
@@ -1581,8 +1250,12 @@ mod tests {
                 &mut || {
                     resets += 1;
                     records.borrow_mut().clear();
+                    Ok(())
                 },
-                &mut |seq, record| records.borrow_mut().push((seq, record)),
+                &mut |seq, record| {
+                    records.borrow_mut().push((seq, record));
+                    Ok(())
+                },
             );
             self.records = records.into_inner();
             self.resets += resets;
@@ -1679,7 +1352,7 @@ mod tests {
     }
 
     #[test]
-    fn follower_reloads_a_replaced_file() {
+    fn follower_goes_on_across_a_replaced_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("wal");
         let wal = open_empty(&path, Fsync::Never);
@@ -1689,22 +1362,80 @@ mod tests {
         let mut watch = Watch::new(&path);
         assert_eq!(watch.poll().expect("poll"), Poll::Applied(3));
 
-        // By hand: a new file renamed over the old one, even a longer one.
+        // By hand: a compaction of the old file (only seq 3 kept) with two more records,
+        // renamed over it. Only what is above the last record applied is applied.
         let other = dir.path().join("other");
-        fs::write(&other, b"7 SET x 1\n8 SET y 2\n9 SET z 3\n10 SET w 4\n").expect("write");
+        fs::write(&other, b"3 SET k 2\n7 SET x 1\n8 SET y 2\n").expect("write");
         fs::rename(&other, &path).expect("rename");
-        assert_eq!(watch.poll().expect("poll"), Poll::Reloaded(4));
-        assert_eq!(watch.resets, 1);
-        assert_eq!(watch.records[0], (7, set("x", b"1")));
-        assert_eq!(watch.follower.last_seq(), 10);
+        assert_eq!(watch.poll().expect("poll"), Poll::Applied(2));
+        assert_eq!(watch.resets, 0);
+        assert_eq!(&watch.records[3..], &[(7, set("x", b"1")), (8, set("y", b"2"))]);
+        assert_eq!(watch.follower.last_seq(), 8);
+    }
 
-        // Through Wal::rewrite, as compaction does it.
-        wal.rewrite(&mut vec![(20, set("only", b"one"))].into_iter()).expect("rewrite");
-        assert_eq!(watch.poll().expect("poll"), Poll::Reloaded(1));
-        assert_eq!(watch.records, vec![(20, set("only", b"one"))]);
-        wal.append(&set("next", b"!")).expect("append");
-        assert_eq!(watch.poll().expect("poll"), Poll::Applied(1));
-        assert_eq!(watch.resets, 2);
+    #[test]
+    fn compaction_keeps_what_is_appended_while_it_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal");
+        let wal = Arc::new(open_empty(&path, Fsync::Never));
+        for i in 0..100 {
+            wal.append(&set(&format!("k{}", i % 10), format!("{i}").as_bytes())).expect("append");
+        }
+        let mut watch = Watch::new(&path);
+        assert_eq!(watch.poll().expect("poll"), Poll::Applied(100));
+        let before = wal.bytes();
+        let during = Arc::clone(&wal);
+        let done = wal
+            .compact(|upto| {
+                assert_eq!(upto, 100);
+                // Appends go on while the snapshot is built and written.
+                during.append(&set("late", b"x")).expect("append during compaction");
+                (91..=100u64)
+                    .map(|seq| (seq, set(&format!("k{}", (seq - 1) % 10), format!("{}", seq - 1).as_bytes())))
+                    .collect::<Vec<_>>()
+                    .into_iter()
+            })
+            .expect("compact");
+        assert_eq!(
+            (done.upto, done.records, done.bytes_before),
+            (100, 10, before + "101 SET late x\n".len() as u64)
+        );
+        assert!(done.bytes_after < done.bytes_before / 5, "{done:?}");
+        assert_eq!(done.bytes_after, wal.bytes());
+        // What replays is the snapshot and the record appended meanwhile.
+        let mut replayed = Vec::new();
+        drop(Wal::open(&path, Fsync::Never, |seq, r| {
+            replayed.push((seq, r));
+            Ok(())
+        }));
+        assert_eq!(replayed.len(), 11);
+        assert_eq!(replayed[10], (101, set("late", b"x")));
+        // A follower goes on from where it was, and later appends land in the new file.
+        wal.append(&set("after", b"y")).expect("append after compaction");
+        assert_eq!(watch.poll().expect("poll"), Poll::Applied(2));
+        assert_eq!(watch.resets, 0);
+        assert_eq!(watch.follower.last_seq(), 102);
+    }
+
+    #[test]
+    fn tracked_appends_hold_the_settled_seq_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = open_empty(&dir.path().join("wal"), Fsync::Never);
+        let first = wal.append_tracked(&set("a", b"1")).expect("append");
+        let second = wal.append_tracked(&set("b", b"2")).expect("append");
+        wal.append(&set("c", b"3")).expect("append");
+        assert_eq!(wal.settled_through(), 0);
+        drop(first);
+        assert_eq!(wal.settled_through(), 1);
+        drop(second);
+        assert_eq!(wal.settled_through(), 3);
+        // A copied record keeps its seq, which must be above the log's.
+        wal.append_at(10, &set("d", b"4")).expect("append_at");
+        assert!(matches!(wal.append_at(10, &set("e", b"5")), Err(Error::Corrupt(_))));
+        assert_eq!(wal.last_seq(), 10);
+        wal.reset().expect("reset");
+        assert_eq!((wal.last_seq(), wal.bytes()), (0, 0));
+        wal.append_at(1, &set("f", b"6")).expect("append_at after reset");
     }
 
     #[test]
