@@ -48,12 +48,12 @@ cluster:
 client: build
 	$(BIN)/dsm-client --master $(PRIMARY) --backup $(BACKUP)
 
-# The tests; as root also the one with real network namespaces (tests/netns.rs), which a
-# plain `cargo test` leaves ignored.
+# The tests; as root also the ones with real network namespaces (tests/netns.rs) and a full
+# disk (tests/disk_full.rs), which a plain `cargo test` leaves ignored.
 test:
 	$(CARGO) test
-	@if [ "$$(id -u)" = 0 ]; then $(CARGO) test --test netns -- --ignored --nocapture; \
-	else echo "SKIPPED tests/netns.rs: network namespaces need root (sudo make test runs it)"; fi
+	@if [ "$$(id -u)" = 0 ]; then $(CARGO) test --test netns --test disk_full -- --ignored --nocapture; \
+	else echo "SKIPPED tests/netns.rs and tests/disk_full.rs: network namespaces and a small tmpfs need root (sudo make test runs them)"; fi
 
 lint:
 	$(CARGO) fmt --all --check

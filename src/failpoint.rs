@@ -10,6 +10,11 @@
 //!
 //! - `after-append`: a write is in the log, but not yet sent to any slave.
 //! - `after-quorum`: a majority of slaves acknowledged a write, but the client has no reply.
+//! - `compact-before-snapshot`: a compaction has chosen its snapshot's seq, nothing written.
+//! - `compact-after-snapshot`: the snapshot is written and synced beside the log, which is
+//!   still the old one.
+//! - `compact-after-rename`: the compacted log has replaced the old one, its directory not yet
+//!   synced.
 
 /// The environment variable that arms a failpoint: `<name>:<n>`.
 pub const ENV: &str = "DSM_FAILPOINT";

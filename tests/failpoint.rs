@@ -1,13 +1,17 @@
 //! Crashes of the primary at the worst moments of a write, through failpoints (debug builds):
 //! after the log append but before any slave has the write, and after the quorum but before
-//! the client's reply. The backup takes over, the primary restarts and fails back, and the
-//! whole history — with the crashed write of unknown outcome — must be linearizable with every
-//! acknowledged write surviving.
+//! the client's reply; and at every step of a compaction of its log (before the snapshot is
+//! written, after it is written, after it replaced the old log). The backup takes over, the
+//! primary restarts from what its log holds and fails back, and the whole history — with the
+//! crashed write of unknown outcome — must be linearizable with every acknowledged write
+//! surviving.
 
 mod faults;
 
 use std::sync::Arc;
 
+use dsm::client::Client;
+use dsm::protocol::{Reply, Request};
 use dsm_testkit::cluster::wait_for;
 use dsm_testkit::nemesis::History;
 use faults::{wait_acked, Cluster, READY};
@@ -16,9 +20,21 @@ use faults::{wait_acked, Cluster, READY};
 const CRASH_ON_WRITE: u64 = 40;
 
 fn crash_at(failpoint: &str, seed: u64) {
-    let mut c = Cluster::start(3, Some(&format!("{failpoint}:{CRASH_ON_WRITE}")), false);
+    crash(failpoint, CRASH_ON_WRITE, seed, false);
+}
+
+/// Arms `failpoint` for its `n`-th pass, runs a workload (asking the primary to compact its log
+/// once some writes are in, if `compact`) until the primary crashes there, then fails over and
+/// back and judges the history.
+fn crash(failpoint: &str, n: u64, seed: u64, compact: bool) {
+    let mut c = Cluster::start(3, Some(&format!("{failpoint}:{n}")), false);
     let history = Arc::new(History::new());
     let workload = c.workload(&history, 3, 40, seed);
+    if compact {
+        wait_acked(&workload, 0, 300, "writes before the compaction");
+        let mut primary = Client::new(&c.primary_addr, None);
+        assert!(matches!(primary.request(&Request::Compact), Ok(Reply::Done)));
+    }
     wait_for("the primary to crash at the failpoint", READY, || !c.primary.is_running())
         .unwrap_or_else(|e| panic!("{e}: {:?}", workload.counts()));
     // The backup takes over and the clients go on through it.
@@ -30,9 +46,26 @@ fn crash_at(failpoint: &str, seed: u64) {
     wait_acked(&workload, acked, 30, "writes after the fail-back");
     // The first primary's output (the restart appended to it) says where it crashed.
     let log = std::fs::read_to_string(c.dir.path().join("primary.out")).unwrap_or_default();
-    assert!(log.contains(&format!("failpoint {failpoint}:{CRASH_ON_WRITE} reached")), "{log}");
+    assert!(log.contains(&format!("failpoint {failpoint}:{n} reached")), "{log}");
     let counts = c.stop_and_judge(workload, &history, failpoint);
-    assert!(counts.unknown_writes >= 1, "the crashed write should be of unknown outcome: {counts:?}");
+    if !compact {
+        assert!(counts.unknown_writes >= 1, "the crashed write should be of unknown outcome: {counts:?}");
+    }
+}
+
+#[test]
+fn crash_during_compaction_before_the_snapshot_is_written() {
+    crash("compact-before-snapshot", 1, 13, true);
+}
+
+#[test]
+fn crash_during_compaction_after_the_snapshot_is_written() {
+    crash("compact-after-snapshot", 1, 14, true);
+}
+
+#[test]
+fn crash_during_compaction_after_the_snapshot_replaced_the_log() {
+    crash("compact-after-rename", 1, 15, true);
 }
 
 #[test]

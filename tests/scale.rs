@@ -1,0 +1,161 @@
+//! What a change of master costs, and the log's size: a takeover, a failback and a slave's
+//! reconnection send each slave only what it lacks; a slave that lost its memory gets every
+//! key; the log is compacted while the cluster serves, and what it replays is the same state.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::{stat_with_password, FailoverCluster, TestCluster, READY};
+use dsm::client::Client;
+use dsm::protocol::Reply;
+use dsm_testkit::cluster::{stat, wait_for};
+
+/// Keys written before each fault: enough that resending them all is told apart from sending
+/// what was in flight.
+const KEYS: usize = 2000;
+
+/// Writes `KEYS` keys over one pipelined connection (fast, so the test stays short).
+fn load(addr: &str, prefix: &str) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut batch = Vec::new();
+    for i in 0..KEYS {
+        batch.extend_from_slice(format!("WRITE {prefix}{i} value-{i}\r\n").as_bytes());
+    }
+    stream.write_all(&batch).unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    for i in 0..KEYS {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+        assert!(line.starts_with("OK "), "write {i}: {line}");
+    }
+}
+
+fn check(client: &mut Client, prefix: &str) {
+    for i in (0..KEYS).step_by(97) {
+        match client.read(&format!("{prefix}{i}")) {
+            Ok(Reply::Value { value, .. }) => assert_eq!(value, format!("value-{i}").as_bytes()),
+            other => panic!("read {prefix}{i}: {other:?}"),
+        }
+    }
+}
+
+fn resync_keys(addr: &str, id: &str) -> u64 {
+    stat(addr, &format!("slave.{id}.resync_keys")).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
+}
+
+#[test]
+fn a_takeover_and_a_failback_resend_only_what_slaves_lack() {
+    let mut c = FailoverCluster::start(3, false);
+    load(&c.primary_addr, "a");
+    // Let the slaves learn how far they hold the log (a heartbeat or two).
+    let settled = || stat(&c.primary_addr, "seq");
+    let before = settled();
+    wait_for("a heartbeat after the load", READY, || {
+        std::thread::sleep(Duration::from_millis(50));
+        settled() == before
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    c.primary.kill();
+    c.wait_role(&c.backup_addr.clone(), "primary", 3);
+    // Each slave held the log up to its last heartbeat: at most what was written after it.
+    for id in ["s1", "s2", "s3"] {
+        let sent = resync_keys(&c.backup_addr, id);
+        assert!(sent < (KEYS / 4) as u64, "{id} was sent {sent} keys of {KEYS} after the takeover");
+    }
+    let mut client = c.client();
+    check(&mut client, "a");
+    load(&c.backup_addr, "b");
+    std::thread::sleep(Duration::from_millis(300));
+    // The old primary comes back: it streams only what its log lacks, takes the writes back,
+    // and the slaves are sent what they lack again.
+    c.primary.restart().unwrap();
+    c.wait_role(&c.primary_addr.clone(), "primary", 3);
+    let log = std::fs::read_to_string(c.dir.path().join("primary.out")).unwrap();
+    assert!(log.contains("handed off at seq"), "{log}");
+    for id in ["s1", "s2", "s3"] {
+        let sent = resync_keys(&c.primary_addr, id);
+        assert!(sent < (KEYS / 4) as u64, "{id} was sent {sent} keys of {KEYS} after the failback");
+    }
+    check(&mut client, "a");
+    check(&mut client, "b");
+}
+
+#[test]
+fn a_slave_that_lost_its_memory_is_sent_every_key() {
+    let mut c = TestCluster::start(3);
+    load(&c.addr(), "k");
+    c.slaves[0].restart().unwrap();
+    let addr = c.addr();
+    wait_for("s1 to hold every key again", READY, || {
+        stat(&addr, "slave.s1.state").as_deref() == Some("up")
+            && stat(&addr, "slave.s1.keys") == Some(KEYS.to_string())
+    })
+    .unwrap_or_else(|e| panic!("{e}: keys={:?}", stat(&addr, "slave.s1.keys")));
+    assert_eq!(resync_keys(&addr, "s1"), KEYS as u64);
+    // A slave that only reconnects is sent nothing it holds.
+    c.slaves[1].pause().unwrap();
+    wait_for("s2 marked down", READY, || stat(&addr, "slave.s2.state").as_deref() == Some("down")).unwrap();
+    c.slaves[1].resume().unwrap();
+    wait_for("s2 back", READY, || stat(&addr, "slave.s2.state").as_deref() == Some("up")).unwrap();
+    assert!(resync_keys(&addr, "s2") < (KEYS / 4) as u64, "s2 was sent {}", resync_keys(&addr, "s2"));
+    check(&mut c.client(), "k");
+}
+
+#[test]
+fn compaction_keeps_the_state_while_writes_go_on_and_the_backup_follows() {
+    let mut c = FailoverCluster::start(3, true);
+    // Every key written three times: the log holds three records per key.
+    for _ in 0..3 {
+        load(&c.primary_addr, "c");
+    }
+    let bytes = |addr: &str| -> u64 {
+        stat_with_password(addr, "wal_bytes", None).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    let before = bytes(&c.primary_addr);
+    let mut raw = common::Raw::connect(&c.primary_addr);
+    assert_eq!(raw.ask("COMPACT"), "OK");
+    // Writes go on meanwhile; each is acknowledged.
+    for i in 0..200 {
+        assert!(raw.ask(&format!("WRITE during{i} x")).starts_with("OK "));
+    }
+    wait_for("the compaction", READY, || {
+        stat(&c.primary_addr, "compactions").as_deref() == Some("1")
+            && stat(&c.primary_addr, "compacting").as_deref() == Some("0")
+    })
+    .unwrap();
+    let after = bytes(&c.primary_addr);
+    assert!(after * 2 < before, "the log went from {before} to {after} bytes");
+    assert_eq!(stat(&c.primary_addr, "compaction_error").as_deref(), Some(""));
+    // The backup, streaming the log, went on across it: a takeover finds every write.
+    c.primary.kill();
+    c.wait_role(&c.backup_addr.clone(), "primary", 3);
+    let mut client = c.client();
+    check(&mut client, "c");
+    assert!(matches!(client.read("during199"), Ok(Reply::Value { .. })));
+    // And the compacted log replays: the old primary restarts from it and fails back.
+    c.primary.restart().unwrap();
+    c.wait_role(&c.primary_addr.clone(), "primary", 3);
+    check(&mut client, "c");
+    assert!(matches!(client.read("during0"), Ok(Reply::Value { .. })));
+}
+
+#[test]
+fn a_lone_master_compacts_on_its_own_and_restarts_from_the_compacted_log() {
+    // A 1-byte threshold and 50 % growth: compaction starts as soon as the log has grown.
+    let mut c = TestCluster::start_with(1, &["--compact-min-bytes", "1", "--compact-percent", "50"]);
+    load(&c.addr(), "x");
+    load(&c.addr(), "x");
+    let addr = c.addr();
+    wait_for("an automatic compaction", READY, || {
+        stat(&addr, "compactions").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) >= 1
+    })
+    .unwrap();
+    c.master.restart().unwrap();
+    c.wait_slaves(1);
+    check(&mut c.client(), "x");
+    assert_eq!(stat(&c.addr(), "keys"), Some(KEYS.to_string()));
+}
