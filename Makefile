@@ -8,7 +8,7 @@ SLAVES  ?= 3
 RUN_DIR ?= run
 BIN     := $(CURDIR)/target/release
 
-.PHONY: all build run cluster client test lint fmt doc bench clean
+.PHONY: all build run cluster client test lint fmt doc bench bench-scale clean
 
 all: build
 
@@ -69,7 +69,14 @@ doc:
 # Benchmarks (release builds; they print medians of several runs). Not timed tests.
 bench:
 	$(CARGO) build --release --bins
-	$(CARGO) bench
+	$(CARGO) bench --bench cluster --bench wal --bench failover --bench replay
+
+# dsm at 1,000,000 keys (DSM_SCALE_KEYS), medians of DSM_SCALE_RUNS runs: bulk load, log size
+# after overwrites, COMPACT and write latency during it, failover, failback, restart, full
+# resync, memory per key. Several minutes.
+bench-scale:
+	$(CARGO) build --release --bins
+	$(CARGO) bench --bench scale
 
 clean:
 	$(CARGO) clean
