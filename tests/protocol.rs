@@ -91,6 +91,44 @@ fn pipelined_requests_get_replies_in_order() {
 }
 
 #[test]
+fn a_run_of_pipelined_writes_is_executed_together_and_reads_after_it_see_it() {
+    let c = TestCluster::start(3);
+    let mut r = c.raw();
+    // More writes than one run takes, the same key overwritten, then a read, a delete, a read.
+    let n = dsm::master::MAX_PIPELINED_WRITES * 2 + 10;
+    let mut batch = Vec::new();
+    for i in 0..n {
+        batch.extend_from_slice(format!("WRITE k{} v{i}\r\n", i % 100).as_bytes());
+    }
+    batch.extend_from_slice(
+        format!("READ k{}\r\nDELETE k0\r\nREAD k0\r\nWRITE k0 again\r\n", (n - 1) % 100).as_bytes(),
+    );
+    r.send(&batch);
+    let mut last = 0;
+    for i in 0..n {
+        let ok = r.line();
+        let version: u64 =
+            ok.strip_prefix("OK ").unwrap_or_else(|| panic!("write {i}: {ok}")).parse().unwrap();
+        assert!(
+            i == 0 || version == last + 1,
+            "one append, consecutive versions in request order: {last} then {version}"
+        );
+        last = version;
+    }
+    assert_eq!(r.line(), format!("VALUE {last} v{}", n - 1));
+    assert!(r.line().starts_with("OK "));
+    assert_eq!(r.line(), "NOT_FOUND");
+    assert!(r.line().starts_with("OK "));
+    // The master's log has them all, and so does each slave.
+    let stat = |name: &str| dsm_testkit::cluster::stat(&c.addr(), name);
+    assert_eq!(stat("keys").as_deref(), Some("100"));
+    dsm_testkit::cluster::wait_for("every slave to count 100 keys", common::READY, || {
+        (1..=3).all(|i| stat(&format!("slave.s{i}.keys")).as_deref() == Some("100"))
+    })
+    .unwrap();
+}
+
+#[test]
 fn an_oversized_line_is_refused_and_the_connection_closed() {
     let c = TestCluster::start(1);
     let mut r = c.raw();

@@ -84,6 +84,10 @@ pub const REPAIR_INTERVAL: Duration = Duration::from_millis(500);
 /// requests wait: bounds a connection's memory when small requests ask for big values.
 pub const MAX_PENDING_REPLY_BYTES: usize = 256 * 1024;
 
+/// The most pipelined writes of one connection executed together (one log append, one send to
+/// each slave): bounds what one connection holds in memory and in flight.
+pub const MAX_PIPELINED_WRITES: usize = 1024;
+
 /// Default primary address.
 pub const DEFAULT_PRIMARY_ADDR: &str = "127.0.0.1:12345";
 
@@ -465,32 +469,79 @@ fn serve_connection(shared: &Arc<Shared>, stream: TcpStream) {
                 }
             }
         }
-        let request = Request::parse(line);
+        let mut request = Request::parse(line);
         let was_first = std::mem::replace(&mut first, false);
-        let reply = match request {
-            Ok(Request::Auth { password }) => Some(check_password(shared, &password, &mut authenticated)),
-            Ok(Request::Hello) if was_first => None,
-            Ok(Request::Hello) => Some(Reply::invalid("CLIENT is accepted only as the first line")),
-            Ok(Request::Quit) => {
-                out.extend_from_slice(b"BYE\r\n");
-                break;
+        // The requests a client has queued are executed together: a run of writes is logged
+        // in one append, sent to each slave together and answered once all are acknowledged,
+        // before the next request (a read that follows sees them).
+        let mut next = None;
+        let mut end = None;
+        loop {
+            let reply = match request {
+                Ok(Request::Write { key, value })
+                    if authenticated && reader.has_buffered_line() && out.len() < MAX_PENDING_REPLY_BYTES =>
+                {
+                    let mut batch = vec![(key, value)];
+                    while batch.len() < MAX_PIPELINED_WRITES && reader.has_buffered_line() {
+                        match reader.read_line() {
+                            Ok(Some(line)) => match Request::parse(line) {
+                                Ok(Request::Write { key, value }) => batch.push((key, value)),
+                                other => {
+                                    next = Some(other);
+                                    break;
+                                }
+                            },
+                            Ok(None) | Err(LineError::Io(_)) => {
+                                end = Some(&b""[..]);
+                                break;
+                            }
+                            Err(LineError::TooLong) => {
+                                end = Some(&b"ERR line too long\r\n"[..]);
+                                break;
+                            }
+                        }
+                    }
+                    for reply in ops::execute_writes(shared, batch) {
+                        if matches!(reply, Reply::Err(_)) {
+                            shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        reply.encode_into(&mut out);
+                    }
+                    None
+                }
+                Ok(Request::Auth { password }) => Some(check_password(shared, &password, &mut authenticated)),
+                Ok(Request::Hello) if was_first => None,
+                Ok(Request::Hello) => Some(Reply::invalid("CLIENT is accepted only as the first line")),
+                Ok(Request::Quit) => {
+                    out.extend_from_slice(b"BYE\r\n");
+                    end = Some(&b""[..]);
+                    None
+                }
+                Ok(request) if !authenticated && request != Request::Ping => {
+                    Some(Reply::invalid("NOAUTH authentication required"))
+                }
+                Ok(request) => {
+                    // The answer may be sent by another thread only when it would be sent at
+                    // once anyway: nothing is waiting in `out` and no further request is buffered.
+                    let early = out.is_empty() && !reader.has_buffered_line() && next.is_none();
+                    ops::execute(shared, request, early.then_some(&client))
+                }
+                Err(msg) => Some(Reply::invalid(msg)),
+            };
+            if let Some(reply) = reply {
+                if matches!(reply, Reply::Err(_)) {
+                    shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                reply.encode_into(&mut out);
             }
-            Ok(request) if !authenticated && request != Request::Ping => {
-                Some(Reply::invalid("NOAUTH authentication required"))
+            match next.take() {
+                Some(queued) if end.is_none() => request = queued,
+                _ => break,
             }
-            Ok(request) => {
-                // The answer may be sent by another thread only when it would be sent at once
-                // anyway: nothing is waiting in `out` and no further request is buffered.
-                let early = out.is_empty() && !reader.has_buffered_line();
-                ops::execute(shared, request, early.then_some(&client))
-            }
-            Err(msg) => Some(Reply::invalid(msg)),
-        };
-        if let Some(reply) = reply {
-            if matches!(reply, Reply::Err(_)) {
-                shared.stats.errors.fetch_add(1, Ordering::Relaxed);
-            }
-            reply.encode_into(&mut out);
+        }
+        if let Some(last) = end {
+            out.extend_from_slice(last);
+            break;
         }
         // Flush only when no further request is already buffered, so a pipelining client gets
         // its replies in few system calls; but never let replies pile up without bound for a

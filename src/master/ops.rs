@@ -98,6 +98,137 @@ pub fn execute(shared: &Arc<Shared>, request: Request, client: Option<&Arc<Clien
     }
 }
 
+/// Carries out a run of pipelined `WRITE`s of one connection together: one log append for the
+/// run, each write sent to every connected slave (the links combine them into few sends), and
+/// one wait until every write has its majority or the deadline passed. One reply per write,
+/// in order; all are answered once all are done.
+pub fn execute_writes(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) -> Vec<Reply> {
+    let n = writes.len();
+    let mut replies = None;
+    guarded(shared, |s| {
+        replies = Some(write_run(s, writes));
+        None
+    })
+    .map_or_else(|| replies.unwrap_or_default(), |refusal| vec![refusal; n])
+}
+
+fn write_run(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) -> Vec<Reply> {
+    let n = writes.len();
+    let unavailable = |why: String| vec![Reply::Err(ErrorReply::Unavailable(why)); n];
+    if let Err(why) = quorum_links(shared, false) {
+        return unavailable(why);
+    }
+    let records: Vec<Record> = writes.iter().map(|(k, v)| Record::store(k, Some(v))).collect();
+    let epoch = shared.epoch();
+    let run = match shared.wal.append_many_tracked(&records) {
+        Ok(run) => run,
+        Err(e) => {
+            return unavailable(format!(
+                "the write-ahead log cannot be appended to, so nothing was written: {e}"
+            ))
+        }
+    };
+    drop(records);
+    let writes: Vec<(String, Stamp, Value)> = writes
+        .into_iter()
+        .zip(run.first..=run.last)
+        .map(|((key, value), seq)| (key, Stamp::new(epoch, seq), Some(Arc::from(value))))
+        .collect();
+    {
+        let mut index = shared.index.lock();
+        for (key, stamp, value) in &writes {
+            index.logged(key, *stamp, value.clone());
+        }
+    }
+    let (links, need) = match quorum_links(shared, false) {
+        Ok(q) => q,
+        Err(why) => {
+            let mut queue = shared.repair_queue.lock();
+            queue.extend(writes.iter().map(|w| w.0.clone()));
+            return vec![
+                Reply::Err(ErrorReply::Timeout(format!(
+                    "{why} after the writes were logged; they may still take effect"
+                )));
+                n
+            ];
+        }
+    };
+    let deadline = Instant::now() + shared.config.ack_timeout * WRITE_DEADLINE_ACK_TIMEOUTS;
+    let outcome = with_replies(|tx, rx| {
+        let mut rids = std::collections::HashMap::with_capacity(n * links.len());
+        let quorums: Vec<Arc<Quorum>> = (0..n).map(|_| Arc::new(Quorum::new(need))).collect();
+        let mut body = Vec::with_capacity(256);
+        for (i, (key, stamp, value)) in writes.iter().enumerate() {
+            body.clear();
+            encode_body(epoch, &Command::store(*stamp, key, value.as_deref()), &mut body);
+            for link in &links {
+                let rid = shared.rid();
+                if link.send_counted(rid, &body, tx, &quorums[i]) {
+                    link.requests.fetch_add(1, Ordering::Relaxed);
+                    rids.insert(rid, (i, Arc::clone(link)));
+                }
+            }
+        }
+        let mut fenced = None;
+        // Failed answers per write: once more than the members that could still answer, the
+        // write cannot reach its majority.
+        let mut failed = vec![0usize; n];
+        let complete =
+            |quorums: &[Arc<Quorum>]| quorums.iter().all(|q| q.acked().count_ones() as usize >= need);
+        while fenced.is_none() && !complete(&quorums) {
+            let short = (0..n).any(|i| {
+                quorums[i].acked().count_ones() as usize + links.len().saturating_sub(failed[i]) < need
+            });
+            if short || Instant::now() >= deadline {
+                break;
+            }
+            // A timeout is noticed at the top of the loop.
+            if let Ok(ack) = recv_parked(rx, deadline) {
+                match (ack.outcome, rids.get(&ack.rid)) {
+                    (Outcome::Ok(_), _) | (_, None) => {}
+                    (Outcome::Fenced(newer), _) => fenced = Some(newer),
+                    (other, Some((i, _))) => {
+                        log::debug!("slave slot {} did not apply a pipelined write: {other:?}", ack.slot);
+                        failed[*i] += 1;
+                    }
+                }
+            }
+        }
+        for (rid, (_, link)) in rids {
+            link.forget(rid);
+        }
+        (quorums, fenced)
+    });
+    drop(run);
+    let (quorums, fenced) = outcome;
+    if let Some(newer) = fenced {
+        shared.step_down(newer);
+        return vec![
+            Reply::Err(ErrorReply::Timeout(format!(
+                "superseded by a master of epoch {newer} while writing; outcome unknown"
+            )));
+            n
+        ];
+    }
+    writes
+        .into_iter()
+        .zip(quorums)
+        .map(|((key, stamp, value), quorum)| {
+            let acked = quorum.acked().count_ones() as usize;
+            if acked >= need {
+                commit_write(shared, &key, stamp, value);
+                Reply::Ok(stamp.seq)
+            } else {
+                shared.repair_queue.lock().insert(key);
+                Reply::Err(ErrorReply::Timeout(format!(
+                    "{acked} of {need} acknowledgements in time; the write is logged at version {} and may still take effect",
+                    stamp.seq
+                )))
+            }
+        })
+        .collect()
+}
+
 /// Runs `f` only on a primary. The in-flight count is raised before the role is checked, so a
 /// hand-off that switches the role and then waits for the count to reach zero cannot miss a
 /// write that passed the check.

@@ -2,9 +2,15 @@
 //!
 //! The master appends a [`Record`] to its log with [`Wal::append`] before it answers the client,
 //! and rebuilds its state at start-up by replaying the file with [`Wal::open`]. The backup
-//! master reads the primary's file as it grows with a [`Follower`]. [`Wal::rewrite`] replaces
-//! the whole file at once, for compaction and for the state transfer of a failback. This module
-//! owns the file and its format; what a record *means* is the caller's business.
+//! master reads the primary's file as it grows with a [`Follower`] and copies each record into
+//! its own log with the same seq ([`Wal::append_at`]), so the two logs agree record for record.
+//! [`Wal::compact`] replaces the file with a shorter one while appends go on. This module owns
+//! the file and its format; what a record *means* is the caller's business (one function of
+//! the master, `master::apply_record`, decides it for replay and following alike).
+//!
+//! Files: `format.rs` (records, encoding, decoding), `lines.rs` (reading lines in chunks),
+//! `follow.rs` (the [`Follower`]), `compact.rs` (compaction and rewrite), this one (appends,
+//! group commit, durability).
 //!
 //! # On-disk format
 //!
@@ -52,6 +58,11 @@
 //! 5 EPOCH 2
 //! 1000 SET greeting two words\n
 //! ```
+//!
+//! A write's version is its stamp `(epoch, seq)`: `seq` is its line's, `epoch` is that of the
+//! last `EPOCH` line before it (0 before any). Stamps are never written out and never change:
+//! replaying a log, or a compacted copy of it, gives every key the stamp it had when it was
+//! written, which is also the stamp the slaves hold.
 //!
 //! There is no checksum. The file is append-only with one writer, so the only damage a crash can
 //! do is a torn last line, and that is detected by its missing `\n`. A bit flip inside a value is
@@ -103,29 +114,45 @@
 //!   restarted master can repair. Appends cost one `write(2)` and never wait for the disk.
 //! - `never`: the kernel flushes when it likes (usually within 30 s). For tests and benchmarks.
 //!
-//! [`Wal::rewrite`] and the creation of a new log file sync regardless of the setting: a renamed
-//! file whose contents were never flushed can come back empty after a crash, which would lose the
-//! whole log rather than the last second.
+//! [`Wal::compact`] and the creation of a new log file sync regardless of the setting: a
+//! renamed file whose contents were never flushed can come back empty after a crash, which
+//! would lose the whole log rather than the last second.
 //!
-//! # Rewrite
+//! # Compaction
 //!
-//! [`Wal::rewrite`] writes the new contents to `<log>.rewrite` in the same directory, syncs it,
-//! renames it over the log and syncs the directory, so after a crash at any point the path holds
-//! either the whole old log or the whole new one. It waits for writes in flight and holds the
-//! append lock while it runs, so appends block until it finishes; whatever was appended before it
-//! is replaced along with everything else, so the caller builds the entries from a state that
-//! includes those appends. Sequence numbers continue above both the old log and the new entries.
+//! [`Wal::compact`] replaces the log with a *subsequence* of it: every `SET` or `DEL` that is
+//! still the newest write of its key, every `EPOCH` line, and the `MEMBER` line of every member
+//! still in the cluster, each with its own seq, in seq order; then every line appended since
+//! the snapshot was taken, byte for byte. Overwritten values, removed members and their
+//! `REMOVE` lines go. Tombstones stay, so a slave resynced from a position before a delete
+//! learns of it. Because the new file is a subsequence of the old, it replays to the same state
+//! with the same stamps, and a reader positioned at any seq of the old file finds in the new
+//! one exactly what it still has to apply above that seq.
+//!
+//! It runs in three steps. (1) Under the append lock, once no batch is in flight, it notes the
+//! last seq `upto` and the file's length. (2) Without the lock, the caller builds the snapshot
+//! as of `upto` (the master does it from memory, after every append up to `upto` has reached
+//! its index) and it is written to `<log>.rewrite` beside the log and synced; appends go on in
+//! the old file meanwhile. (3) Under the lock again, the bytes appended since step 1 are copied
+//! to the new file, which is synced and renamed over the log, and the directory is synced.
+//! Appends wait only for step 3, whose size is what was appended during step 2. A crash at any
+//! step leaves either the whole old log or the whole new one (a stale `<log>.rewrite` is
+//! removed by the next compaction); both replay to the same state.
+//!
+//! [`Wal::reset`] empties the log in place (a master about to copy the other master's whole
+//! log); [`Wal::rewrite`] replaces it at once with given entries, the appends blocked.
 //!
 //! # Following
 //!
 //! A [`Follower`] remembers how many bytes of complete lines it has consumed and, on each
 //! [`Follower::poll`], reads from there to the end of the file, applying each new complete line;
 //! a partial last line is read again on the next poll, so it is never applied half-written and a
-//! truncated torn tail is never glued to what follows it. The follower notices that the file was
-//! replaced (its device and inode changed, as after a rewrite's rename), shrank below what it
+//! truncated torn tail is never glued to what follows it. A file *replaced* by a rename (its
+//! device and inode changed) is a compaction: the follower reads the new file from its start and
+//! applies only the records above the last one it applied. A file that shrank below what it
 //! consumed, or no longer has a line end where the last consumed line ended (rewritten in place,
-//! a best-effort check); then it tells the caller to clear its state and re-applies the whole
-//! file.
+//! a best-effort check), holds another history: the follower tells the caller to clear its
+//! state and re-applies the whole file.
 
 mod compact;
 mod follow;
@@ -376,6 +403,54 @@ impl Wal {
         Ok(Appended { wal: self, seq })
     }
 
+    /// Appends `records` together, with consecutive seqs, in one batch (one `write(2)`, or none
+    /// of its own when another batch carries them); the seqs stay unsettled until the guard is
+    /// dropped, as with [`append_tracked`](Wal::append_tracked). All or none are written.
+    pub fn append_many_tracked(&self, records: &[Record]) -> Result<AppendedRun<'_>> {
+        for record in records {
+            validate(record)?;
+        }
+        let shared = &*self.shared;
+        let mut st = shared.state.lock();
+        if let Some(why) = &st.broken {
+            return Err(broken_error(why));
+        }
+        let first = st.last_seq + 1;
+        let last = st
+            .last_seq
+            .checked_add(records.len() as u64)
+            .ok_or_else(|| Error::Unavailable("the log's sequence numbers are exhausted".to_string()))?;
+        for (seq, record) in (first..=last).zip(records) {
+            encode(seq, record, &mut st.pending);
+            st.unsettled.insert(seq);
+        }
+        st.last_seq = last;
+        st.pending_count += 1;
+        st.stats.appends += records.len() as u64;
+        let batch = st.next_batch;
+        let result = loop {
+            if st.done_batch >= batch {
+                break st.take_failure(batch);
+            }
+            if !st.writing {
+                break self.lead(&mut st);
+            }
+            shared.batch_done.wait(&mut st);
+        };
+        match result {
+            Ok(()) => {
+                st.last_record = st.last_record.max(last);
+                Ok(AppendedRun { wal: self, first, last })
+            }
+            Err(e) => {
+                for seq in first..=last {
+                    st.unsettled.remove(&seq);
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Appends a record copied from another master's log with the seq it has there, which must
     /// be above every seq of this log ([`Error::Corrupt`] otherwise).
     pub fn append_at(&self, seq: u64, record: &Record) -> Result<()> {
@@ -574,6 +649,24 @@ impl Wal {
     /// Counters since the log was opened.
     pub fn stats(&self) -> Stats {
         self.shared.state.lock().stats
+    }
+}
+
+/// Appends whose seqs stay unsettled while this lives (see [`Wal::append_many_tracked`]).
+pub struct AppendedRun<'a> {
+    wal: &'a Wal,
+    /// The first record's seq.
+    pub first: u64,
+    /// The last record's seq (the others are in between, in order).
+    pub last: u64,
+}
+
+impl Drop for AppendedRun<'_> {
+    fn drop(&mut self) {
+        let mut st = self.wal.shared.state.lock();
+        for seq in self.first..=self.last {
+            st.unsettled.remove(&seq);
+        }
     }
 }
 
@@ -1433,6 +1526,10 @@ mod tests {
         wal.append_at(10, &set("d", b"4")).expect("append_at");
         assert!(matches!(wal.append_at(10, &set("e", b"5")), Err(Error::Corrupt(_))));
         assert_eq!(wal.last_seq(), 10);
+        let run = wal.append_many_tracked(&[set("g", b"7"), set("h", b"8")]).expect("append_many");
+        assert_eq!((run.first, run.last, wal.settled_through()), (11, 12, 10));
+        drop(run);
+        assert_eq!(wal.settled_through(), 12);
         wal.reset().expect("reset");
         assert_eq!((wal.last_seq(), wal.bytes()), (0, 0));
         wal.append_at(1, &set("f", b"6")).expect("append_at after reset");
