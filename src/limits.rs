@@ -1,7 +1,7 @@
 //! Every size limit of dsm, in one place, so the limits of every hop agree.
 //!
 //! A write travels over several hops, and each has a limit on its line: the client's request
-//! line, the slave message that carries it (its value escaped), a catch-up or `SCAN` line, the
+//! line, the slave message that carries it (its value escaped), a resync or `SCAN` line, the
 //! log stream to the backup, and the log file. The client-facing limits ([`MAX_KEY`],
 //! [`MAX_VALUE`]) are checked at the door, when a request is parsed; every other limit is
 //! derived from them here, so anything the master accepts always fits every message that

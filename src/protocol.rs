@@ -10,8 +10,9 @@
 //! DELETE <key>          -> OK <version> | NOT_FOUND              (alias DEL)
 //! PING                  -> PONG
 //! STATS                 -> STAT <name> <value> ... END
-//! MEMBERS               -> MEMBER <id> <up|down> ... END
+//! MEMBERS               -> MEMBER <id> <up|syncing|down> ... END
 //! REMOVE <slave-id>     -> OK <version>          (forget a dead slave for good)
+//! COMPACT               -> OK                    (compact the log in the background)
 //! QUIT                  -> BYE, then the server closes
 //! AUTH <password>       -> OK | ERR invalid password   (with --requirepass; see crate::auth)
 //! CLIENT                -> (the original handshake; accepted, no reply)

@@ -91,7 +91,7 @@ impl Index {
         self.live
     }
 
-    /// Keys for which `pred` holds, with their state (for repair scans and catch-up).
+    /// Keys for which `pred` holds, with their state (for a resync).
     pub fn select(&self, mut pred: impl FnMut(&KeyState) -> bool) -> Vec<(String, KeyState)> {
         self.map.iter().filter(|(_, s)| pred(s)).map(|(k, s)| (k.clone(), s.clone())).collect()
     }

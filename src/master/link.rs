@@ -212,7 +212,7 @@ pub struct Link {
     /// Until when (microseconds since start) the slave's read lease to us is known valid.
     pub lease_until_us: AtomicU64,
     /// Client reads and writes sent to this slave (the load-distribution measurement); not
-    /// heartbeats, catch-up or repair. Counted by the read and write paths.
+    /// heartbeats, resync or repair. Counted by the read and write paths.
     pub requests: AtomicU64,
     /// What the slave said it held when it registered (see [`crate::peer::Hello::held`]).
     pub held: crate::peer::Stamp,
@@ -220,9 +220,9 @@ pub struct Link {
     pub keys: AtomicU64,
     /// The keys sent to it by its resync (so far, while it runs).
     pub resync_keys: AtomicU64,
-    /// Set by the first catch-up of this connection, so a slave that registers while a
-    /// takeover completes is not caught up twice.
-    catch_up_started: AtomicBool,
+    /// Set by the first resync of this connection, so a slave that registers while a
+    /// takeover completes is not resynced twice.
+    resync_started: AtomicBool,
     /// The newest heartbeat: its request id and when it was sent (microseconds since start).
     last_ping: Mutex<(u64, u64)>,
 }
@@ -246,7 +246,7 @@ impl Link {
             held: crate::peer::Stamp::default(),
             keys: AtomicU64::new(0),
             resync_keys: AtomicU64::new(0),
-            catch_up_started: AtomicBool::new(false),
+            resync_started: AtomicBool::new(false),
             last_ping: Mutex::new((0, 0)),
         }
     }
@@ -272,9 +272,9 @@ impl Link {
         }
     }
 
-    /// True for the first caller only: that one catches the slave up.
-    pub fn claim_catch_up(&self) -> bool {
-        !self.catch_up_started.swap(true, Ordering::AcqRel)
+    /// True for the first caller only: that one resyncs the slave.
+    pub fn claim_resync(&self) -> bool {
+        !self.resync_started.swap(true, Ordering::AcqRel)
     }
 
     /// True until the link is killed.
@@ -287,7 +287,7 @@ impl Link {
         self.state.load(Ordering::Acquire) == SYNCED
     }
 
-    /// Marks the catch-up done.
+    /// Marks the resync done.
     pub fn set_synced(&self) {
         // A dead link stays dead.
         let _ = self.state.compare_exchange(SYNCING, SYNCED, Ordering::AcqRel, Ordering::Acquire);

@@ -1,27 +1,27 @@
-//! The master: serves clients, replicates every write to a majority of slave members, and
-//! answers reads from slaves that hold the acknowledged version.
+//! The master: serves clients, replicates every write to every connected slave and
+//! acknowledges it once a majority of the members has it, and answers reads from its committed
+//! copy (or, with `--read-from slaves`, from a slave that holds the acknowledged version).
 //!
 //! Threads: one accept loop; one thread per connection (a client's or a slave's — they share
 //! the port and are told apart by their first line); one heartbeat thread; one repair thread;
-//! and one short-lived catch-up thread per slave that (re)registers. State lives in
-//! [`Shared`]: the write-ahead log, the [`index::Index`] of keys, the [`members::Members`] with
-//! their live [`link::Link`]s, and counters.
+//! one compaction thread; and one short-lived resync thread per slave that (re)registers. State
+//! lives in [`Shared`]: the write-ahead log, the [`index::Index`] of keys, the
+//! [`members::Members`] with their live [`link::Link`]s, the log's [`history::History`] of
+//! epochs, and counters.
 //!
-//! The path of a write (`WRITE k v`, on the client's thread):
+//! The path of a write (`WRITE k v`, on the client's thread; a run of pipelined writes goes
+//! through the same steps together, see [`ops::execute_writes`]):
 //! 1. check that a majority of the members is connected, else `ERR UNAVAILABLE` (nothing done);
 //! 2. append `<seq> SET k v` to the log: `seq` is the version, `(epoch, seq)` the stamp;
-//! 3. send it to a random majority of the connected members, each request with its own id;
-//! 4. collect ACKs on a crossbeam channel; a member that does not answer within
-//!    `--ack-timeout-ms` is marked down and replaced by another connected member;
+//! 3. send it to every connected slave, each request with its own id;
+//! 4. count ACKs; a member that does not answer within `--ack-timeout-ms` while the majority
+//!    is still short is marked down;
 //! 5. with a majority of ACKs, mark the write committed and answer `OK <seq>`; otherwise answer
 //!    `ERR TIMEOUT` (the write is logged, so the repair thread may still complete it).
 //!
 //! The path of a read (`READ k`): the master must hold read leases from a majority (so no newer
-//! master can exist); it asks one connected member that holds the committed version (falling
-//! back to the others; a member with an older copy is repaired), and answers with the committed
-//! version. If no member is known to hold it (after a restart, say) it asks a majority to
-//! rebuild its map, and answers from its log-backed index. A read never returns anything but the
-//! newest acknowledged write.
+//! master can exist); then it answers with the committed version from its index. A read never
+//! returns anything but the newest acknowledged write.
 
 pub mod compaction;
 pub mod flags;

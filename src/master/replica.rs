@@ -2,8 +2,8 @@
 //! back.
 //!
 //! A master that is not serving (a backup, or a primary catching up after a failure) keeps its
-//! index as a copy of another master's log: it applies records one by one
-//! ([`Shared::apply_record`]) and starts over when told the log was replaced
+//! log and index a copy of another master's log: it copies records one by one with their seqs
+//! ([`Shared::apply_record`]) and starts over when told the log is another history
 //! ([`Shared::reset_state`]). Records come from a file it polls ([`crate::wal::Follower`]) or
 //! over TCP from the other master ([`serve_stream`] / [`follow_stream`]):
 //!
@@ -24,10 +24,10 @@
 //!
 //! [`takeover`] makes a master primary in a new epoch. It accepts slaves into the epoch (each
 //! waits out the lease it gave the old master), and once a majority has joined — so the old
-//! master can neither complete a write nor serve a read — it asks them for every entry newer
-//! than its own copy (`SCAN`), keeps the newest stamp of each key, rewrites its log with that
-//! state, and starts serving. Any write the old master acknowledged was on a majority, and two
-//! majorities share a slave, so the scan sees it.
+//! master can neither complete a write nor serve a read — it asks them for the entries its log
+//! may lack (`SCAN`, bounded by the writes that were in flight), appends its `EPOCH` record,
+//! logs and replicates the recovered writes again, and starts serving. Any write the old master
+//! acknowledged was on a majority, and two majorities share a slave, so the scan sees it.
 
 use std::io::Write;
 use std::net::TcpStream;

@@ -165,7 +165,7 @@ pub const RESYNC_WINDOW: usize = 4096;
 
 /// Starts sending `link` what it lacks, on a thread of its own (once per connection).
 pub fn start_resync(shared: &Arc<Shared>, link: &Arc<Link>) {
-    if !link.claim_catch_up() {
+    if !link.claim_resync() {
         return;
     }
     let sync_shared = Arc::clone(shared);
