@@ -8,7 +8,7 @@ SLAVES  ?= 3
 RUN_DIR ?= run
 BIN     := $(CURDIR)/target/release
 
-.PHONY: all build run cluster client test lint fmt doc bench bench-scale clean
+.PHONY: all build run cluster client test lint fmt doc bench bench-scale bench-peers redis clean
 
 all: build
 
@@ -77,6 +77,17 @@ bench:
 bench-scale:
 	$(CARGO) build --release --bins
 	$(CARGO) bench --bench scale
+
+# dsm beside Redis (a primary and two replicas, SET + WAIT 1) with the same client, in one run:
+# writes at 10 and 1 connections, reads at 10, pipelined writes; medians and ratios.
+bench-peers: redis
+	$(CARGO) build --release --bins
+	$(CARGO) bench --bench peers
+
+# redis-server and redis-cli, from Debian's packages, where they are missing.
+redis:
+	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools; }
 
 clean:
 	$(CARGO) clean
