@@ -1,12 +1,14 @@
-//! Running dsm processes: start the real binaries, wait until they are ready, signal them, and
-//! stop them all when dropped.
+//! Running dsm processes: the one place that starts `dsm-master`, `dsm-backup` and
+//! `dsm-slave`, waits until they are ready, signals them, and stops them all when dropped.
 //!
-//! The harness and the integration tests both use this module, so what they measure and test is
-//! exactly what a user runs. A [`Node`] is one child process. It is ready when it has printed
-//! `listening on ADDR` on stdout (servers bind `127.0.0.1:0` in tests, so the real port is
-//! learned from that line, never guessed). Its output is copied to a log file in the cluster's
-//! directory (and, optionally, to our stderr with its role as prefix). Dropping a `Node` kills
-//! the process, so a failed test leaves nothing behind.
+//! The harness, the nemesis, the integration tests and the benchmarks all start their clusters
+//! with a [`ClusterBuilder`] (from [`Cluster::builder`]), so what they measure and test is
+//! exactly what a user runs, with command lines built in one place. A [`Node`] is one child
+//! process. It is ready when it has printed `listening on ADDR` on stdout (servers bind
+//! `127.0.0.1:0` or a [`free_port`], and the real address is learned from that line). Its
+//! output is copied to `NAME.out` in the cluster's directory (and, optionally, to our stderr
+//! with its name as prefix). Dropping a `Node` kills the process, so a failed test leaves
+//! nothing behind.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -87,7 +89,7 @@ fn ephemeral_floor() -> u32 {
 
 /// One running dsm process.
 pub struct Node {
-    /// A short name: `master`, `backup`, `slave-1`, ...
+    /// A short name: `primary`, `backup`, `s1`, ...
     pub name: String,
     program: PathBuf,
     args: Vec<String>,
