@@ -29,7 +29,7 @@ fn crash_at(failpoint: &str, seed: u64) {
     c.wait_serving(&c.primary_addr.clone(), 3);
     wait_acked(&workload, acked, 30, "writes after the fail-back");
     // The first primary's output (the restart appended to it) says where it crashed.
-    let log = std::fs::read_to_string(c.dir.path().join("primary.out")).unwrap_or_default();
+    let log = c.primary.output();
     assert!(log.contains(&format!("failpoint {failpoint}:{CRASH_ON_WRITE} reached")), "{log}");
     let counts = c.stop_and_judge(workload, &history, failpoint);
     assert!(counts.unknown_writes >= 1, "the crashed write should be of unknown outcome: {counts:?}");
