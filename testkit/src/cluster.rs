@@ -933,6 +933,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_builder_makes_each_roles_command_line() {
+        let dir = Path::new("/d");
+        let b = Cluster::builder()
+            .bin_dir("/bin")
+            .backup(Follow::Wal)
+            .primary_args(["--fsync", "never"])
+            .backup_args(["--heartbeat-ms", "50"]);
+        let (program, args) = b.primary_command(dir, "127.0.0.1:0", "127.0.0.1:9");
+        assert_eq!(program, Path::new("/bin/dsm-master"));
+        let want = "--listen 127.0.0.1:0 --wal /d/primary.log --backup 127.0.0.1:9 --fsync never";
+        assert_eq!(args.join(" "), want);
+        let want = "--listen B --primary P --wal /d/backup.log --follow /d/primary.log --heartbeat-ms 50";
+        assert_eq!(b.backup_args_for(dir, "B", "P").join(" "), want);
+        let tcp = b.clone().backup(Follow::Tcp);
+        assert_eq!(tcp.backup_args_for(dir, "B", "P")[6], "--follow-primary");
+
+        let wrapped = Cluster::builder().bin_dir("/bin").primary_wrapper(["ip", "netns", "exec", "ns"]);
+        let (program, args) = wrapped.primary_command(dir, "L", "none");
+        assert_eq!(program, Path::new("ip"));
+        assert_eq!(
+            args.join(" "),
+            "netns exec ns /bin/dsm-master --listen L --wal /d/primary.log --backup none"
+        );
+    }
+
+    #[test]
     fn free_ports_are_bindable_distinct_and_outside_the_ephemeral_range() {
         let floor = ephemeral_floor();
         let ports: Vec<u16> = (0..50).map(|_| free_port().unwrap().port()).collect();

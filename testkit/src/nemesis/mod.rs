@@ -460,10 +460,10 @@ fn nemesis(
 
 impl Nodes {
     fn by_name(&mut self, name: &str) -> &mut Node {
-        if self.cluster.node(name).is_some() {
-            return self.cluster.node_mut(name).expect("found");
+        if self.cluster.node(name).is_none() {
+            return &mut self.cluster.primary;
         }
-        &mut self.cluster.primary
+        self.cluster.node_mut(name).expect("just found")
     }
 }
 
