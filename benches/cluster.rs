@@ -22,67 +22,26 @@ use std::time::{Duration, Instant};
 use common::median;
 use dsm::client::Client;
 use dsm::protocol::{Reply, Request};
-use dsm_testkit::cluster::{stat, wait_for, Node};
+use dsm_testkit::cluster::Cluster;
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 
 const KEYS: usize = 1000;
 const VALUE: &[u8] = b"0123456789abcdef0123456789abcdef";
 
-struct Cluster {
-    master: Node,
-    slaves: Vec<Node>,
-    _dir: tempfile::TempDir,
-}
-
+/// A master and three slaves, quiet, with the binaries of `bins` (else those of this build).
 fn start(fsync: &str, bins: Option<&str>) -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let bin = |n: &str| match (n, bins) {
-        ("m", Some(d)) => PathBuf::from(d).join("dsm-master"),
-        (_, Some(d)) => PathBuf::from(d).join("dsm-slave"),
-        ("m", None) => PathBuf::from(env!("CARGO_BIN_EXE_dsm-master")),
-        _ => PathBuf::from(env!("CARGO_BIN_EXE_dsm-slave")),
+    let bin_dir = match bins {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_dsm-master")).parent().unwrap().to_path_buf(),
     };
-    let wal = dir.path().join("kv.log").display().to_string();
-    let args = [
-        "--listen",
-        "127.0.0.1:0",
-        "--wal",
-        &wal,
-        "--backup",
-        "none",
-        "--fsync",
-        fsync,
-        "--log-level",
-        "warn",
-    ];
-    let master = Node::start(
-        "master",
-        &bin("m"),
-        args.iter().map(|s| s.to_string()).collect(),
-        dir.path(),
-        false,
-        true,
-    )
-    .unwrap();
-    let addr = master.addr().to_string();
-    let slaves = (1..=3)
-        .map(|i| {
-            let args =
-                ["--id", &format!("s{i}"), "--master", &addr, "--backup", "none", "--log-level", "warn"];
-            Node::start(
-                &format!("s{i}"),
-                &bin("s"),
-                args.iter().map(|s| s.to_string()).collect(),
-                dir.path(),
-                false,
-                false,
-            )
-            .unwrap()
-        })
-        .collect();
-    wait_for("3 slaves", Duration::from_secs(30), || stat(&addr, "slaves").as_deref() == Some("3")).unwrap();
-    Cluster { master, slaves, _dir: dir }
+    Cluster::builder()
+        .bin_dir(bin_dir)
+        .primary_args(["--fsync", fsync, "--log-level", "warn"])
+        .slaves(3)
+        .slave_args(["--log-level", "warn"])
+        .start()
+        .unwrap()
 }
 
 struct RunResult {
@@ -118,12 +77,12 @@ impl PerfStat {
         std::env::var_os("DSM_BENCH_PERF")?;
         let slaves: Vec<String> =
             cluster.slaves.iter().filter_map(|s| s.pid()).map(|p| p.to_string()).collect();
-        let pids = [cluster.master.pid()?.to_string(), slaves.join(","), std::process::id().to_string()];
+        let pids = [cluster.primary.pid()?.to_string(), slaves.join(","), std::process::id().to_string()];
         let groups = pids
             .iter()
             .enumerate()
             .map(|(i, pids)| {
-                let path = |what: &str| cluster._dir.path().join(format!("perf-{i}.{what}"));
+                let path = |what: &str| cluster.dir().join(format!("perf-{i}.{what}"));
                 for fifo in ["ctl", "ack"] {
                     let _ = std::fs::remove_file(path(fifo));
                     let c = std::ffi::CString::new(path(fifo).into_os_string().into_encoded_bytes()).unwrap();
@@ -209,7 +168,7 @@ fn process_cpu_us(pid: Option<u32>) -> f64 {
 
 fn cpu_sample(cluster: &Cluster) -> [f64; 3] {
     [
-        process_cpu_us(cluster.master.pid()),
+        process_cpu_us(cluster.primary.pid()),
         cluster.slaves.iter().map(|s| process_cpu_us(s.pid())).sum(),
         // This benchmark process: all its client threads.
         common::own_cpu_time().as_micros() as f64,
@@ -219,7 +178,7 @@ fn cpu_sample(cluster: &Cluster) -> [f64; 3] {
 /// `write_pct`: the share of writes among reads; `None`: `PING`s only, the round trip to the
 /// master with no slave involved, the floor under every other workload's latency.
 fn run(cluster: &Cluster, conns: usize, write_pct: Option<u32>, secs: f64) -> RunResult {
-    let addr = cluster.master.addr().to_string();
+    let addr = cluster.primary.addr().to_string();
     let stop = Arc::new(AtomicBool::new(false));
     // Operations done so far, per client thread.
     let done: Arc<Vec<AtomicU64>> = Arc::new((0..conns).map(|_| AtomicU64::new(0)).collect());
@@ -289,7 +248,7 @@ fn run(cluster: &Cluster, conns: usize, write_pct: Option<u32>, secs: f64) -> Ru
     }
     let counts = perf.zip(counts).map(|(p, n)| p.finish().map(|g| g.map(|v| v / n)));
     if errors > 0 {
-        let log = std::fs::read_to_string(cluster._dir.path().join("master.out")).unwrap_or_default();
+        let log = cluster.primary.output();
         let tail: Vec<&str> = log.lines().rev().take(5).collect();
         eprintln!("{errors} errors; the master's last log lines:\n{}", tail.join("\n"));
     }

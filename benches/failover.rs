@@ -16,54 +16,34 @@ use std::time::{Duration, Instant};
 use common::median;
 use dsm::client::Client;
 use dsm::protocol::Reply;
-use dsm_testkit::cluster::{free_port, stat, wait_for, Node};
+use dsm_testkit::cluster::{stat, wait_for, Follow, Listen, Ready};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
-
 struct Cluster {
-    primary: Node,
-    _backup: Node,
-    _slaves: Vec<Node>,
+    cluster: dsm_testkit::cluster::Cluster,
     p: String,
     b: String,
-    _dir: tempfile::TempDir,
 }
 
+/// A primary, a backup following its log file and three slaves, quiet, ready when the primary
+/// serves with every slave.
 fn start() -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let (p, b) = (free_port().unwrap().to_string(), free_port().unwrap().to_string());
-    let wal = dir.path().join("kv.log").display().to_string();
-    let own = dir.path().join("backup.log").display().to_string();
-    let bin = |n: &str| -> PathBuf {
-        match n {
-            "m" => env!("CARGO_BIN_EXE_dsm-master").into(),
-            "b" => env!("CARGO_BIN_EXE_dsm-backup").into(),
-            _ => env!("CARGO_BIN_EXE_dsm-slave").into(),
-        }
-    };
     let quiet = ["--log-level", "warn"];
-    let mut pa = args(&["--listen", &p, "--backup", &b, "--wal", &wal]);
-    pa.extend(args(&quiet));
-    let primary = Node::start("primary", &bin("m"), pa, dir.path(), false, true).unwrap();
-    let mut ba = args(&["--listen", &b, "--primary", &p, "--follow", &wal, "--wal", &own]);
-    ba.extend(args(&quiet));
-    let backup = Node::start("backup", &bin("b"), ba, dir.path(), false, true).unwrap();
-    let slaves = (1..=3)
-        .map(|i| {
-            let mut sa = args(&["--id", &format!("s{i}"), "--master", &p, "--backup", &b]);
-            sa.extend(args(&quiet));
-            Node::start(&format!("s{i}"), &bin("s"), sa, dir.path(), false, false).unwrap()
-        })
-        .collect();
-    wait_for("primary ready", WAIT, || {
-        stat(&p, "role").as_deref() == Some("primary") && stat(&p, "slaves").as_deref() == Some("3")
-    })
-    .unwrap();
-    Cluster { primary, _backup: backup, _slaves: slaves, p, b, _dir: dir }
+    let cluster = dsm_testkit::cluster::Cluster::builder()
+        .bin_dir(PathBuf::from(env!("CARGO_BIN_EXE_dsm-master")).parent().unwrap())
+        .primary_listen(Listen::FreePort)
+        .primary_args(quiet)
+        .backup(Follow::Wal)
+        .backup_args(quiet)
+        .slaves(3)
+        .slave_args(quiet)
+        .ready(Ready::Serving)
+        .ready_timeout(WAIT)
+        .start()
+        .unwrap();
+    let (p, b) = (cluster.primary_addr().to_string(), cluster.backup_addr().unwrap().to_string());
+    Cluster { cluster, p, b }
 }
 
 /// Writes to `addr` only, until one is acknowledged; returns when.
@@ -88,10 +68,10 @@ fn main() {
     for i in 0..cycles {
         first_ack(&c.p, "warm");
         let killed = Instant::now();
-        c.primary.kill();
+        c.cluster.primary.kill();
         let t = first_ack(&c.b, &format!("t{i}")).duration_since(killed);
         let restarted = Instant::now();
-        c.primary.restart().unwrap();
+        c.cluster.primary.restart().unwrap();
         let f = first_ack(&c.p, &format!("f{i}")).duration_since(restarted);
         println!(
             "cycle {i}: takeover {:.0} ms, failback {:.0} ms",

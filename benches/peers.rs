@@ -24,7 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::median;
-use dsm_testkit::cluster::{free_port, wait_for, Cluster, ClusterConfig};
+use dsm_testkit::cluster::{free_port, wait_for, Cluster};
 
 /// Keys the workloads use (reads find them all).
 const KEYS: usize = 10_000;
@@ -220,7 +220,11 @@ fn redis(dir: &std::path::Path, port: u16, primary: Option<u16>) -> RedisServer 
     if let Some(p) = primary {
         cmd.args(["--replicaof", "127.0.0.1", &p.to_string()]);
     }
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("redis-server (make bench-peers installs it)");
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server (make bench-peers installs it)");
     RedisServer(child)
 }
 
@@ -245,22 +249,17 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port().unwrap().port();
     let _redis_primary = redis(dir.path(), port, None);
-    let _replicas: Vec<RedisServer> = (0..2).map(|_| redis(dir.path(), free_port().unwrap().port(), Some(port))).collect();
+    let _replicas: Vec<RedisServer> =
+        (0..2).map(|_| redis(dir.path(), free_port().unwrap().port(), Some(port))).collect();
     wait_for("Redis with two replicas", Duration::from_secs(30), || {
         std::panic::catch_unwind(|| redis_info(port).contains("connected_slaves:2")).unwrap_or(false)
     })
     .expect("redis");
     let redis_addr = format!("127.0.0.1:{port}");
 
-    let config = ClusterConfig {
-        slaves: 3,
-        backup: false,
-        master_args: vec!["--log-level".into(), "warn".into()],
-        backup_args: Vec::new(),
-        echo: false,
-    };
-    let cluster = Cluster::start(&config, dir.path()).expect("dsm cluster");
-    let dsm_addr = cluster.master_addr().to_string();
+    let cluster =
+        Cluster::builder().slaves(3).primary_args(["--log-level", "warn"]).start().expect("dsm cluster");
+    let dsm_addr = cluster.primary_addr().to_string();
 
     // Every key exists on both, so reads find values.
     for (peer, addr) in [(Peer::Redis, &redis_addr), (Peer::Dsm, &dsm_addr)] {

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use common::median;
 use dsm::client::Client;
 use dsm::protocol::Reply;
-use dsm_testkit::cluster::{stat, wait_for, Cluster, ClusterConfig};
+use dsm_testkit::cluster::{stat, wait_for, Cluster, Follow};
 
 /// How long any one step may take before the benchmark gives up.
 const WAIT: Duration = Duration::from_secs(600);
@@ -184,17 +184,15 @@ impl Drop for Prober {
 type Figures = Vec<(&'static str, f64)>;
 
 fn run(keys: usize, run: usize) -> Figures {
-    let dir = tempfile::tempdir().unwrap();
-    let quiet = vec!["--log-level".to_string(), "warn".to_string()];
-    let config = ClusterConfig {
-        slaves: 3,
-        backup: true,
-        master_args: quiet.clone(),
-        backup_args: quiet,
-        echo: false,
-    };
-    let mut c = Cluster::start(&config, dir.path()).expect("cluster");
-    let (p, b) = (c.master_addr().to_string(), c.backup_addr().expect("a backup").to_string());
+    let quiet = ["--log-level", "warn"];
+    let mut c = Cluster::builder()
+        .slaves(3)
+        .backup(Follow::Wal)
+        .primary_args(quiet)
+        .backup_args(quiet)
+        .start()
+        .expect("cluster");
+    let (p, b) = (c.primary_addr().to_string(), c.backup_addr().expect("a backup").to_string());
     let mut f: Figures = Vec::new();
 
     let rate = load(&p, keys, 0);
@@ -229,13 +227,13 @@ fn run(keys: usize, run: usize) -> Figures {
     f.push(("writes measured during COMPACT", n as f64));
     f.push(("log after COMPACT / after the load", stat_u64(&p, "wal_bytes") as f64 / after_load as f64));
 
-    f.push(("master resident bytes per key", rss(c.master.pid()) as f64 / keys as f64));
+    f.push(("master resident bytes per key", rss(c.primary.pid()) as f64 / keys as f64));
     f.push(("slave resident bytes per key", rss(c.slaves[0].pid()) as f64 / keys as f64));
 
     // Failover.
     thread::sleep(Duration::from_millis(500));
     let killed = Instant::now();
-    c.master.kill();
+    c.primary.kill();
     let (w, r) = thread::scope(|s| {
         let w = s.spawn(|| first_write(&b));
         let r = s.spawn(|| first_read(&b, keys));
@@ -246,7 +244,7 @@ fn run(keys: usize, run: usize) -> Figures {
 
     // Failback.
     let restarted = Instant::now();
-    c.master.restart().unwrap();
+    c.primary.restart().unwrap();
     let (w, r) = thread::scope(|s| {
         let w = s.spawn(|| first_write(&p));
         let r = s.spawn(|| first_read(&p, keys));
@@ -273,7 +271,7 @@ fn run(keys: usize, run: usize) -> Figures {
     let records = stat_u64(&p, "seq");
     let log_bytes = stat_u64(&p, "wal_bytes");
     let restarted = Instant::now();
-    c.master.restart().unwrap();
+    c.primary.restart().unwrap();
     let (w, r) = thread::scope(|s| {
         let w = s.spawn(|| first_write(&p));
         let r = s.spawn(|| first_read(&p, keys));

@@ -10,9 +10,9 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-use common::{bin, must_read, must_write, Raw, TestCluster, READY};
+use common::{must_read, must_write, Raw, TestCluster, READY};
 use dsm::framing::{MAX_LINE, MAX_PEER_LINE};
-use dsm_testkit::cluster::{wait_for, Node};
+use dsm_testkit::cluster::wait_for;
 
 /// Sends `input` on a fresh connection, then reads everything until the server closes or goes
 /// quiet after answering. Returns the reply lines.
@@ -30,8 +30,8 @@ fn snapshot(c: &TestCluster) -> Vec<Option<String>> {
 }
 
 fn assert_healthy(c: &mut TestCluster) {
-    assert!(c.master.is_running(), "the master died");
-    let out = std::fs::read_to_string(c.dir.path().join("master.out")).unwrap_or_default();
+    assert!(c.primary.is_running(), "the master died");
+    let out = c.primary.output();
     assert!(!out.contains("panicked"), "the master panicked:\n{out}");
     let mut r = c.raw();
     assert_eq!(r.ask("PING"), "PONG");
@@ -211,8 +211,7 @@ fn a_slave_survives_a_master_that_sends_garbage() {
     let dir = tempfile::tempdir().unwrap();
     let fake = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = fake.local_addr().unwrap().to_string();
-    let args = vec!["--id".into(), "s1".into(), "--master".into(), addr, "--backup".into(), "none".into()];
-    let mut slave = Node::start("s1", &bin("dsm-slave"), args, dir.path(), false, false).unwrap();
+    let mut slave = common::builder().dir(dir.path()).start_slave("s1", &addr).unwrap();
     let accept = || {
         let (s, _) = fake.accept().unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -249,7 +248,7 @@ fn a_slave_survives_a_master_that_sends_garbage() {
     r.send(b"8 1 PING\n");
     assert_eq!(r.line_lf(), "8 PONG 0");
     assert!(slave.is_running());
-    let out = std::fs::read_to_string(dir.path().join("s1.out")).unwrap_or_default();
+    let out = slave.output();
     assert!(!out.contains("panicked"), "{out}");
 }
 

@@ -180,14 +180,9 @@ fn a_bad_address_is_a_usage_error_and_a_wrong_password_says_so() {
     let out = Command::new(bin("dsm-client")).args(["--master", "nonsense", "ping"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nonsense"));
-    let dir = tempfile::tempdir().unwrap();
-    let master = common::start_master(dir.path(), &["--requirepass", "right"], "127.0.0.1:0");
-    let mut c = TestCluster { master, slaves: Vec::new(), dir };
-    c.add_slave("s1");
-    dsm_testkit::cluster::wait_for("the slave", common::READY, || {
-        common::stat_with_password(&c.addr(), "slaves", Some("right")).as_deref() == Some("1")
-    })
-    .unwrap();
+    // Started once the slave has registered (asked with the password).
+    let builder = common::builder().primary_args(["--requirepass", "right"]).slaves(1).password("right");
+    let c = TestCluster::from_builder(builder);
     let (code, _, err) = client(&c, &["--password", "wrong", "ping"]);
     assert_eq!(code, 1);
     assert!(err.contains("authentication failed"), "{err}");

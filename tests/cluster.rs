@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use common::{must_read, must_write, TestCluster, READY};
 use dsm::protocol::{ErrorReply, Reply};
-use dsm_testkit::cluster::{stat, wait_for};
+use dsm_testkit::cluster::{stat, wait_for, Listen};
 
 fn writes_and_reads_with(n: usize) {
     let c = TestCluster::start(n);
@@ -114,7 +114,7 @@ fn master_restart_replays_the_log() {
     assert!(matches!(client.request(&dsm::protocol::Request::Delete { key: "k0".into() }), Ok(Reply::Ok(_))));
     let seq_before: u64 = stat(&c.addr(), "seq").unwrap().parse().unwrap();
     let epoch_before: u64 = stat(&c.addr(), "epoch").unwrap().parse().unwrap();
-    c.master.restart().unwrap();
+    c.primary.restart().unwrap();
     c.wait_slaves(3);
     let mut client = c.client();
     assert_eq!(stat(&c.addr(), "members"), Some("3".into()));
@@ -143,11 +143,11 @@ fn master_restart_with_all_slaves_restarted_recovers_from_the_log() {
         must_write(&mut client, &format!("k{i}"), &format!("v{i}"));
     }
     // Everything in memory is gone; only the master's log remains.
-    c.master.kill();
+    c.primary.kill();
     for s in &mut c.slaves {
         s.kill();
     }
-    c.master.restart().unwrap();
+    c.primary.restart().unwrap();
     for s in &mut c.slaves {
         s.restart().unwrap();
     }
@@ -214,11 +214,9 @@ fn keys_losing_their_copies_are_re_replicated() {
 
 #[test]
 fn a_server_that_exits_before_listening_is_reported_with_its_output() {
-    let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let args = vec!["--listen".into(), taken.local_addr().unwrap().to_string()];
-    let program = dsm_testkit::cluster::bin_dir().join("dsm-master");
-    let err = match dsm_testkit::cluster::Node::start("master", &program, args, dir.path(), false, true) {
+    let listen = Listen::At(taken.local_addr().unwrap().to_string());
+    let err = match common::builder().primary_listen(listen).start() {
         Ok(_) => panic!("a master on a taken port must not start"),
         Err(e) => e.to_string(),
     };
@@ -229,24 +227,15 @@ fn a_server_that_exits_before_listening_is_reported_with_its_output() {
 #[test]
 fn a_second_slave_with_a_connected_id_is_refused_and_backs_off() {
     let mut c = TestCluster::start(1);
-    let args = ["--id", "s1", "--master", &c.addr(), "--backup", "none"].map(String::from).to_vec();
-    let _twin = dsm_testkit::cluster::Node::start(
-        "s1-twin",
-        &common::bin("dsm-slave"),
-        args,
-        c.dir.path(),
-        false,
-        false,
-    )
-    .unwrap();
-    let read =
-        |name: &str| std::fs::read_to_string(c.dir.path().join(format!("{name}.out"))).unwrap_or_default();
+    c.add_slave("s1-twin", "s1", &[]).unwrap();
+    let dir = c.dir().to_path_buf();
+    let read = |name: &str| std::fs::read_to_string(dir.join(format!("{name}.out"))).unwrap_or_default();
     // Refused again and again with a clear reason, while the first keeps its connection.
     wait_for("the twin to be refused three times", READY, || {
         read("s1-twin").matches("already connected").count() >= 3
     })
     .unwrap_or_else(|e| panic!("{e}: {}", read("s1-twin")));
-    let master = read("master");
+    let master = read("primary");
     assert_eq!(master.matches("slave s1 registered").count(), 1, "the first s1 was replaced:\n{master}");
     assert!(master.contains("give every slave its own --id"), "{master}");
     assert_eq!(stat(&c.addr(), "slave.s1.state").as_deref(), Some("up"));
@@ -256,9 +245,9 @@ fn a_second_slave_with_a_connected_id_is_refused_and_backs_off() {
     // Once the first is gone for good, the id is free for the other.
     c.slaves[0].kill();
     wait_for("the twin to take the id over", READY, || {
-        read("master").matches("slave s1 registered").count() == 2
+        read("primary").matches("slave s1 registered").count() == 2
     })
-    .unwrap_or_else(|e| panic!("{e}: {}", read("master")));
+    .unwrap_or_else(|e| panic!("{e}: {}", read("primary")));
     c.wait_slaves(1);
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{must_read, FailoverCluster, Raw, READY};
 use dsm::client::Client;
 use dsm::protocol::Reply;
-use dsm_testkit::cluster::{stat, wait_for, Node};
+use dsm_testkit::cluster::{stat, wait_for, Follow};
 
 /// Writes `key=value` until one is acknowledged (through failovers); returns its version.
 fn write_until_ok(c: &mut Client, key: &str, value: &str) -> u64 {
@@ -146,13 +146,13 @@ fn both_masters_down_gives_a_clear_error_then_recovers() {
         write_until_ok(&mut client, &format!("k{i}"), &format!("v{i}"));
     }
     c.primary.kill();
-    c.backup.kill();
+    c.backup().kill();
     client.set_timeout(Duration::from_secs(5));
     match client.read("k1") {
         Err(dsm::Error::Unavailable(msg)) => assert!(msg.contains("no server reachable"), "{msg}"),
         other => panic!("expected a clear error, got {other:?}"),
     }
-    c.backup.restart().unwrap();
+    c.backup().restart().unwrap();
     c.primary.restart().unwrap();
     let mut client = c.client();
     for i in 0..10 {
@@ -172,19 +172,12 @@ fn backup_follows_a_long_log_partial_lines_and_a_replaced_file() {
     std::fs::write(&path, &text).unwrap();
     // No primary is running; a long takeover delay keeps the backup a standby for this test.
     let nowhere = dsm_testkit::cluster::free_port().unwrap().to_string();
-    let args = vec![
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--primary".into(),
-        nowhere,
-        "--follow".into(),
-        path.display().to_string(),
-        "--wal".into(),
-        dir.path().join("own.log").display().to_string(),
-        "--takeover-after-ms".into(),
-        "600000".into(),
-    ];
-    let backup = Node::start("backup", &common::bin("dsm-backup"), args, dir.path(), false, true).unwrap();
+    let backup = common::builder()
+        .dir(dir.path())
+        .backup(Follow::File(path.clone()))
+        .backup_args(["--takeover-after-ms", "600000"])
+        .start_backup(&nowhere)
+        .unwrap();
     let addr = backup.addr().to_string();
     let seq = || stat(&addr, "seq").and_then(|s| s.parse::<u64>().ok());
     wait_for("the long log", READY, || seq() == Some(20_000)).unwrap();

@@ -45,7 +45,7 @@ fn crash(failpoint: &str, n: u64, seed: u64, compact: bool) {
     c.wait_serving(&c.primary_addr.clone(), 3);
     wait_acked(&workload, acked, 30, "writes after the fail-back");
     // The first primary's output (the restart appended to it) says where it crashed.
-    let log = std::fs::read_to_string(c.dir.path().join("primary.out")).unwrap_or_default();
+    let log = c.primary.output();
     assert!(log.contains(&format!("failpoint {failpoint}:{n} reached")), "{log}");
     let counts = c.stop_and_judge(workload, &history, failpoint);
     if !compact {

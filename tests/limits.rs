@@ -119,7 +119,7 @@ fn a_lone_master_replays_the_longest_values_after_a_restart() {
         assert!(reply.starts_with("OK "), "{key}: {reply}");
     }
     drop(r);
-    c.master.restart().unwrap();
+    c.primary.restart().unwrap();
     c.wait_slaves(1);
     check_all(&c.addr(), &values, "after the restart");
 }

@@ -7,13 +7,12 @@
 
 mod faults;
 
-use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use dsm_testkit::cluster::{free_port, stat, wait_for, Node};
+use dsm_testkit::cluster::{free_port, stat, wait_for, Listen};
 use dsm_testkit::nemesis::History;
-use faults::{bin, serving, wait_acked, READY};
+use faults::{serving, wait_acked, READY};
 
 /// A namespace with a veth pair to the host, deleted on drop.
 struct Netns {
@@ -83,10 +82,6 @@ impl Drop for Netns {
     }
 }
 
-fn args(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
 #[test]
 #[ignore = "needs root and ip netns: make test runs it as root (cargo test --test netns -- --ignored)"]
 fn primary_in_its_own_namespace_cut_off_by_link_down() {
@@ -102,32 +97,16 @@ fn primary_in_its_own_namespace_cut_off_by_link_down() {
             return;
         }
     };
-    let dir = tempfile::tempdir().unwrap();
     let port = free_port().unwrap().port();
-    let primary_addr = format!("{}:{port}", ns.ns_ip);
-    let backup_addr = free_port().unwrap().to_string();
-    let wal = dir.path().join("primary.log").display().to_string();
-    let mut primary_args = args(&["netns", "exec", &ns.name, &bin("dsm-master").display().to_string()]);
-    primary_args.extend(args(&["--listen", &primary_addr, "--wal", &wal, "--backup", &backup_addr]));
-    let _primary = Node::start("primary", Path::new("ip"), primary_args, dir.path(), false, true).unwrap();
-    let backup_args = args(&[
-        "--listen",
-        &backup_addr,
-        "--primary",
-        &primary_addr,
-        "--follow",
-        &wal,
-        "--wal",
-        &dir.path().join("backup.log").display().to_string(),
-    ]);
-    let _backup = Node::start("backup", &bin("dsm-backup"), backup_args, dir.path(), false, true).unwrap();
-    let mut slaves = Vec::new();
-    for i in 1..=3 {
-        let id = format!("s{i}");
-        let a = args(&["--id", &id, "--master", &primary_addr, "--backup", &backup_addr]);
-        slaves.push(Node::start(&id, &bin("dsm-slave"), a, dir.path(), false, false).unwrap());
-    }
-    wait_for("the namespaced primary to serve", READY, || serving(&primary_addr, 3)).unwrap();
+    // Declared after `ns`, so the processes die before the namespace is deleted. Ready once
+    // the namespaced primary serves with every slave.
+    let c = faults::builder()
+        .primary_listen(Listen::At(format!("{}:{port}", ns.ns_ip)))
+        .primary_wrapper(["ip", "netns", "exec", &ns.name])
+        .slaves(3)
+        .start()
+        .unwrap();
+    let (primary_addr, backup_addr) = (c.primary_addr().to_string(), c.backup_addr().unwrap().to_string());
 
     let history = Arc::new(History::new());
     let workload =
@@ -146,5 +125,5 @@ fn primary_in_its_own_namespace_cut_off_by_link_down() {
     let counts = workload.stop();
     dsm_testkit::nemesis::final_reads(&history, &primary_addr, &backup_addr).unwrap();
     let verdict = history.judge(dsm_testkit::nemesis::FINAL_CLIENT);
-    assert!(verdict.is_ok(), "{counts:?}\n{verdict}\nlogs in {}", dir.path().display());
+    assert!(verdict.is_ok(), "{counts:?}\n{verdict}\nlogs in {}", c.dir().display());
 }

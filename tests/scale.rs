@@ -74,7 +74,7 @@ fn a_takeover_and_a_failback_resend_only_what_slaves_lack() {
     // and the slaves are sent what they lack again.
     c.primary.restart().unwrap();
     c.wait_role(&c.primary_addr.clone(), "primary", 3);
-    let log = std::fs::read_to_string(c.dir.path().join("primary.out")).unwrap();
+    let log = c.primary.output();
     assert!(log.contains("handed off at seq"), "{log}");
     for id in ["s1", "s2", "s3"] {
         let sent = resync_keys(&c.primary_addr, id);
@@ -154,7 +154,7 @@ fn a_lone_master_compacts_on_its_own_and_restarts_from_the_compacted_log() {
         stat(&addr, "compactions").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) >= 1
     })
     .unwrap();
-    c.master.restart().unwrap();
+    c.primary.restart().unwrap();
     c.wait_slaves(1);
     check(&mut c.client(), "x");
     assert_eq!(stat(&c.addr(), "keys"), Some(KEYS.to_string()));

@@ -5,11 +5,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{bin, start_master, stat_with_password, FailoverCluster, Raw, READY};
+use common::{bin, stat_with_password, FailoverCluster, Raw, READY};
 use dsm::auth::{PeerHandshake, PeerRole, Secret, MASTER_ID};
 use dsm::client::Client;
 use dsm::protocol::Reply;
-use dsm_testkit::cluster::{wait_for, Node};
+use dsm_testkit::cluster::{wait_for, Cluster, Ready};
 
 const SECRET: &str = "test-cluster-secret-0123456789";
 const PASSWORD: &str = "open sesame";
@@ -23,16 +23,6 @@ fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     path
-}
-
-/// A slave of the master at `master` alone (no backup).
-fn start_slave(dir: &Path, id: &str, master: &str, secret: Option<&Path>) -> Node {
-    let mut args: Vec<String> =
-        vec!["--id".into(), id.into(), "--master".into(), master.into(), "--backup".into(), "none".into()];
-    if let Some(s) = secret {
-        args.extend(["--secret-file".into(), s.display().to_string()]);
-    }
-    Node::start(id, &bin("dsm-slave"), args, dir, false, false).expect("start slave")
 }
 
 /// Waits until a process's output (stdout and stderr, copied to `<name>.out`) contains `text`.
@@ -62,8 +52,8 @@ fn members(addr: &str, password: Option<&str>) -> Vec<String> {
 
 /// A master with the secret and a password, and three slaves with the secret.
 struct Secured {
-    master: Node,
-    slaves: Vec<Node>,
+    /// Declared before `dir`, so the processes die before the secret is removed.
+    cluster: Cluster,
     secret: PathBuf,
     dir: tempfile::TempDir,
 }
@@ -72,23 +62,21 @@ impl Secured {
     fn start() -> Secured {
         let dir = tempfile::tempdir().unwrap();
         let secret = write_file(dir.path(), "secret", &format!("{SECRET}\n"));
-        let flags =
-            ["--secret-file", &secret.display().to_string(), "--requirepass", PASSWORD].map(String::from);
-        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let master = start_master(dir.path(), &flags, "127.0.0.1:0");
-        let addr = master.addr().to_string();
-        let slaves =
-            (1..=3).map(|i| start_slave(dir.path(), &format!("s{i}"), &addr, Some(&secret))).collect();
-        let c = Secured { master, slaves, secret, dir };
-        wait_for("3 slaves up", READY, || {
-            stat_with_password(&c.addr(), "slaves", Some(PASSWORD)).as_deref() == Some("3")
-        })
-        .unwrap();
-        c
+        let secret_flag = ["--secret-file", &secret.display().to_string()].map(String::from);
+        let cluster = common::builder()
+            .dir(dir.path())
+            .primary_args(&secret_flag)
+            .primary_args(["--requirepass", PASSWORD])
+            .slaves(3)
+            .slave_args(&secret_flag)
+            .password(PASSWORD)
+            .start()
+            .unwrap();
+        Secured { cluster, secret, dir }
     }
 
     fn addr(&self) -> String {
-        self.master.addr().to_string()
+        self.cluster.primary_addr().to_string()
     }
 }
 
@@ -102,10 +90,10 @@ fn slaves_with_the_secret_join_and_others_are_refused() {
 
     // A slave with the wrong secret, and one with none, never become members.
     let wrong = write_file(c.dir.path(), "wrong", "another-secret-0123456789");
-    c.slaves.push(start_slave(c.dir.path(), "intruder", &addr, Some(&wrong)));
-    c.slaves.push(start_slave(c.dir.path(), "nosecret", &addr, None));
-    wait_output(c.dir.path(), "master", "refused a slave connection (intruder)");
-    wait_output(c.dir.path(), "master", "refused a slave connection (nosecret)");
+    c.cluster.add_slave("intruder", "intruder", &["--secret-file", &wrong.display().to_string()]).unwrap();
+    c.cluster.add_slave("nosecret", "nosecret", &[]).unwrap();
+    wait_output(c.dir.path(), "primary", "refused a slave connection (intruder)");
+    wait_output(c.dir.path(), "primary", "refused a slave connection (nosecret)");
     wait_output(c.dir.path(), "intruder", "auth failed");
     assert_eq!(members(&addr, Some(PASSWORD)), ["MEMBER s1 up", "MEMBER s2 up", "MEMBER s3 up"]);
 
@@ -168,9 +156,14 @@ fn master_to_master_connections_need_the_secret_and_do_not_replay() {
 fn a_slave_with_a_secret_refuses_a_master_without_one() {
     let dir = tempfile::tempdir().unwrap();
     let secret = write_file(dir.path(), "secret", SECRET);
-    let master = start_master(dir.path(), &[], "127.0.0.1:0");
-    let addr = master.addr().to_string();
-    let _slave = start_slave(dir.path(), "s1", &addr, Some(&secret));
+    let c = common::builder()
+        .dir(dir.path())
+        .slaves(1)
+        .slave_args(["--secret-file", &secret.display().to_string()])
+        .ready(Ready::Started)
+        .start()
+        .unwrap();
+    let addr = c.primary_addr().to_string();
     wait_output(dir.path(), "s1", "did not ask for a proof");
     // The master welcomed it (it has no secret), but the slave did not stay.
     assert_eq!(stat_with_password(&addr, "slaves", None).as_deref(), Some("0"));
@@ -229,7 +222,7 @@ fn a_secured_cluster_fails_over_and_back_over_tcp() {
     let mut client = c.client();
     assert!(matches!(client.write("a", b"1"), Ok(Reply::Ok(_))));
     // The backup follows the log over an authenticated stream.
-    wait_output(c.dir.path(), "primary", "streaming the log to");
+    wait_output(c.dir(), "primary", "streaming the log to");
 
     c.primary.kill();
     c.wait_role(&c.backup_addr, "primary", 3);
@@ -243,13 +236,12 @@ fn a_secured_cluster_fails_over_and_back_over_tcp() {
     // The primary comes back, streams from the backup and makes it hand off: both authenticated.
     c.primary.restart().unwrap();
     c.wait_role(&c.primary_addr, "primary", 3);
-    wait_output(c.dir.path(), "primary", "handed off at seq");
+    wait_output(c.dir(), "primary", "handed off at seq");
     let mut primary = Client::new(&c.primary_addr, None);
     primary.set_password(PASSWORD.as_bytes());
     assert!(matches!(primary.read("a"), Ok(Reply::Value { value, .. }) if value == b"1"));
     assert!(matches!(primary.read("b"), Ok(Reply::Value { value, .. }) if value == b"2"));
-    let log = std::fs::read_to_string(c.dir.path().join("primary.out")).unwrap()
-        + &std::fs::read_to_string(c.dir.path().join("backup.out")).unwrap();
+    let log = c.primary.output() + &c.backup().output();
     assert!(!log.contains("auth failed"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
 }

@@ -5,12 +5,13 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::ops::{Deref, DerefMut};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use dsm::client::Client;
-use dsm_testkit::cluster::{stat, wait_for, Node};
-use tempfile::TempDir;
+pub use dsm_testkit::cluster::stat_with_password;
+use dsm_testkit::cluster::{wait_for, Cluster, ClusterBuilder, Follow, Listen, Node, Ready};
 
 /// How long a test waits for a cluster to become ready: generous, because tests run in
 /// parallel on two contended cores.
@@ -26,12 +27,25 @@ pub fn bin(name: &str) -> PathBuf {
     }
 }
 
-/// A primary master and slaves, all real processes.
-pub struct TestCluster {
-    pub master: Node,
-    pub slaves: Vec<Node>,
-    /// Declared last so the processes die before their directory is removed.
-    pub dir: TempDir,
+/// A builder for the tests' clusters: the binaries of this build, [`READY`] to get ready.
+pub fn builder() -> ClusterBuilder {
+    Cluster::builder().bin_dir(bin("dsm-master").parent().unwrap()).ready_timeout(READY)
+}
+
+/// A primary master and slaves (no backup), all real processes.
+pub struct TestCluster(pub Cluster);
+
+impl Deref for TestCluster {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.0
+    }
+}
+
+impl DerefMut for TestCluster {
+    fn deref_mut(&mut self) -> &mut Cluster {
+        &mut self.0
+    }
 }
 
 impl TestCluster {
@@ -42,34 +56,21 @@ impl TestCluster {
 
     /// Like [`TestCluster::start`], with extra master flags.
     pub fn start_with(n: usize, master_flags: &[&str]) -> TestCluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let master = start_master(dir.path(), master_flags, "127.0.0.1:0");
-        let mut cluster = TestCluster { master, slaves: Vec::new(), dir };
-        for i in 1..=n {
-            cluster.add_slave(&format!("s{i}"));
-        }
-        cluster.wait_slaves(n);
-        cluster
+        TestCluster::from_builder(builder().slaves(n).primary_args(master_flags))
+    }
+
+    /// Starts what `builder` says and waits until its slaves are caught up.
+    pub fn from_builder(builder: ClusterBuilder) -> TestCluster {
+        TestCluster(builder.start().unwrap_or_else(|e| panic!("start the cluster: {e}")))
     }
 
     pub fn addr(&self) -> String {
-        self.master.addr().to_string()
-    }
-
-    /// Starts one more slave with this id.
-    pub fn add_slave(&mut self, id: &str) {
-        let args =
-            vec!["--id".into(), id.into(), "--master".into(), self.addr(), "--backup".into(), "none".into()];
-        let node =
-            Node::start(id, &bin("dsm-slave"), args, self.dir.path(), false, false).expect("start slave");
-        self.slaves.push(node);
+        self.primary_addr().to_string()
     }
 
     /// Waits until the master reports `n` live, caught-up slaves.
     pub fn wait_slaves(&self, n: usize) {
-        let addr = self.addr();
-        wait_for(&format!("{n} slaves up"), READY, || stat(&addr, "slaves") == Some(n.to_string()))
-            .unwrap_or_else(|e| panic!("{e}; master said slaves={:?}", stat(&addr, "slaves")));
+        self.0.wait_slaves(n, READY).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// A client of the master only (no backup).
@@ -82,33 +83,6 @@ impl TestCluster {
     pub fn raw(&self) -> Raw {
         Raw::connect(&self.addr())
     }
-
-    pub fn wal_path(&self) -> PathBuf {
-        self.dir.path().join("kv.log")
-    }
-}
-
-pub fn start_master(dir: &Path, extra: &[&str], listen: &str) -> Node {
-    let mut args: Vec<String> = vec![
-        "--listen".into(),
-        listen.into(),
-        "--wal".into(),
-        dir.join("kv.log").display().to_string(),
-        "--backup".into(),
-        "none".into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Node::start("master", &bin("dsm-master"), args, dir, false, true).expect("start master")
-}
-
-/// One `STATS` value, like [`stat`], authenticating first when `password` is given.
-pub fn stat_with_password(addr: &str, name: &str, password: Option<&str>) -> Option<String> {
-    let mut c = Client::new(addr, None);
-    c.set_timeout(Duration::from_secs(2));
-    if let Some(p) = password {
-        c.set_password(p.as_bytes());
-    }
-    c.stats().ok()?.into_iter().find(|(n, _)| n == name).map(|(_, v)| v)
 }
 
 /// A raw TCP line connection, like `nc`.
@@ -234,16 +208,25 @@ pub fn must_read(c: &mut Client, key: &str) -> Option<String> {
 
 /// A primary, a backup and slaves, on ports fixed at start so each can name the other.
 pub struct FailoverCluster {
-    pub primary: Node,
-    pub backup: Node,
-    pub slaves: Vec<Node>,
+    pub cluster: Cluster,
     pub primary_addr: String,
     pub backup_addr: String,
     /// The client password (`--requirepass`), sent by [`FailoverCluster::wait_role`] and
     /// [`FailoverCluster::client`].
     pub password: Option<String>,
-    /// Declared last so the processes die before their directory is removed.
-    pub dir: TempDir,
+}
+
+impl Deref for FailoverCluster {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.cluster
+    }
+}
+
+impl DerefMut for FailoverCluster {
+    fn deref_mut(&mut self) -> &mut Cluster {
+        &mut self.cluster
+    }
 }
 
 impl FailoverCluster {
@@ -264,56 +247,26 @@ impl FailoverCluster {
         slave_flags: &[&str],
         password: Option<&str>,
     ) -> FailoverCluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let primary_addr = dsm_testkit::cluster::free_port().unwrap().to_string();
-        let backup_addr = dsm_testkit::cluster::free_port().unwrap().to_string();
-        let wal = dir.path().join("kv.log").display().to_string();
-        let mut primary_args: Vec<String> = vec![
-            "--listen".into(),
-            primary_addr.clone(),
-            "--wal".into(),
-            wal.clone(),
-            "--backup".into(),
-            backup_addr.clone(),
-        ];
-        primary_args.extend(server_flags.iter().map(|s| s.to_string()));
-        let primary = Node::start("primary", &bin("dsm-master"), primary_args, dir.path(), false, true)
-            .expect("start primary");
-        let mut backup_args = vec![
-            "--listen".into(),
-            backup_addr.clone(),
-            "--primary".into(),
-            primary_addr.clone(),
-            "--wal".into(),
-            dir.path().join("backup.log").display().to_string(),
-        ];
-        if tcp_follow {
-            backup_args.push("--follow-primary".into());
-        } else {
-            backup_args.extend(["--follow".to_string(), wal]);
+        let mut b = builder()
+            .primary_listen(Listen::FreePort)
+            .backup(if tcp_follow { Follow::Tcp } else { Follow::Wal })
+            .slaves(n)
+            .primary_args(server_flags)
+            .backup_args(server_flags)
+            .slave_args(slave_flags)
+            .ready(Ready::Serving);
+        if let Some(p) = password {
+            b = b.password(p);
         }
-        backup_args.extend(server_flags.iter().map(|s| s.to_string()));
-        let backup = Node::start("backup", &bin("dsm-backup"), backup_args, dir.path(), false, true)
-            .expect("start backup");
-        let password = password.map(str::to_string);
-        let mut c =
-            FailoverCluster { primary, backup, slaves: Vec::new(), primary_addr, backup_addr, password, dir };
-        for i in 1..=n {
-            let mut args: Vec<String> = vec![
-                "--id".into(),
-                format!("s{i}"),
-                "--master".into(),
-                c.primary_addr.clone(),
-                "--backup".into(),
-                c.backup_addr.clone(),
-            ];
-            args.extend(slave_flags.iter().map(|s| s.to_string()));
-            let node = Node::start(&format!("s{i}"), &bin("dsm-slave"), args, c.dir.path(), false, false)
-                .expect("start slave");
-            c.slaves.push(node);
-        }
-        c.wait_role(&c.primary_addr.clone(), "primary", n);
-        c
+        let cluster = b.start().unwrap_or_else(|e| panic!("start the cluster: {e}"));
+        let primary_addr = cluster.primary_addr().to_string();
+        let backup_addr = cluster.backup_addr().expect("a backup").to_string();
+        FailoverCluster { cluster, primary_addr, backup_addr, password: password.map(str::to_string) }
+    }
+
+    /// The backup.
+    pub fn backup(&mut self) -> &mut Node {
+        self.cluster.backup.as_mut().expect("a backup")
     }
 
     /// Waits until the master at `addr` has `role` and `slaves` caught-up slaves.
@@ -325,18 +278,6 @@ impl FailoverCluster {
         .unwrap_or_else(|e| {
             panic!("{e}: role={:?} slaves={:?}\n{}", stat("role"), stat("slaves"), self.output_tails(40))
         });
-    }
-
-    /// The last `n` lines of every node's output, for a failure message.
-    pub fn output_tails(&self, n: usize) -> String {
-        let mut out = String::new();
-        for name in ["primary", "backup", "s1", "s2", "s3"] {
-            let text =
-                std::fs::read_to_string(self.dir.path().join(format!("{name}.out"))).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            out.push_str(&format!("--- {name}.out\n{}\n", lines[lines.len().saturating_sub(n)..].join("\n")));
-        }
-        out
     }
 
     /// A client of both masters, primary first, with the password if there is one.

@@ -52,7 +52,7 @@ use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::cluster::{Cluster, ClusterConfig};
+use crate::cluster::{Cluster, Follow};
 use dsm::client::{is_timeout, Client, CONNECT_TIMEOUT};
 use dsm::protocol::{ErrorReply, Reply};
 use dsm::{Error, Result};
@@ -227,25 +227,28 @@ impl Target {
             });
         }
         let mut dir = WorkDir::create()?;
-        let (mut master_args, mut backup_args) = (Vec::new(), Vec::new());
+        let mut args = Vec::new();
         let needed = cfg.clients * cfg.conns_per_client + cfg.slaves + CONNECTION_HEADROOM;
-        for args in [&mut master_args, &mut backup_args] {
-            if needed > dsm::master::DEFAULT_MAX_CONNECTIONS {
-                args.extend(["--max-connections".to_string(), needed.to_string()]);
-            }
-            if let Some(f) = &cfg.fsync {
-                args.extend(["--fsync".to_string(), f.clone()]);
+        if needed > dsm::master::DEFAULT_MAX_CONNECTIONS {
+            args.extend(["--max-connections".to_string(), needed.to_string()]);
+        }
+        if let Some(f) = &cfg.fsync {
+            args.extend(["--fsync".to_string(), f.clone()]);
+        }
+        let mut builder =
+            Cluster::builder().slaves(cfg.slaves).primary_args(&args).echo(cfg.echo).dir(&dir.path);
+        if !cfg.no_backup {
+            if Cluster::has_backup_binary() {
+                builder = builder.backup(Follow::Wal).backup_args(&args);
+            } else {
+                log::warn!(
+                    "{} is not built: running without a backup master",
+                    crate::cluster::bin_dir().join("dsm-backup").display()
+                );
             }
         }
-        let cc = ClusterConfig {
-            slaves: cfg.slaves,
-            backup: !cfg.no_backup,
-            master_args,
-            backup_args,
-            echo: cfg.echo,
-        };
-        let c = Cluster::start(&cc, &dir.path).inspect_err(|_| dir.keep = true)?;
-        let (master, backup) = (c.master_addr().to_string(), c.backup_addr().map(str::to_string));
+        let c = builder.start().inspect_err(|_| dir.keep = true)?;
+        let (master, backup) = (c.primary_addr().to_string(), c.backup_addr().map(str::to_string));
         if !cfg.quiet {
             eprintln!(
                 "dsm-harness: started primary {master}{}, {} slaves (logs in {})",
@@ -674,17 +677,17 @@ fn inject(cluster: Option<&mut Cluster>, what: &str) -> Result<String> {
     let c = cluster.ok_or_else(|| Error::Config("faults need a cluster the harness starts".into()))?;
     Ok(match what {
         "primary" => {
-            c.master.kill();
-            format!("killed primary {}", c.master_addr())
+            c.primary.kill();
+            format!("killed primary {}", c.primary_addr())
         }
         "restart-primary" => {
-            c.master.restart()?;
-            format!("restarted primary {}", c.master_addr())
+            c.primary.restart()?;
+            format!("restarted primary {}", c.primary_addr())
         }
         _ => {
             let s = c.slaves.first_mut().ok_or_else(|| Error::Config("no slave to kill".into()))?;
             s.kill();
-            format!("killed slave {} ({})", Cluster::slave_id(0), s.name)
+            format!("killed slave {}", s.name)
         }
     })
 }
@@ -710,7 +713,7 @@ impl RoleWatch {
         }
         self.last_poll = Some(Instant::now());
         let serves = |addr: &str| crate::cluster::stat(addr, "role").as_deref() == Some("primary");
-        let now = if serves(c.master_addr()) {
+        let now = if serves(c.primary_addr()) {
             true
         } else if serves(backup) {
             false
@@ -721,7 +724,7 @@ impl RoleWatch {
         match (before, now) {
             (Some(true), false) => Some(FaultEvent { at_s, what: format!("backup {backup} took over") }),
             (Some(false), true) => {
-                Some(FaultEvent { at_s, what: format!("primary {} took back", c.master_addr()) })
+                Some(FaultEvent { at_s, what: format!("primary {} took back", c.primary_addr()) })
             }
             _ => None,
         }

@@ -37,7 +37,7 @@ use rand::{Rng, SeedableRng};
 
 pub use history::{Answer, Counts, History, Verdict};
 
-use crate::cluster::{free_port, stat, wait_for, Node};
+use crate::cluster::{stat, wait_for, Cluster, Follow, Listen, Node, Ready};
 use dsm::client::Client;
 use dsm::{Error, Result};
 
@@ -288,44 +288,29 @@ impl fmt::Display for Report {
 
 /// The processes of a run.
 struct Nodes {
-    primary: Node,
-    backup: Node,
-    slaves: Vec<Node>,
+    cluster: Cluster,
     primary_addr: String,
     backup_addr: String,
 }
 
 impl Nodes {
     fn start(config: &Config, dir: &Path) -> Result<Nodes> {
-        let primary_addr = free_port()?.to_string();
-        let backup_addr = free_port()?.to_string();
-        let wal = dir.join("primary.log").display().to_string();
-        let bin = |name: &str| config.bin_dir.join(name);
-        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
-        let primary = Node::start(
-            "primary",
-            &bin("dsm-master"),
-            args(&["--listen", &primary_addr, "--wal", &wal, "--backup", &backup_addr]),
-            dir,
-            config.echo,
-            true,
-        )?;
-        let backup_wal = dir.join("backup.log").display().to_string();
-        let mut backup_args =
-            args(&["--listen", &backup_addr, "--primary", &primary_addr, "--wal", &backup_wal]);
-        if config.tcp_follow {
-            backup_args.push("--follow-primary".into());
-        } else {
-            backup_args.extend(["--follow".to_string(), wal]);
-        }
-        let backup = Node::start("backup", &bin("dsm-backup"), backup_args, dir, config.echo, true)?;
-        let mut slaves = Vec::new();
-        for i in 1..=config.slaves {
-            let id = format!("s{i}");
-            let slave_args = args(&["--id", &id, "--master", &primary_addr, "--backup", &backup_addr]);
-            slaves.push(Node::start(&id, &bin("dsm-slave"), slave_args, dir, config.echo, false)?);
-        }
-        Ok(Nodes { primary, backup, slaves, primary_addr, backup_addr })
+        let cluster = Cluster::builder()
+            .primary_listen(Listen::FreePort)
+            .backup(if config.tcp_follow { Follow::Tcp } else { Follow::Wal })
+            .slaves(config.slaves)
+            .bin_dir(&config.bin_dir)
+            .dir(dir)
+            .echo(config.echo)
+            .ready(Ready::Started)
+            .start()?;
+        let primary_addr = cluster.primary_addr().to_string();
+        let backup_addr = cluster.backup_addr().expect("started with a backup").to_string();
+        Ok(Nodes { cluster, primary_addr, backup_addr })
+    }
+
+    fn backup(&mut self) -> &mut Node {
+        self.cluster.backup.as_mut().expect("started with a backup")
     }
 
     /// Whether the backup is the one serving now (else the primary is taken to be).
@@ -336,11 +321,11 @@ impl Nodes {
     fn pick(&mut self, target: Target, slave: usize) -> &mut Node {
         let backup_serves = self.backup_serves();
         match (target, backup_serves) {
-            (Target::Serving, false) | (Target::Standby, true) => &mut self.primary,
-            (Target::Serving, true) | (Target::Standby, false) => &mut self.backup,
+            (Target::Serving, false) | (Target::Standby, true) => &mut self.cluster.primary,
+            (Target::Serving, true) | (Target::Standby, false) => self.backup(),
             (Target::Slave, _) => {
-                let i = slave % self.slaves.len();
-                &mut self.slaves[i]
+                let i = slave % self.cluster.slaves.len();
+                &mut self.cluster.slaves[i]
             }
         }
     }
@@ -358,9 +343,7 @@ impl Nodes {
 
     /// Resumes every node and starts again every one that is not running.
     fn heal_all(&mut self) -> Result<()> {
-        for node in
-            std::iter::once(&mut self.primary).chain(Some(&mut self.backup)).chain(self.slaves.iter_mut())
-        {
+        for node in self.cluster.nodes_mut() {
             let _ = node.resume();
             if !node.is_running() {
                 node.restart()?;
@@ -477,10 +460,10 @@ fn nemesis(
 
 impl Nodes {
     fn by_name(&mut self, name: &str) -> &mut Node {
-        if self.backup.name == name {
-            return &mut self.backup;
+        if self.cluster.node(name).is_none() {
+            return &mut self.cluster.primary;
         }
-        self.slaves.iter_mut().find(|n| n.name == name).unwrap_or(&mut self.primary)
+        self.cluster.node_mut(name).expect("just found")
     }
 }
 
