@@ -7,11 +7,20 @@ CHAOS_DURATION ?= 60
 CHAOS_SEED     ?= 1
 CHAOS_SLAVES   ?= 3
 CHAOS_OUT      ?= $(RUN_DIR)/chaos
+CHAOS_PRELOAD  ?= 100000
 
-.PHONY: chaos
+.PHONY: chaos chaos-preloaded
 
 chaos:
 	$(CARGO) build --release --bins
 	@mkdir -p $(CHAOS_OUT)
 	$(BIN)/dsm-chaos --runs $(CHAOS_RUNS) --duration $(CHAOS_DURATION) --seed $(CHAOS_SEED) \
 	  --slaves $(CHAOS_SLAVES) --out $(CHAOS_OUT)
+
+# The same with CHAOS_PRELOAD keys of 100 bytes loaded first, so that kills and pauses land
+# during resyncs and compactions of a store of some size (the schedule also sends COMPACT).
+chaos-preloaded:
+	$(CARGO) build --release --bins
+	@mkdir -p $(CHAOS_OUT)
+	$(BIN)/dsm-chaos --runs $(CHAOS_RUNS) --duration $(CHAOS_DURATION) --seed $(CHAOS_SEED) \
+	  --slaves $(CHAOS_SLAVES) --out $(CHAOS_OUT) --preload $(CHAOS_PRELOAD)

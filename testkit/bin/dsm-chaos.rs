@@ -36,6 +36,10 @@ struct Args {
     /// The backup streams the primary's log over TCP instead of reading its file.
     #[arg(long)]
     tcp_follow: bool,
+    /// Keys of 100 bytes written before the faults start (at least 100000 for a store where
+    /// kills land during resyncs and compactions); a sample is read back at the end.
+    #[arg(long, default_value_t = 0)]
+    preload: usize,
     /// Keep every run's node logs in `DIR/run-<seed>` (by default only failed runs keep theirs,
     /// in the temporary directory).
     #[arg(long)]
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
             // The nodes run in their own directories: their paths must not be relative.
             out: args.out.as_deref().map(std::path::absolute).transpose().unwrap_or(None),
             echo: args.echo,
+            preload: args.preload,
             ..base.clone()
         };
         match nemesis::run(&config) {

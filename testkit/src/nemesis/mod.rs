@@ -78,6 +78,9 @@ pub enum Action {
     Kill,
     /// SIGSTOP, like a hung machine with its sockets open; healed by SIGCONT.
     Pause,
+    /// `COMPACT`: the master compacts its log in the background (masters only); nothing to
+    /// heal, but kills and pauses that follow land during it.
+    Compact,
 }
 
 /// A kind of fault: an action on a target.
@@ -90,13 +93,16 @@ pub struct FaultKind {
 }
 
 impl FaultKind {
-    /// All six kinds.
+    /// All eight kinds: kill and pause of each target, and `COMPACT` on either master.
     pub fn all() -> Vec<FaultKind> {
         let mut kinds = Vec::new();
         for action in [Action::Kill, Action::Pause] {
             for target in [Target::Serving, Target::Standby, Target::Slave] {
                 kinds.push(FaultKind { action, target });
             }
+        }
+        for target in [Target::Serving, Target::Standby] {
+            kinds.push(FaultKind { action: Action::Compact, target });
         }
         kinds
     }
@@ -107,6 +113,7 @@ impl fmt::Display for FaultKind {
         let action = match self.action {
             Action::Kill => "kill",
             Action::Pause => "pause",
+            Action::Compact => "compact",
         };
         let target = match self.target {
             Target::Serving => "serving-master",
@@ -203,6 +210,10 @@ pub struct Config {
     pub out: Option<PathBuf>,
     /// Copy the nodes' output to stderr.
     pub echo: bool,
+    /// Keys of 100 bytes loaded before the workload and the faults start, so that kills and
+    /// pauses land during resyncs and compactions of a store of some size. A sample of them
+    /// is read back at the end.
+    pub preload: usize,
 }
 
 impl Default for Config {
@@ -221,6 +232,7 @@ impl Default for Config {
             bin_dir: crate::cluster::bin_dir(),
             out: None,
             echo: false,
+            preload: 0,
         }
     }
 }
@@ -379,6 +391,7 @@ pub fn run(config: &Config) -> Result<Report> {
 fn run_in(config: &Config, dir: &Path) -> Result<Report> {
     let mut nodes = Nodes::start(config, dir)?;
     nodes.wait_serving(config.slaves)?;
+    preload(&nodes.primary_addr, config.preload)?;
     let history = Arc::new(History::new());
     let workload = Workload::start(
         &history,
@@ -401,7 +414,8 @@ fn run_in(config: &Config, dir: &Path) -> Result<Report> {
     nodes.wait_serving(config.slaves)?;
     timeline.push(format!("{:>7} recovered; final reads", ms(&history)));
     final_reads(&history, &nodes.primary_addr, &nodes.backup_addr)?;
-    let verdict = history.judge(FINAL_CLIENT);
+    let mut verdict = history.judge(FINAL_CLIENT);
+    verdict.lost_writes.extend(check_preloaded(&nodes.primary_addr, &nodes.backup_addr, config.preload)?);
     Ok(Report { seed: config.seed, counts, faults, verdict, timeline, dir: dir.to_path_buf() })
 }
 
@@ -444,6 +458,7 @@ fn nemesis(
         match step.kind.action {
             Action::Kill => node.kill(),
             Action::Pause => node.pause()?,
+            Action::Compact => compact(&node.addr().to_string()),
         }
         *faults.entry(step.kind).or_insert(0) += 1;
         thread::sleep(step.length);
@@ -452,10 +467,76 @@ fn nemesis(
         match step.kind.action {
             Action::Kill => node.restart()?,
             Action::Pause => node.resume()?,
+            Action::Compact => {}
         }
         timeline.push(format!("{:>7} healed {name}", ms()));
     }
     Ok(())
+}
+
+/// The value of preloaded key `i`.
+fn preload_value(i: usize) -> String {
+    format!("{i:0>100}")
+}
+
+/// Writes keys `preload:0..n` over one connection, pipelined in runs of 1,000.
+fn preload(addr: &str, n: usize) -> Result<()> {
+    use std::io::{BufRead, Write};
+    if n == 0 {
+        return Ok(());
+    }
+    let stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(RECOVERY_TIMEOUT))?;
+    let mut reader = std::io::BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    for start in (0..n).step_by(1000) {
+        let end = (start + 1000).min(n);
+        let mut batch = Vec::new();
+        for i in start..end {
+            batch.extend_from_slice(format!("WRITE preload:{i} {}\r\n", preload_value(i)).as_bytes());
+        }
+        (&stream).write_all(&batch)?;
+        for i in start..end {
+            line.clear();
+            reader.read_line(&mut line)?;
+            if !line.starts_with("OK ") {
+                return Err(Error::Protocol(format!("preloading key {i}: {}", line.trim_end())));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads back a sample of the preloaded keys (every one if there are few); returns a line for
+/// each one whose value is not what was written.
+fn check_preloaded(primary: &str, backup: &str, n: usize) -> Result<Vec<String>> {
+    let mut client = Client::new(primary, Some(backup));
+    client.set_timeout(REQUEST_DEADLINE);
+    let mut lost = Vec::new();
+    for i in (0..n).step_by((n / 1000).max(1)) {
+        let key = format!("preload:{i}");
+        let mut got = None;
+        wait_for(&format!("a read of {key}"), FINAL_READ_TIMEOUT, || {
+            match client.read(&key) {
+                Ok(dsm::protocol::Reply::Value { value, .. }) => got = Some(Some(value)),
+                Ok(dsm::protocol::Reply::NotFound) => got = Some(None),
+                _ => return false,
+            }
+            true
+        })?;
+        if got.clone().flatten().as_deref() != Some(preload_value(i).as_bytes()) {
+            lost.push(format!("preloaded key {key} was acknowledged but reads {got:?}"));
+        }
+    }
+    Ok(lost)
+}
+
+/// Sends `COMPACT` to the master at `addr`; a master that does not answer (paused, killed by an
+/// earlier step) is simply not compacted.
+fn compact(addr: &str) {
+    let mut c = Client::new(addr, None);
+    c.set_timeout(Duration::from_secs(2));
+    let _ = c.request(&dsm::protocol::Request::Compact);
 }
 
 impl Nodes {
