@@ -10,7 +10,7 @@
 //! epochs, and counters.
 //!
 //! The path of a write (`WRITE k v`, on the client's thread; a run of pipelined writes goes
-//! through the same steps together, see [`ops::execute_writes`]):
+//! through the same steps together, see `ops::execute_writes`):
 //! 1. check that a majority of the members is connected, else `ERR UNAVAILABLE` (nothing done);
 //! 2. append `<seq> SET k v` to the log: `seq` is the version, `(epoch, seq)` the stamp;
 //! 3. send it to every connected slave, each request with its own id;

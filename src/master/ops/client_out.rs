@@ -1,0 +1,87 @@
+//! A client connection's write half, shared with the slave readers (see [`ClientOut`]).
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+/// A client connection's write half, shared with the slave readers so that the one whose ACK
+/// completes a write's quorum can answer the client itself (one thread hop sooner than waking
+/// the connection's thread to do it).
+pub struct ClientOut {
+    stream: TcpStream,
+    /// The part of an answer a slave reader could not send without blocking; the connection's
+    /// thread sends it. A reader never blocks on a client's socket: a client that does not read
+    /// its answers must not hold up a slave's link.
+    unsent: Mutex<Vec<u8>>,
+}
+
+impl ClientOut {
+    /// Wraps a client connection's socket.
+    pub fn new(stream: TcpStream) -> ClientOut {
+        ClientOut { stream, unsent: Mutex::new(Vec::new()) }
+    }
+
+    /// The connection's socket, for the connection's own thread.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// The socket back, when nothing else shares it (a peer connection, told apart by its first
+    /// line before any request could have shared it).
+    pub fn into_stream(this: Arc<ClientOut>) -> Option<TcpStream> {
+        Arc::into_inner(this).map(|out| out.stream)
+    }
+
+    /// Sends `bytes` without blocking; what the socket does not take is kept in `unsent`
+    /// (behind anything kept before, so answers stay in order).
+    pub(super) fn send_or_keep(&self, bytes: &[u8]) {
+        let mut unsent = self.unsent.lock();
+        if !unsent.is_empty() {
+            unsent.extend_from_slice(bytes);
+            return;
+        }
+        // Non-blocking for this one call only (the connection's own thread blocks on the same
+        // socket), through socket2's safe wrapper of send(2).
+        let sent = socket2::SockRef::from(&self.stream)
+            .send_with_flags(bytes, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            .unwrap_or(0);
+        if sent < bytes.len() {
+            unsent.extend_from_slice(&bytes[sent..]);
+        }
+    }
+
+    /// Sends, blocking, whatever a reader left unsent.
+    pub(super) fn flush_unsent(&self) {
+        let unsent = std::mem::take(&mut *self.unsent.lock());
+        if !unsent.is_empty() {
+            // A failed write closes the connection at its next read.
+            let _ = (&self.stream).write_all(&unsent);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn a_reader_never_blocks_on_a_client_that_does_not_read() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        let out = ClientOut::new(server_side);
+        // Far more than the socket buffers hold: a blocking send would never return, since the
+        // client never reads.
+        let answer = vec![b'x'; 64 << 20];
+        out.send_or_keep(&answer);
+        let kept = out.unsent.lock().len();
+        assert!(kept > 0 && kept < answer.len(), "kept {kept} of {} bytes", answer.len());
+        // Nothing overtakes what was kept: the connection's thread sends it all later, in order.
+        out.send_or_keep(b"more");
+        assert_eq!(out.unsent.lock().len(), kept + 4);
+        assert!(out.unsent.lock().ends_with(b"xmore"));
+    }
+}

@@ -1,0 +1,105 @@
+//! Reads: from the master's committed copy, or from a slave in sync (`--read-from`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::*;
+
+/// The connected links and the majority, if this master holds read leases from a majority of
+/// the members; otherwise the error to answer. Every answer derived from this master's state —
+/// a value, or `NOT_FOUND` — needs this first: a master that was cut off or superseded must not
+/// answer from a state that may be stale.
+pub(super) fn read_lease(shared: &Shared) -> Result<(Vec<Arc<Link>>, usize), Reply> {
+    let (links, need) =
+        quorum_links(shared, false).map_err(|why| Reply::Err(ErrorReply::Unavailable(why)))?;
+    let now = shared.now_us();
+    let leased = links.iter().filter(|l| l.lease_until_us.load(Ordering::Acquire) > now).count();
+    if leased < need {
+        return Err(Reply::Err(ErrorReply::Unavailable(format!(
+            "read lease held from {leased} members, {need} needed"
+        ))));
+    }
+    Ok((links, need))
+}
+
+pub(super) fn read(shared: &Arc<Shared>, key: &str) -> Reply {
+    let links = match read_lease(shared) {
+        Ok((links, _)) => links,
+        Err(reply) => return reply,
+    };
+    let Some(state) = shared.index.lock().get(key).cloned() else {
+        shared.stats.reads.fetch_add(1, Ordering::Relaxed);
+        return Reply::NotFound;
+    };
+    let committed = state.committed.0;
+    if committed == Stamp::default() || shared.config.read_from == ReadFrom::Master {
+        // Never acknowledged (its write timed out): NOT_FOUND. Otherwise the master's copy,
+        // which is the truth while it holds the lease.
+        shared.stats.reads.fetch_add(1, Ordering::Relaxed);
+        return committed_reply(&state);
+    }
+    // `--read-from slaves`: one slave in sync, checked against the committed stamp.
+    let mut synced: Vec<&Arc<Link>> = links.iter().filter(|l| l.is_synced()).collect();
+    synced.shuffle(&mut rand::thread_rng());
+    let command = Command::Get { key: key.to_string() };
+    let epoch = shared.epoch();
+    for link in synced {
+        let rid = shared.rid();
+        let answer = with_replies(|tx, rx| {
+            if !link.send(rid, epoch, &command, Some(tx)) {
+                return None;
+            }
+            link.requests.fetch_add(1, Ordering::Relaxed);
+            let deadline = Instant::now() + shared.config.ack_timeout;
+            Some(loop {
+                match recv_parked(rx, deadline) {
+                    Ok(ack) if ack.rid != rid => continue,
+                    other => break other,
+                }
+            })
+        });
+        let Some(answer) = answer else {
+            continue;
+        };
+        match answer {
+            Ok(ack) => match ack.outcome {
+                Outcome::Value(s, v) if s == committed => {
+                    shared.stats.reads.fetch_add(1, Ordering::Relaxed);
+                    return Reply::Value { version: s.seq, value: v };
+                }
+                Outcome::Value(s, _) | Outcome::Tomb(s) if s >= committed => {
+                    shared.stats.reads.fetch_add(1, Ordering::Relaxed);
+                    return committed_reply(&state);
+                }
+                Outcome::Fenced(newer) => {
+                    shared.step_down(newer);
+                    return shared.not_primary();
+                }
+                Outcome::Value(..) | Outcome::Tomb(_) | Outcome::None => {
+                    log::warn!("slave {} has a stale copy of '{key}'; repairing", link.id);
+                    shared.repair_queue.lock().insert(key.to_string());
+                }
+                other => log::debug!("slave {} could not serve a read: {other:?}", link.id),
+            },
+            Err(_) => {
+                link.forget(rid);
+                link.kill(&format!(
+                    "no answer to a read within {} ms",
+                    shared.config.ack_timeout.as_millis()
+                ));
+            }
+        }
+    }
+    // No slave answered with the committed copy: the master's copy is the truth while it holds
+    // the lease.
+    shared.stats.reads.fetch_add(1, Ordering::Relaxed);
+    committed_reply(&state)
+}
+
+pub(super) fn committed_reply(state: &KeyState) -> Reply {
+    match &state.committed.1 {
+        Some(v) => Reply::Value { version: state.committed.0.seq, value: v.to_vec() },
+        None => Reply::NotFound,
+    }
+}

@@ -1,0 +1,299 @@
+//! Writes and deletes: one at a time, or a run of pipelined writes together.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::read::read_lease;
+use super::*;
+
+/// Carries out a run of pipelined `WRITE`s of one connection together: one log append for the
+/// run, each write sent to every connected slave (the links combine them into few sends), and
+/// one wait until every write has its majority or the deadline passed. One reply per write,
+/// in order; all are answered once all are done.
+pub fn execute_writes(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) -> Vec<Reply> {
+    let n = writes.len();
+    let mut replies = None;
+    guarded(shared, |s| {
+        replies = Some(write_run(s, writes));
+        None
+    })
+    .map_or_else(|| replies.unwrap_or_default(), |refusal| vec![refusal; n])
+}
+
+pub(super) fn write_run(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) -> Vec<Reply> {
+    let n = writes.len();
+    let unavailable = |why: String| vec![Reply::Err(ErrorReply::Unavailable(why)); n];
+    if let Err(why) = quorum_links(shared, false) {
+        return unavailable(why);
+    }
+    let records: Vec<Record> = writes.iter().map(|(k, v)| Record::store(k, Some(v))).collect();
+    let epoch = shared.epoch();
+    let run = match shared.wal.append_many_tracked(&records) {
+        Ok(run) => run,
+        Err(e) => {
+            return unavailable(format!(
+                "the write-ahead log cannot be appended to, so nothing was written: {e}"
+            ))
+        }
+    };
+    drop(records);
+    let writes: Vec<(String, Stamp, Value)> = writes
+        .into_iter()
+        .zip(run.first..=run.last)
+        .map(|((key, value), seq)| (key, Stamp::new(epoch, seq), Some(Arc::from(value))))
+        .collect();
+    {
+        let mut index = shared.index.lock();
+        for (key, stamp, value) in &writes {
+            index.logged(key, *stamp, value.clone());
+        }
+    }
+    let (links, need) = match quorum_links(shared, false) {
+        Ok(q) => q,
+        Err(why) => {
+            let mut queue = shared.repair_queue.lock();
+            queue.extend(writes.iter().map(|w| w.0.clone()));
+            return vec![
+                Reply::Err(ErrorReply::Timeout(format!(
+                    "{why} after the writes were logged; they may still take effect"
+                )));
+                n
+            ];
+        }
+    };
+    let deadline = Instant::now() + shared.config.ack_timeout * WRITE_DEADLINE_ACK_TIMEOUTS;
+    let outcome = with_replies(|tx, rx| {
+        let mut rids = std::collections::HashMap::with_capacity(n * links.len());
+        let quorums: Vec<Arc<Quorum>> = (0..n).map(|_| Arc::new(Quorum::new(need))).collect();
+        let mut body = Vec::with_capacity(256);
+        for (i, (key, stamp, value)) in writes.iter().enumerate() {
+            body.clear();
+            encode_body(epoch, &Command::store(*stamp, key, value.as_deref()), &mut body);
+            for link in &links {
+                let rid = shared.rid();
+                if link.send_counted(rid, &body, tx, &quorums[i]) {
+                    link.requests.fetch_add(1, Ordering::Relaxed);
+                    rids.insert(rid, (i, Arc::clone(link)));
+                }
+            }
+        }
+        let mut fenced = None;
+        // Failed answers per write: once more than the members that could still answer, the
+        // write cannot reach its majority.
+        let mut failed = vec![0usize; n];
+        let complete =
+            |quorums: &[Arc<Quorum>]| quorums.iter().all(|q| q.acked().count_ones() as usize >= need);
+        while fenced.is_none() && !complete(&quorums) {
+            let short = (0..n).any(|i| {
+                quorums[i].acked().count_ones() as usize + links.len().saturating_sub(failed[i]) < need
+            });
+            if short || Instant::now() >= deadline {
+                break;
+            }
+            // A timeout is noticed at the top of the loop.
+            if let Ok(ack) = recv_parked(rx, deadline) {
+                match (ack.outcome, rids.get(&ack.rid)) {
+                    (Outcome::Ok(_), _) | (_, None) => {}
+                    (Outcome::Fenced(newer), _) => fenced = Some(newer),
+                    (other, Some((i, _))) => {
+                        log::debug!("slave slot {} did not apply a pipelined write: {other:?}", ack.slot);
+                        failed[*i] += 1;
+                    }
+                }
+            }
+        }
+        for (rid, (_, link)) in rids {
+            link.forget(rid);
+        }
+        (quorums, fenced)
+    });
+    drop(run);
+    let (quorums, fenced) = outcome;
+    if let Some(newer) = fenced {
+        shared.step_down(newer);
+        return vec![
+            Reply::Err(ErrorReply::Timeout(format!(
+                "superseded by a master of epoch {newer} while writing; outcome unknown"
+            )));
+            n
+        ];
+    }
+    writes
+        .into_iter()
+        .zip(quorums)
+        .map(|((key, stamp, value), quorum)| {
+            let acked = quorum.acked().count_ones() as usize;
+            if acked >= need {
+                commit_write(shared, &key, stamp, value);
+                Reply::Ok(stamp.seq)
+            } else {
+                shared.repair_queue.lock().insert(key);
+                Reply::Err(ErrorReply::Timeout(format!(
+                    "{acked} of {need} acknowledgements in time; the write is logged at version {} and may still take effect",
+                    stamp.seq
+                )))
+            }
+        })
+        .collect()
+}
+
+pub(super) fn write(
+    shared: &Arc<Shared>,
+    key: String,
+    value: Value,
+    client: Option<&Arc<ClientOut>>,
+) -> Option<Reply> {
+    // Refused before anything is logged when a majority is not even connected.
+    if let Err(why) = quorum_links(shared, false) {
+        return Some(Reply::Err(ErrorReply::Unavailable(why)));
+    }
+    let record = Record::store(&key, value.as_deref());
+    let epoch = shared.epoch();
+    // Unsettled until it has been handed to every link (see `Wal::append_tracked`).
+    let appended = match shared.wal.append_tracked(&record) {
+        Ok(appended) => appended,
+        Err(e) => {
+            return Some(Reply::Err(ErrorReply::Unavailable(format!(
+                "the write-ahead log cannot be appended to, so nothing was written: {e}"
+            ))));
+        }
+    };
+    let seq = appended.seq;
+    let stamp = Stamp::new(epoch, seq);
+    shared.index.lock().logged(&key, stamp, value.clone());
+    crate::failpoint::failpoint("after-append");
+    // The links are taken after the append: a slave attached before this line is sent the
+    // write here, one attached after it finds the write in the index it is resynced from.
+    let (links, need) = match quorum_links(shared, false) {
+        Ok(q) => q,
+        Err(why) => {
+            shared.repair_queue.lock().insert(key);
+            return Some(Reply::Err(ErrorReply::Timeout(format!(
+                "{why} after the write was logged at version {seq}; it may still take effect"
+            ))));
+        }
+    };
+    let command = Command::store(stamp, &key, value.as_deref());
+    let deadline = Instant::now() + shared.config.ack_timeout * WRITE_DEADLINE_ACK_TIMEOUTS;
+    // Only while this is the one request in flight: a reader that answers clients does it one
+    // after another for all the ACKs it read at once, where the connections' own threads would
+    // answer in parallel; under load that costs more than the wake-up it saves.
+    let client = client.filter(|_| shared.inflight.load(Ordering::Relaxed) <= EARLY_ANSWER_MAX_INFLIGHT);
+    let finish = client.map(|client| finish_write(shared, client, key.clone(), stamp, value.clone()));
+    let quorum = Arc::new(Quorum::with_finish(need, finish));
+    let result = replicate(shared, links, &quorum, epoch, &command, deadline, true);
+    drop(appended);
+    if client.is_some() && quorum.take_finish().is_none() {
+        // A slave reader completed the quorum, committed the write and answered the client.
+        return answered_by_reader(shared, &quorum, client?, seq);
+    }
+    Some(match result {
+        Replicated::Quorum => {
+            commit_write(shared, &key, stamp, value);
+            Reply::Ok(seq)
+        }
+        Replicated::Short(acked) => {
+            shared.repair_queue.lock().insert(key);
+            Reply::Err(ErrorReply::Timeout(format!(
+                "{} of {need} acknowledgements in time; the write is logged at version {seq} and may still take effect",
+                acked.count_ones()
+            )))
+        }
+        Replicated::Fenced(newer) => {
+            shared.step_down(newer);
+            Reply::Err(ErrorReply::Timeout(format!(
+                "superseded by a master of epoch {newer} while writing; outcome unknown"
+            )))
+        }
+    })
+}
+
+/// Logs and replicates `value` under `key` again, in `epoch`, on `links`; `Ok` once a majority
+/// has it and it is committed. For a write a new master recovered from the slaves, and for a
+/// key a slave holds a newer unacknowledged copy of, which only a newer stamp replaces.
+pub fn relog(
+    shared: &Shared,
+    links: &[Arc<Link>],
+    need: usize,
+    epoch: u64,
+    key: String,
+    value: Value,
+) -> Result<u64, String> {
+    let appended =
+        shared.wal.append_tracked(&Record::store(&key, value.as_deref())).map_err(|e| e.to_string())?;
+    let stamp = Stamp::new(epoch, appended.seq);
+    shared.index.lock().logged(&key, stamp, value.clone());
+    let command = Command::store(stamp, &key, value.as_deref());
+    let deadline = Instant::now() + shared.config.ack_timeout * WRITE_DEADLINE_ACK_TIMEOUTS;
+    let quorum = Arc::new(Quorum::new(need));
+    match replicate(shared, links.to_vec(), &quorum, epoch, &command, deadline, false) {
+        Replicated::Quorum => {
+            shared.index.lock().commit(&key, stamp, value);
+            Ok(stamp.seq)
+        }
+        Replicated::Short(acked) => Err(format!("{} of {need} acknowledgements", acked.count_ones())),
+        Replicated::Fenced(newer) => {
+            shared.state.note_superseded(newer);
+            Err(format!("a slave has joined epoch {newer}"))
+        }
+    }
+}
+
+/// The most requests in flight (this one included) at which a write's answer is left to the
+/// slave reader that completes its quorum.
+pub(super) const EARLY_ANSWER_MAX_INFLIGHT: usize = 1;
+
+/// What the slave reader that completes a write's quorum runs: commit it and send `OK`.
+pub(super) fn finish_write(
+    shared: &Arc<Shared>,
+    client: &Arc<ClientOut>,
+    key: String,
+    stamp: Stamp,
+    value: Value,
+) -> Finish {
+    let (shared, client) = (Arc::clone(shared), Arc::clone(client));
+    Box::new(move |_acked| {
+        commit_write(&shared, &key, stamp, value);
+        let mut answer = Vec::with_capacity(32);
+        Reply::Ok(stamp.seq).encode_into(&mut answer);
+        client.send_or_keep(&answer);
+    })
+}
+
+/// After a reader took the write's finish: waits until it has run, then sends what it could
+/// not. `None`: the client has its answer.
+pub(super) fn answered_by_reader(
+    shared: &Shared,
+    quorum: &Quorum,
+    client: &ClientOut,
+    seq: u64,
+) -> Option<Reply> {
+    let deadline = Instant::now() + shared.config.ack_timeout;
+    while !quorum.finished() {
+        let now = Instant::now();
+        if now >= deadline {
+            // Not expected: the finish only commits and sends without blocking.
+            log::error!("a slave reader took the answer to the write at version {seq} but did not send it");
+            return Some(Reply::Err(ErrorReply::Timeout(format!(
+                "the write at version {seq} was acknowledged by a majority but its answer was lost"
+            ))));
+        }
+        // The reader unparks this thread when it delivers the ACK, after the finish.
+        std::thread::park_timeout(deadline - now);
+    }
+    client.flush_unsent();
+    None
+}
+
+pub(super) fn delete(shared: &Arc<Shared>, key: String, client: Option<&Arc<ClientOut>>) -> Option<Reply> {
+    let exists = shared.index.lock().get(&key).is_some_and(|s| s.committed.1.is_some());
+    if !exists {
+        // `NOT_FOUND` is a read of the key: it needs the read lease like any read.
+        if let Err(reply) = read_lease(shared) {
+            return Some(reply);
+        }
+        return Some(Reply::NotFound);
+    }
+    write(shared, key, None, client)
+}
