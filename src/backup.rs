@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::Client;
 use crate::master::replica::{self, follow_stream, next_epoch, takeover};
-use crate::master::{Role, Shared};
+use crate::master::{Following, Lag, Role, Shared};
 use crate::protocol::{Reply, Request};
 use crate::wal::{Follower, Record};
 
@@ -163,12 +163,10 @@ impl Standby {
                 f.poll(&mut || shared.reset_state(), &mut |seq, record| shared.apply_record(seq, record));
             match polled {
                 Ok(_) => {
-                    let rows = vec![
-                        ("following".to_string(), path.display().to_string()),
-                        ("follow_seq".to_string(), f.last_seq().to_string()),
-                        ("lag_bytes".to_string(), f.lag_bytes().to_string()),
-                    ];
-                    *shared.extra_stats.lock() = rows;
+                    *shared.following.lock() = Some(Following {
+                        source: path.display().to_string(),
+                        lag: Lag::Bytes(f.lag_bytes()),
+                    });
                 }
                 Err(e) => log::error!("cannot apply the followed log {}: {e}", path.display()),
             }
@@ -185,12 +183,8 @@ impl Standby {
             if !allowed && (self.own_epoch == 0 || at.epoch > self.own_epoch) {
                 allowed = true;
             }
-            let applied = shared.wal.last_seq();
-            *shared.extra_stats.lock() = vec![
-                ("following".to_string(), config.primary.clone()),
-                ("follow_seq".to_string(), applied.to_string()),
-                ("lag_records".to_string(), at.seq.saturating_sub(applied).to_string()),
-            ];
+            let lag = Lag::Records(at.seq.saturating_sub(shared.wal.last_seq()));
+            *shared.following.lock() = Some(Following { source: config.primary.clone(), lag });
             // While holding a newer copy of our own, do not let the stream overwrite it.
             allowed && shared.role() == Role::Standby
         });
@@ -258,7 +252,7 @@ impl Standby {
                 if let Source::File(path) = &config.source {
                     self.peek = Some(Follower::new(path));
                 }
-                shared.extra_stats.lock().clear();
+                *shared.following.lock() = None;
             }
             Err(replica::TakeoverError::Stale(newer)) => {
                 log::warn!("takeover abandoned: a slave has joined epoch {newer}; following again");

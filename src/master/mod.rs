@@ -192,6 +192,25 @@ pub struct Stats {
     pub errors: AtomicU64,
 }
 
+/// What a master that is not serving copies, and how far behind it is (for `STATS`): a
+/// backup follows the primary, and a primary follows the backup while it fails back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Following {
+    /// The log file polled, or the master streamed from.
+    pub source: String,
+    /// What is known to be left to copy.
+    pub lag: Lag,
+}
+
+/// How far a follower is behind its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lag {
+    /// Bytes of the followed file not applied yet (a partial last line, or a damaged one).
+    Bytes(u64),
+    /// Records the streaming master had logged and this one has not applied yet.
+    Records(u64),
+}
+
 /// State shared by all of a master's threads.
 ///
 /// Lock order: `members` before `index` before `history`, and `members` before `welcomed`;
@@ -228,8 +247,8 @@ pub struct Shared {
     pub welcomed: Mutex<HashSet<String>>,
     /// Client writes between their role check and their reply (a hand-off waits for them).
     pub inflight: AtomicUsize,
-    /// Extra `STATS` rows of a controller (a backup's lag, say).
-    pub extra_stats: Mutex<Vec<(String, String)>>,
+    /// What this master follows while it is not serving, and how far behind it is.
+    pub following: Mutex<Option<Following>>,
 }
 
 impl Shared {
@@ -321,7 +340,7 @@ impl Master {
             stale_keys: Mutex::new(HashSet::new()),
             welcomed: Mutex::new(HashSet::new()),
             inflight: AtomicUsize::new(0),
-            extra_stats: Mutex::new(Vec::new()),
+            following: Mutex::new(None),
         });
         Ok(Master { shared, listener })
     }

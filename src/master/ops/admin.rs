@@ -54,7 +54,14 @@ pub(super) fn stats(shared: &Arc<Shared>) -> Reply {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect::<Vec<_>>();
-    rows.extend(shared.extra_stats.lock().iter().cloned());
+    if let Some(f) = shared.following.lock().clone() {
+        rows.push(("following".into(), f.source));
+        rows.push(("follow_seq".into(), seq.to_string()));
+        rows.push(match f.lag {
+            crate::master::Lag::Bytes(n) => ("lag_bytes".into(), n.to_string()),
+            crate::master::Lag::Records(n) => ("lag_records".into(), n.to_string()),
+        });
+    }
     for (_, m) in &members {
         let link = m.link.as_ref();
         let requests = link.map_or(0, |l| l.requests.load(Ordering::Relaxed));

@@ -279,6 +279,8 @@ pub fn sync_from(shared: &Shared, addr: &str) -> Result<u64> {
     follow_stream(shared, addr, |at| {
         remote_epoch = remote_epoch.max(at.epoch);
         let applied = shared.wal.last_seq();
+        let lag = crate::master::Lag::Records(at.seq.saturating_sub(applied));
+        *shared.following.lock() = Some(crate::master::Following { source: addr.to_string(), lag });
         match handoff {
             None if applied >= at.seq => match request_handoff(addr, shared.config.secret.as_ref()) {
                 Ok(h) => {

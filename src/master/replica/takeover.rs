@@ -133,6 +133,7 @@ pub fn takeover(
             None => TakeoverError::Aborted,
         });
     }
+    *shared.following.lock() = None;
     let links = shared.members.lock().live_links();
     for link in &links {
         crate::master::slaves::start_resync(shared, link);
