@@ -116,6 +116,16 @@ fn first_read(addr: &str, keys: usize) -> Instant {
     panic!("no read served by {addr}");
 }
 
+/// Waits, at the same time, for the first write and the first read served by `addr`; returns
+/// when each came.
+fn first_service(addr: &str, keys: usize) -> (Instant, Instant) {
+    thread::scope(|s| {
+        let w = s.spawn(|| first_write(addr));
+        let r = s.spawn(|| first_read(addr, keys));
+        (w.join().unwrap(), r.join().unwrap())
+    })
+}
+
 /// Resident memory of a process, in bytes.
 fn rss(pid: Option<u32>) -> u64 {
     let Some(pid) = pid else { return 0 };
@@ -234,22 +244,14 @@ fn run(keys: usize, run: usize) -> Figures {
     thread::sleep(Duration::from_millis(500));
     let killed = Instant::now();
     c.primary.kill();
-    let (w, r) = thread::scope(|s| {
-        let w = s.spawn(|| first_write(&b));
-        let r = s.spawn(|| first_read(&b, keys));
-        (w.join().unwrap(), r.join().unwrap())
-    });
+    let (w, r) = first_service(&b, keys);
     f.push(("kill -9 primary -> first write on the backup, s", w.duration_since(killed).as_secs_f64()));
     f.push(("kill -9 primary -> first read on the backup, s", r.duration_since(killed).as_secs_f64()));
 
     // Failback.
     let restarted = Instant::now();
     c.primary.restart().unwrap();
-    let (w, r) = thread::scope(|s| {
-        let w = s.spawn(|| first_write(&p));
-        let r = s.spawn(|| first_read(&p, keys));
-        (w.join().unwrap(), r.join().unwrap())
-    });
+    let (w, r) = first_service(&p, keys);
     f.push(("failback: restart -> first write on the primary, s", w.duration_since(restarted).as_secs_f64()));
     f.push(("failback: restart -> first read on the primary, s", r.duration_since(restarted).as_secs_f64()));
     wait_for("the backup to follow again", WAIT, || stat(&b, "role").as_deref() == Some("standby")).unwrap();
@@ -272,11 +274,7 @@ fn run(keys: usize, run: usize) -> Figures {
     let log_bytes = stat_u64(&p, "wal_bytes");
     let restarted = Instant::now();
     c.primary.restart().unwrap();
-    let (w, r) = thread::scope(|s| {
-        let w = s.spawn(|| first_write(&p));
-        let r = s.spawn(|| first_read(&p, keys));
-        (w.join().unwrap(), r.join().unwrap())
-    });
+    let (w, r) = first_service(&p, keys);
     f.push(("lone primary restart -> first write, s", w.duration_since(restarted).as_secs_f64()));
     f.push(("lone primary restart -> first read, s", r.duration_since(restarted).as_secs_f64()));
     println!("run {run}: (log of {log_bytes} bytes, seq {records} at the restart)");

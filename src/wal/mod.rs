@@ -427,16 +427,7 @@ impl Wal {
         st.last_seq = last;
         st.pending_count += 1;
         st.stats.appends += records.len() as u64;
-        let batch = st.next_batch;
-        let result = loop {
-            if st.done_batch >= batch {
-                break st.take_failure(batch);
-            }
-            if !st.writing {
-                break self.lead(&mut st);
-            }
-            shared.batch_done.wait(&mut st);
-        };
+        let result = self.finish_batch(&mut st);
         match result {
             Ok(()) => {
                 st.last_record = st.last_record.max(last);
@@ -484,19 +475,7 @@ impl Wal {
         encode(seq, record, &mut st.pending);
         st.pending_count += 1;
         st.stats.appends += 1;
-        let batch = st.next_batch;
-        let result = loop {
-            if st.done_batch >= batch {
-                // Someone else's write carried this line.
-                break st.take_failure(batch);
-            }
-            if !st.writing {
-                // Nobody took this line yet (a leader would have advanced `done_batch` or still
-                // be `writing`), so it is still in `pending`: write the batch.
-                break self.lead(&mut st);
-            }
-            shared.batch_done.wait(&mut st);
-        };
+        let result = self.finish_batch(&mut st);
         match &result {
             Ok(()) => st.last_record = st.last_record.max(seq),
             Err(_) if track => {
@@ -541,6 +520,24 @@ impl Wal {
         st.last_record = 0;
         st.unsettled.clear();
         Ok(())
+    }
+
+    /// Returns once the batch that will carry what was just added to `pending` is written:
+    /// by this thread as the leader, or by another one.
+    fn finish_batch(&self, st: &mut MutexGuard<'_, State>) -> Result<()> {
+        let batch = st.next_batch;
+        loop {
+            if st.done_batch >= batch {
+                // Someone else's write carried this line.
+                return st.take_failure(batch);
+            }
+            if !st.writing {
+                // Nobody took this line yet (a leader would have advanced `done_batch` or still
+                // be `writing`), so it is still in `pending`: write the batch.
+                return self.lead(st);
+            }
+            self.shared.batch_done.wait(st);
+        }
     }
 
     /// Writes everything pending as one batch, as the leader, with the lock released during the
