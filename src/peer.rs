@@ -277,25 +277,31 @@ impl Request {
     }
 }
 
+/// What [`encode_body`] writes for [`Command::store`]`(stamp, key, value)`, without building
+/// the command (the write path has the key and value already, and need not copy them).
+pub fn encode_store_body(epoch: u64, stamp: Stamp, key: &str, value: Option<&[u8]>, out: &mut Vec<u8>) {
+    push_u64(out, epoch);
+    out.extend_from_slice(if value.is_some() { b" SET " } else { b" DEL " });
+    push_stamp(out, stamp);
+    out.push(b' ');
+    out.extend_from_slice(key.as_bytes());
+    if let Some(value) = value {
+        out.push(b' ');
+        escape::escape_into(value, out);
+    }
+    out.push(b'\n');
+}
+
 /// Appends everything of a request line after `<rid> `, `\n` included: a master encodes a
 /// write once and sends it to several slaves, each with its own id in front.
 pub fn encode_body(epoch: u64, command: &Command, out: &mut Vec<u8>) {
-    push_u64(out, epoch);
     match command {
-        Command::Set { stamp, key, value } => {
-            out.extend_from_slice(b" SET ");
-            push_stamp(out, *stamp);
-            out.push(b' ');
-            out.extend_from_slice(key.as_bytes());
-            out.push(b' ');
-            escape::escape_into(value, out);
-        }
-        Command::Del { stamp, key } => {
-            out.extend_from_slice(b" DEL ");
-            push_stamp(out, *stamp);
-            out.push(b' ');
-            out.extend_from_slice(key.as_bytes());
-        }
+        Command::Set { stamp, key, value } => return encode_store_body(epoch, *stamp, key, Some(value), out),
+        Command::Del { stamp, key } => return encode_store_body(epoch, *stamp, key, None, out),
+        _ => push_u64(out, epoch),
+    }
+    match command {
+        Command::Set { .. } | Command::Del { .. } => {}
         Command::Get { key } => {
             out.extend_from_slice(b" GET ");
             out.extend_from_slice(key.as_bytes());

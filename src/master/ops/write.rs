@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::read::read_lease;
 use super::*;
+use crate::peer::encode_store_body;
 
 /// Carries out a run of pipelined `WRITE`s of one connection together: one log append for the
 /// run, each write sent to every connected slave (the links combine them into few sends), and
@@ -69,7 +70,7 @@ pub(super) fn write_run(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) ->
         let mut body = Vec::with_capacity(256);
         for (i, (key, stamp, value)) in writes.iter().enumerate() {
             body.clear();
-            encode_body(epoch, &Command::store(*stamp, key, value.as_deref()), &mut body);
+            encode_store_body(epoch, *stamp, key, value.as_deref(), &mut body);
             for link in &links {
                 let rid = shared.rid();
                 if link.send_counted(rid, &body, tx, &quorums[i]) {
