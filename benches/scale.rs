@@ -7,7 +7,8 @@
 //!   it against before it,
 //! - kill -9 of the primary -> first write acknowledged and first read served by the backup,
 //! - restart of the old primary -> first write and first read it serves (failback),
-//! - restart of a lone primary (the backup stopped first) -> first write and first read,
+//! - restart of a lone primary (the backup stopped first, the log holding about two records
+//!   per key) -> first write and first read,
 //! - the full resync rate of a slave that lost its memory (restarted),
 //! - resident memory per key of the master and of a slave,
 //!
@@ -17,7 +18,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -124,6 +125,20 @@ fn first_service(addr: &str, keys: usize) -> (Instant, Instant) {
         let r = s.spawn(|| first_read(addr, keys));
         (w.join().unwrap(), r.join().unwrap())
     })
+}
+
+/// The number of lines (records) of a log file.
+fn log_lines(path: &std::path::Path) -> u64 {
+    let mut file = std::fs::File::open(path).expect("the log");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0;
+    loop {
+        let got = file.read(&mut buf).expect("read the log");
+        if got == 0 {
+            return n;
+        }
+        n += buf[..got].iter().filter(|&&b| b == b'\n').count() as u64;
+    }
 }
 
 /// Resident memory of a process, in bytes.
@@ -270,8 +285,13 @@ fn run(keys: usize, run: usize) -> Figures {
     if let Some(backup) = c.backup.as_mut() {
         backup.kill();
     }
+    // One more overwrite of every key, so the log holds about two records per key (what it
+    // holds just before an automatic compaction at the default 100 %).
+    load(&p, keys, 3);
+    wait_for("compactions to finish", WAIT, || stat(&p, "compacting").as_deref() == Some("0")).unwrap();
     let records = stat_u64(&p, "seq");
     let log_bytes = stat_u64(&p, "wal_bytes");
+    f.push(("log records at the lone restart / keys", log_lines(c.primary_wal()) as f64 / keys as f64));
     let restarted = Instant::now();
     c.primary.restart().unwrap();
     let (w, r) = first_service(&p, keys);
