@@ -172,7 +172,10 @@ pub enum Outcome {
     Pong(u64),
     /// The request's epoch is older than the accepted one (given).
     Fenced(u64),
-    /// A lease of the current epoch's master is live for this many milliseconds more.
+    /// A lease of the current epoch's master is live for this many milliseconds more, so the
+    /// request (of a newer epoch) was not applied. A master takes it as this slave's refusal:
+    /// a write goes on with the other slaves, a takeover waits for the slave to join (which
+    /// it does, through registration, once the lease is over).
     Wait(u64),
     /// The request was malformed.
     Err(String),

@@ -543,7 +543,10 @@ fn serve_connection(shared: &Arc<Shared>, stream: TcpStream) {
                     // The answer may be sent by another thread only when it would be sent at
                     // once anyway: nothing is waiting in `out` and no further request is buffered.
                     let early = out.is_empty() && !reader.has_buffered_line() && next.is_none();
-                    ops::execute(shared, request, early.then_some(&client))
+                    match ops::execute(shared, request, early.then_some(&client)) {
+                        ops::Answer::Reply(reply) => Some(reply),
+                        ops::Answer::Sent => None,
+                    }
                 }
                 Err(msg) => Some(Reply::invalid(msg)),
             };

@@ -32,43 +32,60 @@ use admin::{members_table, remove_member, stats};
 use read::read;
 use write::{delete, write};
 
-/// Carries out one parsed client request (not `QUIT` or `CLIENT`, which the connection handles).
-///
-/// `client`: the connection, when nothing is buffered for it and no further request is waiting,
-/// so a write's answer may be sent by the slave reader that completes its quorum. `None` means
-/// the answer was sent that way.
-pub fn execute(shared: &Arc<Shared>, request: Request, client: Option<&Arc<ClientOut>>) -> Option<Reply> {
-    match request {
-        Request::Write { key, value } => guarded(shared, |s| write(s, key, Some(value.into()), client)),
-        Request::Delete { key } => guarded(shared, |s| delete(s, key, client)),
-        Request::Read { key } => guarded(shared, |s| Some(read(s, &key))),
-        Request::Ping => Some(Reply::Pong),
-        Request::Stats => Some(stats(shared)),
-        Request::Members => Some(members_table(shared)),
-        Request::Remove { id } => guarded(shared, |s| Some(remove_member(s, &id))),
-        Request::Compact => {
-            shared.compaction.request();
-            Some(Reply::Done)
-        }
-        Request::Quit | Request::Hello | Request::Auth { .. } => Some(Reply::invalid("unexpected request")),
-    }
+/// What became of a request's answer.
+#[derive(Debug)]
+pub enum Answer {
+    /// The reply, for the connection's thread to send.
+    Reply(Reply),
+    /// Already sent to the client, by the slave reader that completed the write's quorum.
+    Sent,
 }
 
-/// Runs `f` only on a primary. The in-flight count is raised before the role is checked, so a
-/// hand-off that switches the role and then waits for the count to reach zero cannot miss a
-/// write that passed the check.
-pub(super) fn guarded(shared: &Arc<Shared>, f: impl FnOnce(&Arc<Shared>) -> Option<Reply>) -> Option<Reply> {
+/// Carries out one parsed client request (not `QUIT` or `CLIENT`, which the connection handles).
+///
+/// `early`: the connection, when nothing is buffered for it and no further request is waiting,
+/// so that a write's answer may be sent by the slave reader that completes its quorum
+/// ([`Answer::Sent`]).
+pub fn execute(shared: &Arc<Shared>, request: Request, early: Option<&Arc<ClientOut>>) -> Answer {
+    let reply = match request {
+        Request::Write { key, value } => {
+            return guarded(shared, |s| write(s, key, Some(value.into()), early), Answer::Reply)
+        }
+        Request::Delete { key } => return guarded(shared, |s| delete(s, key, early), Answer::Reply),
+        Request::Read { key } => guarded(shared, |s| read(s, &key), |refusal| refusal),
+        Request::Ping => Reply::Pong,
+        Request::Stats => stats(shared),
+        Request::Members => members_table(shared),
+        Request::Remove { id } => guarded(shared, |s| remove_member(s, &id), |refusal| refusal),
+        Request::Compact => {
+            shared.compaction.request();
+            Reply::Done
+        }
+        Request::Quit | Request::Hello | Request::Auth { .. } => Reply::invalid("unexpected request"),
+    };
+    Answer::Reply(reply)
+}
+
+/// Runs `f` only on a primary; otherwise makes the refusal (`NOTPRIMARY`, or `UNAVAILABLE`
+/// while taking over) into what `f` would return with `refused`. The in-flight count is raised
+/// before the role is checked, so a hand-off that switches the role and then waits for the
+/// count to reach zero cannot miss a write that passed the check.
+pub(super) fn guarded<T>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&Arc<Shared>) -> T,
+    refused: impl FnOnce(Reply) -> T,
+) -> T {
     shared.inflight.fetch_add(1, Ordering::SeqCst);
-    let reply = match shared.role() {
+    let result = match shared.role() {
         super::Role::Primary => f(shared),
-        super::Role::Candidate => Some(Reply::Err(ErrorReply::Unavailable(format!(
+        super::Role::Candidate => refused(Reply::Err(ErrorReply::Unavailable(format!(
             "taking over as primary (epoch {}): waiting for a majority of slaves",
             shared.epoch()
         )))),
-        super::Role::Standby => Some(shared.not_primary()),
+        super::Role::Standby => refused(shared.not_primary()),
     };
     shared.inflight.fetch_sub(1, Ordering::SeqCst);
-    reply
+    result
 }
 
 /// How a replication round ended.

@@ -14,12 +14,7 @@ use crate::peer::encode_store_body;
 /// in order; all are answered once all are done.
 pub fn execute_writes(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) -> Vec<Reply> {
     let n = writes.len();
-    let mut replies = None;
-    guarded(shared, |s| {
-        replies = Some(write_run(s, writes));
-        None
-    })
-    .map_or_else(|| replies.unwrap_or_default(), |refusal| vec![refusal; n])
+    guarded(shared, |s| write_run(s, writes), |refusal| vec![refusal; n])
 }
 
 pub(super) fn write_run(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) -> Vec<Reply> {
@@ -144,10 +139,10 @@ pub(super) fn write(
     key: String,
     value: Value,
     client: Option<&Arc<ClientOut>>,
-) -> Option<Reply> {
+) -> Answer {
     // Refused before anything is logged when a majority is not even connected.
     if let Err(why) = quorum_links(shared, false) {
-        return Some(Reply::Err(ErrorReply::Unavailable(why)));
+        return Answer::Reply(Reply::Err(ErrorReply::Unavailable(why)));
     }
     let record = Record::store(&key, value.as_deref());
     let epoch = shared.epoch();
@@ -155,7 +150,7 @@ pub(super) fn write(
     let appended = match shared.wal.append_tracked(&record) {
         Ok(appended) => appended,
         Err(e) => {
-            return Some(Reply::Err(ErrorReply::Unavailable(format!(
+            return Answer::Reply(Reply::Err(ErrorReply::Unavailable(format!(
                 "the write-ahead log cannot be appended to, so nothing was written: {e}"
             ))));
         }
@@ -170,7 +165,7 @@ pub(super) fn write(
         Ok(q) => q,
         Err(why) => {
             shared.repair_queue.lock().insert(key);
-            return Some(Reply::Err(ErrorReply::Timeout(format!(
+            return Answer::Reply(Reply::Err(ErrorReply::Timeout(format!(
                 "{why} after the write was logged at version {seq}; it may still take effect"
             ))));
         }
@@ -187,9 +182,11 @@ pub(super) fn write(
     drop(appended);
     if client.is_some() && quorum.take_finish().is_none() {
         // A slave reader completed the quorum, committed the write and answered the client.
-        return answered_by_reader(shared, &quorum, client?, seq);
+        if let Some(client) = client {
+            return answered_by_reader(shared, &quorum, client, seq);
+        }
     }
-    Some(match result {
+    Answer::Reply(match result {
         Replicated::Quorum => {
             commit_write(shared, &key, stamp, value);
             Reply::Ok(seq)
@@ -263,20 +260,15 @@ pub(super) fn finish_write(
 }
 
 /// After a reader took the write's finish: waits until it has run, then sends what it could
-/// not. `None`: the client has its answer.
-pub(super) fn answered_by_reader(
-    shared: &Shared,
-    quorum: &Quorum,
-    client: &ClientOut,
-    seq: u64,
-) -> Option<Reply> {
+/// not.
+pub(super) fn answered_by_reader(shared: &Shared, quorum: &Quorum, client: &ClientOut, seq: u64) -> Answer {
     let deadline = Instant::now() + shared.config.ack_timeout;
     while !quorum.finished() {
         let now = Instant::now();
         if now >= deadline {
             // Not expected: the finish only commits and sends without blocking.
             log::error!("a slave reader took the answer to the write at version {seq} but did not send it");
-            return Some(Reply::Err(ErrorReply::Timeout(format!(
+            return Answer::Reply(Reply::Err(ErrorReply::Timeout(format!(
                 "the write at version {seq} was acknowledged by a majority but its answer was lost"
             ))));
         }
@@ -284,17 +276,17 @@ pub(super) fn answered_by_reader(
         std::thread::park_timeout(deadline - now);
     }
     client.flush_unsent();
-    None
+    Answer::Sent
 }
 
-pub(super) fn delete(shared: &Arc<Shared>, key: String, client: Option<&Arc<ClientOut>>) -> Option<Reply> {
+pub(super) fn delete(shared: &Arc<Shared>, key: String, client: Option<&Arc<ClientOut>>) -> Answer {
     let exists = shared.index.lock().get(&key).is_some_and(|s| s.committed.1.is_some());
     if !exists {
         // `NOT_FOUND` is a read of the key: it needs the read lease like any read.
         if let Err(reply) = read_lease(shared) {
-            return Some(reply);
+            return Answer::Reply(reply);
         }
-        return Some(Reply::NotFound);
+        return Answer::Reply(Reply::NotFound);
     }
     write(shared, key, None, client)
 }
