@@ -228,16 +228,18 @@ fn redis(dir: &std::path::Path, port: u16, primary: Option<u16>) -> RedisServer 
     RedisServer(child)
 }
 
-fn redis_info(port: u16) -> String {
-    let mut c = Conn::connect(Peer::Redis, &format!("127.0.0.1:{port}"));
-    c.push_resp(&[b"INFO", b"replication"]);
-    c.stream.write_all(&c.out).unwrap();
-    c.line.clear();
-    c.reader.read_until(b'\n', &mut c.line).unwrap();
-    let len: usize = std::str::from_utf8(&c.line[1..]).unwrap().trim().parse().unwrap();
+/// `INFO replication` of the Redis server on `port`, or `None` while it does not answer.
+fn redis_info(port: u16) -> Option<String> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    (&stream).write_all(b"*2\r\n$4\r\nINFO\r\n$11\r\nreplication\r\n").ok()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let len: usize = line.strip_prefix('$')?.trim().parse().ok()?;
     let mut body = vec![0u8; len + 2];
-    c.reader.read_exact(&mut body).unwrap();
-    String::from_utf8_lossy(&body).into_owned()
+    reader.read_exact(&mut body).ok()?;
+    Some(String::from_utf8_lossy(&body).into_owned())
 }
 
 fn main() {
@@ -252,7 +254,7 @@ fn main() {
     let _replicas: Vec<RedisServer> =
         (0..2).map(|_| redis(dir.path(), free_port().unwrap().port(), Some(port))).collect();
     wait_for("Redis with two replicas", Duration::from_secs(30), || {
-        std::panic::catch_unwind(|| redis_info(port).contains("connected_slaves:2")).unwrap_or(false)
+        redis_info(port).is_some_and(|info| info.contains("connected_slaves:2"))
     })
     .expect("redis");
     let redis_addr = format!("127.0.0.1:{port}");

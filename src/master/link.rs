@@ -120,10 +120,12 @@ impl Quorum {
         self.acked.load(Ordering::Acquire)
     }
 
-    /// Counts `slot`'s acknowledgement; true if the writer must be woken.
+    /// Counts `slot`'s acknowledgement; true if it completed the quorum (a later one does not:
+    /// the writer, woken once, does not care) and the writer must be woken.
     fn count(&self, slot: usize) -> bool {
-        let acked = self.acked.fetch_or(1 << slot, Ordering::AcqRel) | 1 << slot;
-        acked.count_ones() as usize >= self.need
+        let before = self.acked.fetch_or(1 << slot, Ordering::AcqRel);
+        let after = before | 1 << slot;
+        (before.count_ones() as usize) < self.need && after.count_ones() as usize >= self.need
     }
 
     /// Takes the finish, if nobody has: exactly one of the completing reader and the writer gets
@@ -447,9 +449,9 @@ mod tests {
         assert!(quorum.count(3));
         quorum.complete();
         assert!(quorum.finished());
-        // A later ACK, or the writer, finds the finish taken.
-        assert!(quorum.count(1));
-        quorum.complete();
+        // A later ACK wakes nobody (every write now goes to every slave: the third of three
+        // would wake the writer for nothing), and the writer finds the finish taken.
+        assert!(!quorum.count(1));
         assert!(quorum.take_finish().is_none());
         assert_eq!(runs.load(Ordering::SeqCst), 1);
     }
