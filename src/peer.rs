@@ -14,6 +14,10 @@
 //!
 //! master -> slave    <rid> <epoch> SET <data-epoch> <seq> <key> <escaped-value>
 //!                    <rid> <epoch> DEL <data-epoch> <seq> <key>
+//!                    <rid> <epoch> MSET <n> (<data-epoch> <seq> <key> <len> <escaped-value>
+//!                                        | <data-epoch> <seq> <key> T){n}
+//!                                        (a pipelined run: n SETs and DELs in one message,
+//!                                         each value <len> bytes as escaped, T a tombstone)
 //!                    <rid> <epoch> GET <key>
 //!                    <rid> <epoch> PING [<seq>]          (heartbeat; renews the read lease; with
 //!                                                        a seq: every write of this log up to
@@ -33,6 +37,8 @@
 //!                    <rid> ITEM <data-epoch> <seq> <key> V <escaped-value>   (one per entry,
 //!                    <rid> ITEM <data-epoch> <seq> <key> T                    then END)
 //!                    <rid> END <count>
+//!                    <rid> APPLIED <count>                (an MSET: every write applied, or
+//!                                                          a newer one kept)
 //! ```
 //!
 //! Every stored value carries a [`Stamp`] `(epoch, seq)`, ordered by epoch first. Within an
@@ -100,6 +106,9 @@ pub struct Hello {
     pub held: Stamp,
 }
 
+/// One write of a [`Command::Batch`]: stamp, key, and value (`None`: a tombstone).
+pub type BatchWrite = (Stamp, String, Option<Vec<u8>>);
+
 /// What a master asks of a slave.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -107,6 +116,9 @@ pub enum Command {
     Set { stamp: Stamp, key: String, value: Vec<u8> },
     /// Store a tombstone under `key` unless a newer stamp is stored.
     Del { stamp: Stamp, key: String },
+    /// Store several writes (each a value or, for `None`, a tombstone), each unless a newer
+    /// stamp is stored: a pipelined run, in one message and one acknowledgement.
+    Batch(Vec<BatchWrite>),
     /// Return what is stored under `key`.
     Get { key: String },
     /// Heartbeat; renews the master's read lease. `synced`: every write of the master's log
@@ -183,6 +195,8 @@ pub enum Outcome {
     Item { stamp: Stamp, key: String, value: Option<Vec<u8>> },
     /// The end of a `SCAN`, with the number of items sent.
     End(u64),
+    /// Every write of an `MSET` was applied (or a newer one kept); how many.
+    Applied(u64),
 }
 
 /// A reply from a slave: the request's id and the outcome.
@@ -260,6 +274,7 @@ impl Request {
                 [e, s, key] => Command::Del { stamp: stamp(e, s)?, key: parse_key(key)? },
                 _ => return Err("expected: DEL <epoch> <seq> <key>".into()),
             },
+            b"MSET" => Command::Batch(parse_batch(rest.unwrap_or(b""))?),
             b"GET" => match fields(rest.unwrap_or(b"")).as_slice() {
                 [key] => Command::Get { key: parse_key(key)? },
                 _ => return Err("expected: GET <key>".into()),
@@ -278,6 +293,97 @@ impl Request {
         };
         Ok(Request { rid, epoch, command })
     }
+}
+
+/// The most writes one `MSET` carries; a longer run is sent as several.
+pub const MAX_BATCH: usize = 4096;
+
+/// The most bytes of writes (as [`batch_item_bound`] counts them) one `MSET` carries when it
+/// carries more than one: half a peer line. A single write always fits a line on its own.
+pub const MAX_BATCH_BYTES: usize = crate::limits::MAX_PEER_LINE / 2;
+
+/// At most how many bytes a write of `key` and `value` takes in an `MSET`: its value escaped
+/// (at most 4 bytes a byte), its key, and its numbers and spaces.
+pub fn batch_item_bound(key: &str, value: Option<&[u8]>) -> usize {
+    4 * value.map_or(0, <[u8]>::len) + key.len() + 64
+}
+
+const _: () = assert!(
+    b"18446744073709551615 18446744073709551615 MSET 1 ".len()
+        + 4 * crate::limits::MAX_VALUE
+        + crate::limits::MAX_KEY
+        + 64
+        <= crate::limits::MAX_PEER_LINE
+);
+
+/// Appends the `MSET` of `writes` after `<rid> `, `\n` included.
+pub fn encode_batch_body<'a>(
+    epoch: u64,
+    writes: impl ExactSizeIterator<Item = (Stamp, &'a str, Option<&'a [u8]>)>,
+    out: &mut Vec<u8>,
+) {
+    push_u64(out, epoch);
+    out.extend_from_slice(b" MSET ");
+    push_u64(out, writes.len() as u64);
+    let mut escaped = Vec::new();
+    for (stamp, key, value) in writes {
+        out.push(b' ');
+        push_stamp(out, stamp);
+        out.push(b' ');
+        out.extend_from_slice(key.as_bytes());
+        match value {
+            Some(v) => {
+                escaped.clear();
+                escape::escape_into(v, &mut escaped);
+                out.push(b' ');
+                push_u64(out, escaped.len() as u64);
+                out.push(b' ');
+                out.extend_from_slice(&escaped);
+            }
+            None => out.extend_from_slice(b" T"),
+        }
+    }
+    out.push(b'\n');
+}
+
+/// Parses what follows `MSET `: the count, then each write; the count must match.
+fn parse_batch(rest: &[u8]) -> Result<Vec<BatchWrite>, String> {
+    let (count, mut rest) = split_word(rest);
+    let count = number(count)?;
+    if count as usize > MAX_BATCH {
+        return Err(format!("MSET of {count} writes; at most {MAX_BATCH}"));
+    }
+    let mut writes = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        let missing = || format!("MSET write {i} of {count} is missing or cut short");
+        let (e, r) = split_word(rest.ok_or_else(missing)?);
+        let (s, r) = split_word(r.ok_or_else(missing)?);
+        let (key, r) = split_word(r.ok_or_else(missing)?);
+        let (len, r) = split_word(r.ok_or_else(missing)?);
+        let stamp = stamp(e, s)?;
+        let key = parse_key(key)?;
+        if len == b"T" {
+            writes.push((stamp, key, None));
+            rest = r;
+            continue;
+        }
+        let len = number(len)? as usize;
+        let r = r.ok_or_else(missing)?;
+        if r.len() < len {
+            return Err(missing());
+        }
+        let value = escape::unescape(&r[..len]).ok_or("MSET value is not validly escaped")?;
+        writes.push((stamp, key, Some(value)));
+        rest = match &r[len..] {
+            [] => None,
+            [b' ', more @ ..] => Some(more),
+            _ => return Err(format!("MSET write {i}: its value is not {len} bytes")),
+        };
+    }
+    if rest.is_some() {
+        return Err("MSET: more follows its last write".into());
+    }
+    Ok(writes)
 }
 
 /// What [`encode_body`] writes for [`Command::store`]`(stamp, key, value)`, without building
@@ -301,10 +407,14 @@ pub fn encode_body(epoch: u64, command: &Command, out: &mut Vec<u8>) {
     match command {
         Command::Set { stamp, key, value } => return encode_store_body(epoch, *stamp, key, Some(value), out),
         Command::Del { stamp, key } => return encode_store_body(epoch, *stamp, key, None, out),
+        Command::Batch(writes) => {
+            let items = writes.iter().map(|(s, k, v)| (*s, k.as_str(), v.as_deref()));
+            return encode_batch_body(epoch, items, out);
+        }
         _ => push_u64(out, epoch),
     }
     match command {
-        Command::Set { .. } | Command::Del { .. } => {}
+        Command::Set { .. } | Command::Del { .. } | Command::Batch(_) => {}
         Command::Get { key } => {
             out.extend_from_slice(b" GET ");
             out.extend_from_slice(key.as_bytes());
@@ -381,6 +491,10 @@ impl Reply {
                 out.extend_from_slice(b" END ");
                 push_u64(out, *n);
             }
+            Outcome::Applied(n) => {
+                out.extend_from_slice(b" APPLIED ");
+                push_u64(out, *n);
+            }
         }
         out.push(b'\n');
     }
@@ -427,6 +541,7 @@ impl Reply {
                 Outcome::Item { stamp: stamp(e, s)?, key: parse_key(key)?, value }
             }
             b"END" => Outcome::End(number(rest.unwrap_or(b""))?),
+            b"APPLIED" => Outcome::Applied(number(rest.unwrap_or(b""))?),
             b"ERR" => Outcome::Err(
                 String::from_utf8_lossy(&escape::unescape(rest.unwrap_or(b"")).unwrap_or_default())
                     .into_owned(),
@@ -488,6 +603,13 @@ mod tests {
             Command::PING,
             Command::Ping { synced: Some(77) },
             Command::Scan { epoch: 4, seq: 12, older_seq: 9 },
+            Command::Batch(vec![
+                (s, "k".into(), Some(b"a b\nc 3 x".to_vec())),
+                (s, "j".into(), None),
+                (s, "e".into(), Some(Vec::new())),
+                (s, "T".into(), Some(b"T".to_vec())),
+            ]),
+            Command::Batch(Vec::new()),
         ] {
             round_trip_request(Request { rid: 9, epoch: 3, command });
         }
@@ -510,6 +632,7 @@ mod tests {
             Outcome::Item { stamp: s, key: "k".into(), value: Some(Vec::new()) },
             Outcome::Item { stamp: s, key: "k".into(), value: None },
             Outcome::End(3),
+            Outcome::Applied(100),
         ] {
             round_trip_reply(Reply { rid: u64::MAX, outcome });
         }
@@ -523,6 +646,11 @@ mod tests {
             b"1 PING",
             b"1 1 PING extra",
             b"1 1 SCAN 1 2",
+            b"1 1 MSET 2 1 1 k 1 a",
+            b"1 1 MSET 1 1 1 k 5 a",
+            b"1 1 MSET 1 1 1 k 1 ab",
+            b"1 1 MSET 0 x",
+            b"1 1 MSET 99999 1 1 k T",
             b"1 1 SET 1 2 k",
             b"1 1 SET 1 2 k bad\\q",
             b"1 1 DEL 1 k",

@@ -345,6 +345,13 @@ impl Node {
         match command {
             Command::Set { stamp, key, value } => Outcome::Ok(self.store.apply(&key, stamp, Some(value))),
             Command::Del { stamp, key } => Outcome::Ok(self.store.apply(&key, stamp, None)),
+            Command::Batch(writes) => {
+                let n = writes.len() as u64;
+                for (stamp, key, value) in writes {
+                    self.store.apply(&key, stamp, value);
+                }
+                Outcome::Applied(n)
+            }
             Command::Get { key } => match self.store.get(&key) {
                 Some(e) => match &e.value {
                     Some(v) => Outcome::Value(e.stamp, v.clone()),

@@ -155,17 +155,22 @@ fn request(rng: &mut StdRng) -> Request {
 }
 
 fn command(rng: &mut StdRng) -> Command {
-    match rng.gen_range(0..5) {
+    match rng.gen_range(0..6) {
         0 => Command::Set { stamp: stamp(rng), key: key(rng), value: value(rng) },
         1 => Command::Del { stamp: stamp(rng), key: key(rng) },
         2 => Command::Get { key: key(rng) },
         3 => Command::Ping { synced: rng.gen_bool(0.5).then(|| seq(rng)) },
+        4 => Command::Batch(
+            (0..rng.gen_range(0..4))
+                .map(|_| (stamp(rng), key(rng), rng.gen_bool(0.7).then(|| value(rng))))
+                .collect(),
+        ),
         _ => Command::Scan { epoch: num(rng), seq: seq(rng), older_seq: seq(rng) },
     }
 }
 
 fn outcome(rng: &mut StdRng) -> Outcome {
-    match rng.gen_range(0..10) {
+    match rng.gen_range(0..11) {
         0 => Outcome::Ok(stamp(rng)),
         1 => Outcome::Value(stamp(rng), value(rng)),
         2 => Outcome::Tomb(stamp(rng)),
@@ -175,6 +180,7 @@ fn outcome(rng: &mut StdRng) -> Outcome {
         6 => Outcome::Wait(num(rng)),
         7 => Outcome::Err(String::from_utf8_lossy(&value(rng)).into_owned()),
         8 => Outcome::Item { stamp: stamp(rng), key: key(rng), value: rng.gen_bool(0.5).then(|| value(rng)) },
+        9 => Outcome::Applied(num(rng)),
         _ => Outcome::End(num(rng)),
     }
 }

@@ -398,7 +398,7 @@ impl Link {
         let Some(waiter) = self.pending.lock().remove(&rid) else {
             return;
         };
-        if let (Some(quorum), Outcome::Ok(_)) = (&waiter.quorum, &outcome) {
+        if let (Some(quorum), Outcome::Ok(_) | Outcome::Applied(_)) = (&waiter.quorum, &outcome) {
             if !quorum.count(self.slot) {
                 return;
             }

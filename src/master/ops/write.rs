@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::read::read_lease;
 use super::*;
-use crate::peer::encode_store_body;
+use crate::peer::{batch_item_bound, encode_batch_body, MAX_BATCH, MAX_BATCH_BYTES};
 
 /// Carries out a run of pipelined `WRITE`s of one connection together: one log append for the
 /// run, each write sent to every connected slave (the links combine them into few sends), and
@@ -60,20 +60,25 @@ pub(super) fn write_run(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) ->
     };
     let deadline = Instant::now() + shared.config.ack_timeout * WRITE_DEADLINE_ACK_TIMEOUTS;
     let outcome = with_replies(|tx, rx| {
-        let mut rids = std::collections::HashMap::with_capacity(n * links.len());
-        let quorums: Vec<Arc<Quorum>> = (0..n).map(|_| Arc::new(Quorum::new(need))).collect();
+        // The run goes to each slave as few MSETs as its size allows, each one message with one
+        // acknowledgement (and one quorum) for all its writes.
+        let chunks = batches(&writes);
+        let mut rids = std::collections::HashMap::with_capacity(chunks.len() * links.len());
+        let quorums: Vec<Arc<Quorum>> = chunks.iter().map(|_| Arc::new(Quorum::new(need))).collect();
         let mut body = Vec::with_capacity(256);
-        for (i, (key, stamp, value)) in writes.iter().enumerate() {
+        for (i, chunk) in chunks.iter().enumerate() {
             body.clear();
-            encode_store_body(epoch, *stamp, key, value.as_deref(), &mut body);
+            let items = writes[chunk.clone()].iter().map(|(k, s, v)| (*s, k.as_str(), v.as_deref()));
+            encode_batch_body(epoch, items, &mut body);
             for link in &links {
                 let rid = shared.rid();
                 if link.send_counted(rid, &body, tx, &quorums[i]) {
-                    link.requests.fetch_add(1, Ordering::Relaxed);
+                    link.requests.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                     rids.insert(rid, (i, Arc::clone(link)));
                 }
             }
         }
+        let n = chunks.len();
         let mut fenced = None;
         // Failed answers per write: once more than the members that could still answer, the
         // write cannot reach its majority.
@@ -90,7 +95,7 @@ pub(super) fn write_run(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) ->
             // A timeout is noticed at the top of the loop.
             if let Ok(ack) = recv_parked(rx, deadline) {
                 match (ack.outcome, rids.get(&ack.rid)) {
-                    (Outcome::Ok(_), _) | (_, None) => {}
+                    (Outcome::Applied(_), _) | (_, None) => {}
                     (Outcome::Fenced(newer), _) => fenced = Some(newer),
                     (other, Some((i, _))) => {
                         log::debug!("slave slot {} did not apply a pipelined write: {other:?}", ack.slot);
@@ -102,7 +107,10 @@ pub(super) fn write_run(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) ->
         for (rid, (_, link)) in rids {
             link.forget(rid);
         }
-        (quorums, fenced)
+        // Each write's quorum is its batch's.
+        let per_write: Vec<Arc<Quorum>> =
+            chunks.iter().zip(&quorums).flat_map(|(c, q)| c.clone().map(move |_| Arc::clone(q))).collect();
+        (per_write, fenced)
     });
     drop(run);
     let (quorums, fenced) = outcome;
@@ -132,6 +140,26 @@ pub(super) fn write_run(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) ->
             }
         })
         .collect()
+}
+
+/// Splits a run into the index ranges of its `MSET`s: at most [`MAX_BATCH`] writes and
+/// [`MAX_BATCH_BYTES`] (a single write may be bigger: it goes alone), so every `MSET` fits a
+/// peer line.
+fn batches(writes: &[(String, Stamp, Value)]) -> Vec<std::ops::Range<usize>> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (key, _, value)) in writes.iter().enumerate() {
+        let size = batch_item_bound(key, value.as_deref());
+        if i > start && (i - start >= MAX_BATCH || bytes + size > MAX_BATCH_BYTES) {
+            chunks.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < writes.len() {
+        chunks.push(start..writes.len());
+    }
+    chunks
 }
 
 pub(super) fn write(
@@ -289,4 +317,34 @@ pub(super) fn delete(shared: &Arc<Shared>, key: String, client: Option<&Arc<Clie
         return Answer::Reply(Reply::NotFound);
     }
     write(shared, key, None, client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(values: &[usize]) -> Vec<(String, Stamp, Value)> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (format!("k{i}"), Stamp::new(1, i as u64), Some(vec![b'x'; n].into())))
+            .collect()
+    }
+
+    #[test]
+    fn a_run_is_cut_into_messages_that_fit_a_peer_line() {
+        assert_eq!(batches(&run(&[10; 5000])), vec![0..MAX_BATCH, MAX_BATCH..5000]);
+        let max = crate::limits::MAX_VALUE;
+        // Each of the biggest values goes alone, and small ones after them share a message.
+        assert_eq!(batches(&run(&[max, max, 5, 5])), vec![0..1, 1..2, 2..4]);
+        assert_eq!(batches(&[]), Vec::<std::ops::Range<usize>>::new());
+        for chunk in batches(&run(&[max / 3; 20])) {
+            let bytes: usize =
+                run(&[max / 3; 20])[chunk].iter().map(|(k, _, v)| batch_item_bound(k, v.as_deref())).sum();
+            assert!(
+                bytes <= MAX_BATCH_BYTES || bytes <= batch_item_bound("k0", Some(&vec![0; max])),
+                "{bytes}"
+            );
+        }
+    }
 }
