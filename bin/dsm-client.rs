@@ -57,6 +57,12 @@ struct Args {
     /// certainly did nothing are retried, so a write is never applied twice.
     #[arg(long, value_name = "MS", default_value_t = DEFAULT_WAIT_MS)]
     wait_ms: u64,
+    /// Mass insertion, as `redis-cli --pipe`: protocol lines from standard input, sent
+    /// pipelined in large batches (a run of writes is logged and replicated together); prints
+    /// a summary (sent, OK, errors) and exits non-zero if any request failed. Replies are not
+    /// printed, errors are (with their line number), on standard error.
+    #[arg(long)]
+    pipe: bool,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -114,6 +120,13 @@ fn main() -> ExitCode {
     };
     if let Some(password) = password {
         client.set_password(&password);
+    }
+    if args.pipe {
+        if args.command.is_some() {
+            eprintln!("error: --pipe reads its commands from standard input; give no command");
+            return ExitCode::from(2);
+        }
+        return pipe(&mut client);
     }
     match args.command {
         Some(cmd) => one_shot(&mut client, cmd),
@@ -181,6 +194,95 @@ fn parse_line(line: &str) -> Line {
         Ok(Request::Quit) => Line::Quit,
         Ok(r) => Line::Send(r),
         Err(e) => Line::Refused(e),
+    }
+}
+
+/// The most requests `--pipe` sends before it reads their replies.
+const PIPE_BATCH: usize = 1000;
+
+/// The most bytes of requests `--pipe` sends before it reads their replies (a request bigger
+/// than this goes alone).
+const PIPE_BATCH_BYTES: usize = 1 << 20;
+
+/// `--pipe`: every line of standard input sent pipelined, in batches; a summary at the end.
+fn pipe(client: &mut Client) -> ExitCode {
+    let (mut sent, mut ok, mut errors) = (0u64, 0u64, 0u64);
+    let mut batch: Vec<(usize, Request)> = Vec::new();
+    let mut bytes = 0;
+    let mut flush = |batch: &mut Vec<(usize, Request)>, client: &mut Client, errors: &mut u64| -> bool {
+        if batch.is_empty() {
+            return true;
+        }
+        let requests: Vec<Request> = batch.iter().map(|(_, r)| r.clone()).collect();
+        sent += requests.len() as u64;
+        let replies = client.pipeline(&requests);
+        report_events(client);
+        match replies {
+            Ok(replies) => {
+                for ((number, _), reply) in batch.iter().zip(replies) {
+                    match reply {
+                        Reply::Err(e) => {
+                            eprintln!("line {number}: ERR {e}");
+                            *errors += 1;
+                        }
+                        _ => ok += 1,
+                    }
+                }
+                batch.clear();
+                true
+            }
+            Err(e) => {
+                eprintln!(
+                    "error: {e} (lines {} to {}: outcome unknown)",
+                    batch[0].0,
+                    batch[batch.len() - 1].0
+                );
+                *errors += batch.len() as u64;
+                batch.clear();
+                false
+            }
+        }
+    };
+    let mut alive = true;
+    for (i, line) in std::io::stdin().lock().lines().enumerate() {
+        let number = i + 1;
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot read standard input: {e}");
+                errors += 1;
+                break;
+            }
+        };
+        match parse_line(&line) {
+            Line::Nothing | Line::Help => {}
+            Line::Quit => break,
+            Line::Refused(e) => {
+                eprintln!("line {number}: error: {e}");
+                errors += 1;
+            }
+            Line::Send(request) => {
+                let size = line.len() + 2;
+                if !batch.is_empty() && (batch.len() >= PIPE_BATCH || bytes + size > PIPE_BATCH_BYTES) {
+                    alive = flush(&mut batch, client, &mut errors);
+                    bytes = 0;
+                    if !alive {
+                        break;
+                    }
+                }
+                bytes += size;
+                batch.push((number, request));
+            }
+        }
+    }
+    if alive {
+        flush(&mut batch, client, &mut errors);
+    }
+    println!("sent {sent}, OK {ok}, errors {errors}");
+    if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

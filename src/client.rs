@@ -288,6 +288,27 @@ impl Client {
         }
     }
 
+    /// Sends `requests` together on one connection (pipelined) and returns their replies in
+    /// order. Nothing is retried elsewhere: a write's outcome after a broken connection is
+    /// unknown, so the error is returned and the connection dropped. Keep a batch to what both
+    /// sides may buffer (a few thousand small requests, a megabyte or so).
+    pub fn pipeline(&mut self, requests: &[Request]) -> Result<Vec<Reply>> {
+        self.out.clear();
+        for request in requests {
+            request.encode_into(&mut self.out).map_err(Error::Invalid)?;
+        }
+        self.connect()?;
+        let conn = self.conn.as_mut().ok_or_else(|| Error::Unavailable("not connected".into()))?;
+        let result =
+            conn.stream.write_all(&self.out).map_err(Error::from).and_then(|()| {
+                (0..requests.len()).map(|_| conn.read_reply()).collect::<Result<Vec<Reply>>>()
+            });
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
     fn exchange(&mut self) -> Result<Reply> {
         let conn = self.conn.as_mut().ok_or_else(|| Error::Unavailable("not connected".into()))?;
         conn.stream.write_all(&self.out)?;

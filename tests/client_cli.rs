@@ -219,3 +219,43 @@ fn a_one_shot_write_during_a_takeover_waits_for_the_new_primary() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(" takeover"), "{out:?}");
 }
+
+/// Runs `dsm-client --pipe` with `input` on its standard input.
+fn pipe(c: &TestCluster, input: &str) -> (i32, String, String) {
+    let mut child = Command::new(bin("dsm-client"))
+        .args(["--master", &c.addr(), "--backup", "none", "--pipe"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run dsm-client --pipe");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_string();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn pipe_mode_sends_every_line_and_sums_up() {
+    let c = TestCluster::start(3);
+    // More lines than one batch, a read after the writes it must see, and a blank line.
+    let mut input = String::new();
+    for i in 0..2500 {
+        input.push_str(&format!("WRITE bulk:{i} value {i}\n"));
+    }
+    input.push_str("\nREAD bulk:2499\n");
+    let (code, out, err) = pipe(&c, &input);
+    assert_eq!((code, out.trim()), (0, "sent 2501, OK 2501, errors 0"), "{err}");
+    assert_eq!(dsm_testkit::cluster::stat(&c.addr(), "keys").as_deref(), Some("2500"));
+    // A line the protocol refuses and one the server refuses: both counted, both named, a
+    // non-zero exit; the good lines around them are still sent.
+    let (code, out, err) = pipe(&c, "WRITE a 1\nFROB\nREMOVE nobody\nWRITE b 2\n");
+    assert_eq!((code, out.trim()), (1, "sent 3, OK 2, errors 2"), "{err}");
+    assert!(err.contains("line 2: error:") && err.contains("line 3: ERR"), "{err}");
+}
