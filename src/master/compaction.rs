@@ -17,7 +17,7 @@ use super::Shared;
 use crate::wal::{Compaction, Record};
 
 /// Default for `--compact-percent`: compact when the log has grown by this much (in percent)
-/// over its size after the last compaction (or at start).
+/// over the size of the last compaction's snapshot (or over its size at start).
 pub const DEFAULT_COMPACT_PERCENT: u64 = 100;
 
 /// Default for `--compact-min-bytes`: never compact a log smaller than this on its own (a
@@ -66,7 +66,8 @@ pub struct Compactor {
 /// The compaction thread's state.
 #[derive(Debug, Clone, Default)]
 pub struct Status {
-    /// The log's size after the last compaction (or at start).
+    /// The size of the last compaction's snapshot, without what was appended while it was
+    /// written (at start: the log's size).
     pub base_bytes: u64,
     /// A `COMPACT` command is waiting to be carried out.
     pub requested: bool,
@@ -142,7 +143,10 @@ pub fn compact(shared: &Shared) {
                 done.upto,
                 done.tail_bytes
             );
-            st.base_bytes = done.bytes_after;
+            // The growth is counted from the snapshot (the state's own size), not from what was
+            // appended while it was written: otherwise the log could reach twice the state plus
+            // a compaction's worth of appends before the next one.
+            st.base_bytes = done.bytes_after - done.tail_bytes;
             st.done += 1;
             st.last = Some((done, started.elapsed()));
             st.failed = None;
