@@ -126,7 +126,7 @@ fn main() -> ExitCode {
             eprintln!("error: --pipe reads its commands from standard input; give no command");
             return ExitCode::from(2);
         }
-        return pipe(&mut client);
+        return pipe(client);
     }
     match args.command {
         Some(cmd) => one_shot(&mut client, cmd),
@@ -197,60 +197,50 @@ fn parse_line(line: &str) -> Line {
     }
 }
 
-/// The most requests `--pipe` sends before it reads their replies.
-const PIPE_BATCH: usize = 1000;
+/// How many sent requests `--pipe` lets wait for their replies before it stops sending: bounds
+/// what the two sides buffer.
+const PIPE_IN_FLIGHT: usize = 10_000;
 
-/// The most bytes of requests `--pipe` sends before it reads their replies (a request bigger
-/// than this goes alone).
-const PIPE_BATCH_BYTES: usize = 1 << 20;
-
-/// `--pipe`: every line of standard input sent pipelined, in batches; a summary at the end.
-fn pipe(client: &mut Client) -> ExitCode {
-    let (mut sent, mut ok, mut errors) = (0u64, 0u64, 0u64);
-    let mut batch: Vec<(usize, Request)> = Vec::new();
-    let mut bytes = 0;
-    let mut flush = |batch: &mut Vec<(usize, Request)>, client: &mut Client, errors: &mut u64| -> bool {
-        if batch.is_empty() {
-            return true;
-        }
-        let requests: Vec<Request> = batch.iter().map(|(_, r)| r.clone()).collect();
-        sent += requests.len() as u64;
-        let replies = client.pipeline(&requests);
-        report_events(client);
-        match replies {
-            Ok(replies) => {
-                for ((number, _), reply) in batch.iter().zip(replies) {
-                    match reply {
-                        Reply::Err(e) => {
-                            eprintln!("line {number}: ERR {e}");
-                            *errors += 1;
-                        }
-                        _ => ok += 1,
-                    }
-                }
-                batch.clear();
-                true
-            }
-            Err(e) => {
-                eprintln!(
-                    "error: {e} (lines {} to {}: outcome unknown)",
-                    batch[0].0,
-                    batch[batch.len() - 1].0
-                );
-                *errors += batch.len() as u64;
-                batch.clear();
-                false
-            }
+/// `--pipe`: every line of standard input streamed to the server as it is read, the replies
+/// read on another thread as they come; a summary at the end.
+fn pipe(client: Client) -> ExitCode {
+    let (stream, mut replies) = match client.into_stream() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
         }
     };
-    let mut alive = true;
+    // The line number of each request sent, in order, for the reader.
+    let (sent_tx, sent_rx) = crossbeam_channel::bounded::<usize>(PIPE_IN_FLIGHT);
+    let reader = std::thread::spawn(move || {
+        let (mut ok, mut errors) = (0u64, 0u64);
+        for number in sent_rx {
+            match replies.next_reply() {
+                Ok(Reply::Err(e)) => {
+                    eprintln!("line {number}: ERR {e}");
+                    errors += 1;
+                }
+                Ok(_) => ok += 1,
+                Err(e) => {
+                    eprintln!(
+                        "error: {e} (at line {number}; the outcome of it and of what follows is unknown)"
+                    );
+                    return (ok, errors + 1, false);
+                }
+            }
+        }
+        (ok, errors, true)
+    });
+    let (mut sent, mut refused) = (0u64, 0u64);
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, &stream);
     for (i, line) in std::io::stdin().lock().lines().enumerate() {
         let number = i + 1;
         let line = match line {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("error: cannot read standard input: {e}");
-                errors += 1;
+                refused += 1;
                 break;
             }
         };
@@ -259,27 +249,30 @@ fn pipe(client: &mut Client) -> ExitCode {
             Line::Quit => break,
             Line::Refused(e) => {
                 eprintln!("line {number}: error: {e}");
-                errors += 1;
+                refused += 1;
             }
-            Line::Send(request) => {
-                let size = line.len() + 2;
-                if !batch.is_empty() && (batch.len() >= PIPE_BATCH || bytes + size > PIPE_BATCH_BYTES) {
-                    alive = flush(&mut batch, client, &mut errors);
-                    bytes = 0;
-                    if !alive {
-                        break;
-                    }
+            Line::Send(_) => {
+                // Checked; sent as written (the server parses it the same way).
+                let line = line.trim_end_matches(['\n', '\r']);
+                if out.write_all(line.as_bytes()).and_then(|()| out.write_all(b"\r\n")).is_err()
+                    || sent_tx.send(number).is_err()
+                {
+                    break;
                 }
-                bytes += size;
-                batch.push((number, request));
+                sent += 1;
+                // Let the server answer what is buffered while no more input comes.
+                if sent % 1000 == 0 && out.flush().is_err() {
+                    break;
+                }
             }
         }
     }
-    if alive {
-        flush(&mut batch, client, &mut errors);
-    }
+    let _ = out.flush();
+    drop(sent_tx);
+    let (ok, errors, complete) = reader.join().unwrap_or((0, sent, false));
+    let errors = errors + refused;
     println!("sent {sent}, OK {ok}, errors {errors}");
-    if errors == 0 {
+    if errors == 0 && complete {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -288,31 +288,34 @@ impl Client {
         }
     }
 
-    /// Sends `requests` together on one connection (pipelined) and returns their replies in
-    /// order. Nothing is retried elsewhere: a write's outcome after a broken connection is
-    /// unknown, so the error is returned and the connection dropped. Keep a batch to what both
-    /// sides may buffer (a few thousand small requests, a megabyte or so).
-    pub fn pipeline(&mut self, requests: &[Request]) -> Result<Vec<Reply>> {
-        self.out.clear();
-        for request in requests {
-            request.encode_into(&mut self.out).map_err(Error::Invalid)?;
-        }
+    /// Connects (to the first server that answers, with `AUTH` if a password is set) and hands
+    /// the connection over for streaming: requests are written to the stream as they come, and
+    /// their replies read, in order, from the [`ReplyReader`] on another thread.
+    pub fn into_stream(mut self) -> Result<(TcpStream, ReplyReader)> {
         self.connect()?;
-        let conn = self.conn.as_mut().ok_or_else(|| Error::Unavailable("not connected".into()))?;
-        let result =
-            conn.stream.write_all(&self.out).map_err(Error::from).and_then(|()| {
-                (0..requests.len()).map(|_| conn.read_reply()).collect::<Result<Vec<Reply>>>()
-            });
-        if result.is_err() {
-            self.conn = None;
-        }
-        result
+        let conn = self.conn.take().ok_or_else(|| Error::Unavailable("not connected".into()))?;
+        Ok((conn.stream.try_clone()?, ReplyReader(conn)))
     }
 
     fn exchange(&mut self) -> Result<Reply> {
         let conn = self.conn.as_mut().ok_or_else(|| Error::Unavailable("not connected".into()))?;
         conn.stream.write_all(&self.out)?;
         conn.read_reply()
+    }
+}
+
+/// The reading side of [`Client::into_stream`].
+pub struct ReplyReader(Conn);
+
+impl ReplyReader {
+    /// The next reply.
+    pub fn next_reply(&mut self) -> Result<Reply> {
+        self.0.read_reply()
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> &str {
+        &self.0.addr
     }
 }
 
