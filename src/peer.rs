@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! slave  -> master   SLAVE <id> <accepted-epoch> <max-seq> <held-epoch> <held-seq>
-//!                                                    (registration; see [`Hello::held`])
+//!                                                    (registration; see [`Registration::held`])
 //! master -> slave    WELCOME <epoch>  |  ERR <reason>
 //!
 //! master -> slave    <rid> <epoch> SET <data-epoch> <seq> <key> <escaped-value>
@@ -93,7 +93,7 @@ impl fmt::Display for Stamp {
 
 /// A slave's registration line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hello {
+pub struct Registration {
     /// The slave's member id.
     pub id: String,
     /// The newest epoch the slave has accepted.
@@ -160,7 +160,7 @@ impl Command {
 
 /// A request from a master: id, epoch, command.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
+pub struct Message {
     /// Chosen by the master; echoed in the reply.
     pub rid: u64,
     /// The sending master's epoch.
@@ -201,7 +201,7 @@ pub enum Outcome {
 
 /// A reply from a slave: the request's id and the outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
+pub struct Response {
     /// The id of the request answered.
     pub rid: u64,
     /// The answer.
@@ -216,14 +216,14 @@ pub fn leading_rid(line: &[u8]) -> Option<u64> {
     number(rid).ok()
 }
 
-impl Hello {
+impl Registration {
     /// The registration line, without terminator.
     pub fn encode(&self) -> String {
         format!("SLAVE {} {} {} {}", self.id, self.epoch, self.max_seq, self.held)
     }
 
     /// Parses a registration line.
-    pub fn parse(line: &[u8]) -> Result<Hello, String> {
+    pub fn parse(line: &[u8]) -> Result<Registration, String> {
         let fields = fields(line);
         match fields.as_slice() {
             [word, id, epoch, max_seq, rest @ ..] if word.eq_ignore_ascii_case(b"SLAVE") => {
@@ -234,7 +234,7 @@ impl Hello {
                         return Err("expected: SLAVE <id> <epoch> <max-seq> [<held-epoch> <held-seq>]".into())
                     }
                 };
-                Ok(Hello {
+                Ok(Registration {
                     id: parse_slave_id(id)?,
                     epoch: number(epoch)?,
                     max_seq: seq_number(max_seq)?,
@@ -246,7 +246,7 @@ impl Hello {
     }
 }
 
-impl Request {
+impl Message {
     /// Appends the request line, `\n` included.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         push_u64(out, self.rid);
@@ -254,7 +254,7 @@ impl Request {
         encode_body(self.epoch, &self.command, out);
     }
     /// Parses a request line (terminator removed).
-    pub fn parse(line: &[u8]) -> Result<Request, String> {
+    pub fn parse(line: &[u8]) -> Result<Message, String> {
         let (rid, rest) = split_word(line);
         let rid = number(rid)?;
         let (epoch, rest) = split_word(rest.ok_or("missing epoch")?);
@@ -291,7 +291,7 @@ impl Request {
             },
             _ => return Err(format!("unknown slave command '{}'", truncate_for_display(verb))),
         };
-        Ok(Request { rid, epoch, command })
+        Ok(Message { rid, epoch, command })
     }
 }
 
@@ -438,7 +438,7 @@ pub fn encode_body(epoch: u64, command: &Command, out: &mut Vec<u8>) {
     out.push(b'\n');
 }
 
-impl Reply {
+impl Response {
     /// Appends the reply line, `\n` included.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         push_u64(out, self.rid);
@@ -500,7 +500,7 @@ impl Reply {
     }
 
     /// Parses a reply line (terminator removed).
-    pub fn parse(line: &[u8]) -> Result<Reply, String> {
+    pub fn parse(line: &[u8]) -> Result<Response, String> {
         let (rid, rest) = split_word(line);
         let rid = number(rid)?;
         let (verb, rest) = split_word(rest.ok_or("missing outcome")?);
@@ -548,7 +548,7 @@ impl Reply {
             ),
             _ => return Err(format!("unknown slave reply '{}'", truncate_for_display(verb))),
         };
-        Ok(Reply { rid, outcome })
+        Ok(Response { rid, outcome })
     }
 }
 
@@ -578,18 +578,18 @@ fn seq_number(field: &[u8]) -> Result<u64, String> {
 mod tests {
     use super::*;
 
-    fn round_trip_request(r: Request) {
+    fn round_trip_request(r: Message) {
         let mut wire = Vec::new();
         r.encode_into(&mut wire);
         assert_eq!(wire.iter().filter(|&&b| b == b'\n').count(), 1);
-        assert_eq!(Request::parse(&wire[..wire.len() - 1]).unwrap(), r);
+        assert_eq!(Message::parse(&wire[..wire.len() - 1]).unwrap(), r);
     }
 
-    fn round_trip_reply(r: Reply) {
+    fn round_trip_reply(r: Response) {
         let mut wire = Vec::new();
         r.encode_into(&mut wire);
         assert_eq!(wire.iter().filter(|&&b| b == b'\n').count(), 1);
-        assert_eq!(Reply::parse(&wire[..wire.len() - 1]).unwrap(), r);
+        assert_eq!(Response::parse(&wire[..wire.len() - 1]).unwrap(), r);
     }
 
     #[test]
@@ -611,7 +611,7 @@ mod tests {
             ]),
             Command::Batch(Vec::new()),
         ] {
-            round_trip_request(Request { rid: 9, epoch: 3, command });
+            round_trip_request(Message { rid: 9, epoch: 3, command });
         }
     }
 
@@ -634,7 +634,7 @@ mod tests {
             Outcome::End(3),
             Outcome::Applied(100),
         ] {
-            round_trip_reply(Reply { rid: u64::MAX, outcome });
+            round_trip_reply(Response { rid: u64::MAX, outcome });
         }
     }
 
@@ -658,36 +658,36 @@ mod tests {
             b"1 1 GET a b",
             b"1 1 FROB",
         ] {
-            assert!(Request::parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(Message::parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
         for bad in [&b"1"[..], b"1 OK 1", b"1 VALUE 1 2", b"1 FENCED x", b"1 NOPE"] {
-            assert!(Reply::parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(Response::parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
     }
 
     #[test]
     fn hello_round_trips_and_checks_ids() {
-        let h = Hello { id: "s-1.a:b_c".into(), epoch: 3, max_seq: 10, held: Stamp::new(3, 9) };
-        assert_eq!(Hello::parse(h.encode().as_bytes()).unwrap(), h);
+        let h = Registration { id: "s-1.a:b_c".into(), epoch: 3, max_seq: 10, held: Stamp::new(3, 9) };
+        assert_eq!(Registration::parse(h.encode().as_bytes()).unwrap(), h);
         // A slave that holds nothing may leave the position out.
-        assert_eq!(Hello::parse(b"SLAVE a 1 2").unwrap().held, Stamp::default());
-        assert!(Hello::parse(b"SLAVE a 1 2 3").is_err());
-        assert!(Hello::parse(b"SLAVE bad/id 1 1").is_err());
-        assert!(Hello::parse(b"SLAVE a 1").is_err());
+        assert_eq!(Registration::parse(b"SLAVE a 1 2").unwrap().held, Stamp::default());
+        assert!(Registration::parse(b"SLAVE a 1 2 3").is_err());
+        assert!(Registration::parse(b"SLAVE bad/id 1 1").is_err());
+        assert!(Registration::parse(b"SLAVE a 1").is_err());
         assert!(parse_slave_id(&[b'a'; MAX_ID + 1]).is_err());
     }
 
     #[test]
     fn sequence_numbers_beyond_the_master_range_are_refused() {
         let at_max = format!("SLAVE s1 1 {MAX_SEQ}");
-        assert_eq!(Hello::parse(at_max.as_bytes()).unwrap().max_seq, MAX_SEQ);
+        assert_eq!(Registration::parse(at_max.as_bytes()).unwrap().max_seq, MAX_SEQ);
         let over = format!("SLAVE s1 1 {}", u64::MAX);
-        let why = Hello::parse(over.as_bytes()).unwrap_err();
+        let why = Registration::parse(over.as_bytes()).unwrap_err();
         assert!(why.contains("beyond the largest a master hands out"), "{why}");
         for line in [format!("1 OK 1 {}", u64::MAX), format!("1 ITEM 1 {} k T", MAX_SEQ + 1)] {
-            assert!(Reply::parse(line.as_bytes()).is_err(), "{line}");
+            assert!(Response::parse(line.as_bytes()).is_err(), "{line}");
         }
-        assert!(Request::parse(format!("1 1 SET 1 {} k v", u64::MAX).as_bytes()).is_err());
+        assert!(Message::parse(format!("1 1 SET 1 {} k v", u64::MAX).as_bytes()).is_err());
     }
 
     #[test]
@@ -703,19 +703,19 @@ mod tests {
     fn encodes_the_documented_lines() {
         let s = Stamp::new(2, 41);
         let mut out = Vec::new();
-        Request {
+        Message {
             rid: 7,
             epoch: 3,
             command: Command::Set { stamp: s, key: "k".into(), value: b"a b".to_vec() },
         }
         .encode_into(&mut out);
-        Request { rid: 8, epoch: 3, command: Command::Del { stamp: s, key: "k".into() } }
+        Message { rid: 8, epoch: 3, command: Command::Del { stamp: s, key: "k".into() } }
             .encode_into(&mut out);
-        Request { rid: 9, epoch: 3, command: Command::Get { key: "k".into() } }.encode_into(&mut out);
-        Request { rid: 10, epoch: 3, command: Command::PING }.encode_into(&mut out);
-        Reply { rid: 7, outcome: Outcome::Ok(s) }.encode_into(&mut out);
-        Reply { rid: 9, outcome: Outcome::Value(s, b"a b".to_vec()) }.encode_into(&mut out);
-        Reply { rid: 9, outcome: Outcome::Fenced(4) }.encode_into(&mut out);
+        Message { rid: 9, epoch: 3, command: Command::Get { key: "k".into() } }.encode_into(&mut out);
+        Message { rid: 10, epoch: 3, command: Command::PING }.encode_into(&mut out);
+        Response { rid: 7, outcome: Outcome::Ok(s) }.encode_into(&mut out);
+        Response { rid: 9, outcome: Outcome::Value(s, b"a b".to_vec()) }.encode_into(&mut out);
+        Response { rid: 9, outcome: Outcome::Fenced(4) }.encode_into(&mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "7 3 SET 2 41 k a b\n8 3 DEL 2 41 k\n9 3 GET k\n10 3 PING\n7 OK 2 41\n9 VALUE 2 41 a b\n9 FENCED 4\n"

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use crate::framing::{LineError, LineReader};
-use crate::peer::{scan_wants, Command, Hello, Outcome, Reply, Request, Stamp, LEASE};
+use crate::peer::{scan_wants, Command, Message, Outcome, Registration, Response, Stamp, LEASE};
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -83,7 +83,7 @@ struct Node {
     epoch: u64,
     /// The read lease given: to which epoch, until when.
     lease: Option<(u64, Instant)>,
-    /// How much of a master's log this store is known to hold (see [`Hello::held`]): set by a
+    /// How much of a master's log this store is known to hold (see [`Registration::held`]): set by a
     /// `PING <seq>`, which a master sends only to a slave in sync, and kept across sessions so
     /// that the next master sends only what is newer.
     held: Stamp,
@@ -191,7 +191,7 @@ impl Node {
                     let why = format!("message longer than {} bytes", crate::limits::MAX_PEER_LINE);
                     log::error!("refused a {why} from {addr}");
                     let rid = crate::peer::leading_rid(&prefix).unwrap_or(0);
-                    Reply { rid, outcome: Outcome::Err(why) }.encode_into(&mut out);
+                    Response { rid, outcome: Outcome::Err(why) }.encode_into(&mut out);
                     if let Err(e) = (&stream).write_all(&out) {
                         return End::Lost(e.to_string());
                     }
@@ -203,21 +203,21 @@ impl Node {
                 }
                 Err(LineError::Io(e)) => return End::Lost(e.to_string()),
             };
-            let reply = match Request::parse(line) {
-                Ok(Request { rid, epoch, command: Command::Scan { epoch: log_epoch, seq, older_seq } })
+            let reply = match Message::parse(line) {
+                Ok(Message { rid, epoch, command: Command::Scan { epoch: log_epoch, seq, older_seq } })
                     if epoch >= self.epoch =>
                 {
                     let sent = self.scan_into(rid, epoch, (log_epoch, seq, older_seq), &mut out);
-                    Reply { rid, outcome: Outcome::End(sent) }
+                    Response { rid, outcome: Outcome::End(sent) }
                 }
-                Ok(request) => Reply {
+                Ok(request) => Response {
                     rid: request.rid,
                     outcome: self.handle(request.epoch, request.command, Instant::now()),
                 },
                 Err(e) => {
                     // The id may be unreadable; answer with id 0 so the master logs it.
                     log::warn!("refused a malformed message from {addr}: {e}");
-                    Reply { rid: crate::peer::leading_rid(line).unwrap_or(0), outcome: Outcome::Err(e) }
+                    Response { rid: crate::peer::leading_rid(line).unwrap_or(0), outcome: Outcome::Err(e) }
                 }
             };
             reply.encode_into(&mut out);
@@ -240,7 +240,7 @@ impl Node {
         let stream = TcpStream::connect_timeout(&sockaddr, HANDSHAKE_TIMEOUT)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
-        let hello = Hello {
+        let hello = Registration {
             id: self.config.id.clone(),
             epoch: self.epoch,
             max_seq: self.store.max_seq(),
@@ -324,7 +324,7 @@ impl Node {
         let mut sent = 0;
         for (key, entry) in self.store.iter().filter(|(_, e)| scan_wants(e.stamp, log.0, log.1, log.2)) {
             let outcome = Outcome::Item { stamp: entry.stamp, key: key.clone(), value: entry.value.clone() };
-            Reply { rid, outcome }.encode_into(out);
+            Response { rid, outcome }.encode_into(out);
             sent += 1;
         }
         sent

@@ -4,7 +4,7 @@
 //! open-ended search is the cargo-fuzz targets in `fuzz/`.
 
 use dsm::auth::{PeerHandshake, PeerRole, Secret, ServerHandshake};
-use dsm::peer::{self, Command, Hello, Outcome, Stamp};
+use dsm::peer::{self, Command, Outcome, Registration, Stamp};
 use dsm::protocol::{self, Reply, Request};
 use dsm::wal::{self, Record};
 use rand::rngs::StdRng;
@@ -200,9 +200,9 @@ fn parse_everything(line: &[u8]) {
     let _ = Request::parse(line);
     let _ = Reply::parse_line(line);
     let _ = protocol::parse_table_row(line);
-    let _ = Hello::parse(line);
-    let _ = peer::Request::parse(line);
-    let _ = peer::Reply::parse(line);
+    let _ = Registration::parse(line);
+    let _ = peer::Message::parse(line);
+    let _ = peer::Response::parse(line);
     let _ = wal::decode(line);
     let _ = dsm::escape::unescape(line);
 }
@@ -216,11 +216,11 @@ fn random_and_mutated_lines_never_panic_any_parser() {
         request(&mut rng).encode_into(&mut wire).unwrap();
         valid.push(wire);
         let mut wire = Vec::new();
-        peer::Request { rid: num(&mut rng), epoch: num(&mut rng), command: command(&mut rng) }
+        peer::Message { rid: num(&mut rng), epoch: num(&mut rng), command: command(&mut rng) }
             .encode_into(&mut wire);
         valid.push(wire);
         let mut wire = Vec::new();
-        peer::Reply { rid: num(&mut rng), outcome: outcome(&mut rng) }.encode_into(&mut wire);
+        peer::Response { rid: num(&mut rng), outcome: outcome(&mut rng) }.encode_into(&mut wire);
         valid.push(wire);
         let mut wire = Vec::new();
         wal::encode(num(&mut rng), &record(&mut rng), &mut wire);
@@ -263,23 +263,23 @@ fn slave_messages_round_trip() {
     let mut rng = StdRng::seed_from_u64(0x5eed_0003);
     for _ in 0..CASES {
         let held = stamp(&mut rng);
-        let hello = Hello { id: id(&mut rng), epoch: num(&mut rng), max_seq: seq(&mut rng), held };
-        assert_eq!(Hello::parse(hello.encode().as_bytes()), Ok(hello));
-        let r = peer::Request { rid: num(&mut rng), epoch: num(&mut rng), command: command(&mut rng) };
+        let hello = Registration { id: id(&mut rng), epoch: num(&mut rng), max_seq: seq(&mut rng), held };
+        assert_eq!(Registration::parse(hello.encode().as_bytes()), Ok(hello));
+        let r = peer::Message { rid: num(&mut rng), epoch: num(&mut rng), command: command(&mut rng) };
         let mut wire = Vec::new();
         r.encode_into(&mut wire);
         assert_eq!(wire.iter().filter(|&&b| b == b'\n').count(), 1, "one line");
-        assert_eq!(peer::Request::parse(&wire[..wire.len() - 1]), Ok(r));
+        assert_eq!(peer::Message::parse(&wire[..wire.len() - 1]), Ok(r));
         let outcome = match outcome(&mut rng) {
             // An ERR's text goes through a lossy UTF-8 decoding; keep it valid here.
             Outcome::Err(m) => Outcome::Err(m.replace('\u{fffd}', "?")),
             other => other,
         };
-        let reply = peer::Reply { rid: num(&mut rng), outcome };
+        let reply = peer::Response { rid: num(&mut rng), outcome };
         let mut wire = Vec::new();
         reply.encode_into(&mut wire);
         assert_eq!(wire.iter().filter(|&&b| b == b'\n').count(), 1, "one line");
-        assert_eq!(peer::Reply::parse(&wire[..wire.len() - 1]), Ok(reply));
+        assert_eq!(peer::Response::parse(&wire[..wire.len() - 1]), Ok(reply));
     }
 }
 

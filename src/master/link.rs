@@ -11,7 +11,7 @@
 //!
 //! Replies come back on the connection's own reader thread, which looks up the request id in
 //! the link's pending table and forwards the outcome on the channel the requester is waiting
-//! on. A write sent to several slaves counts their ACKs in a shared [`Quorum`] instead: an ACK
+//! on. A write sent to several slaves counts their ACKs in a shared [`AckCount`] instead: an ACK
 //! that does not complete the quorum only sets its slave's bit, and the writer is woken once,
 //! by the ACK that does (or by any other outcome), not once per slave. The reader whose ACK
 //! completes the quorum first runs the write's [`Finish`], if it has one: it commits the write
@@ -76,33 +76,33 @@ pub struct Ack {
 pub type Finish = Box<dyn FnOnce(u64) + Send>;
 
 /// The ACKs of one write, counted across the links it was sent on.
-pub struct Quorum {
+pub struct AckCount {
     /// Member slots that acknowledged, as a bit set.
     acked: AtomicU64,
     /// How many acknowledgements wake the writer.
     need: usize,
-    /// Run by the first of the completing reader or the writer to take it (see [`Quorum::take_finish`]).
+    /// Run by the first of the completing reader or the writer to take it (see [`AckCount::take_finish`]).
     finish: Mutex<Option<Finish>>,
     /// Set once a reader has run `finish`.
     finished: AtomicBool,
 }
 
-impl std::fmt::Debug for Quorum {
+impl std::fmt::Debug for AckCount {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Quorum").field("acked", &self.acked()).field("need", &self.need).finish()
+        f.debug_struct("AckCount").field("acked", &self.acked()).field("need", &self.need).finish()
     }
 }
 
-impl Quorum {
+impl AckCount {
     /// A count that wakes its writer at the `need`th acknowledgement.
-    pub fn new(need: usize) -> Quorum {
-        Quorum::with_finish(need, None)
+    pub fn new(need: usize) -> AckCount {
+        AckCount::with_finish(need, None)
     }
 
     /// A count whose completing reader runs `finish` before it wakes the writer, so the client
     /// has its answer one thread hop sooner.
-    pub fn with_finish(need: usize, finish: Option<Finish>) -> Quorum {
-        Quorum {
+    pub fn with_finish(need: usize, finish: Option<Finish>) -> AckCount {
+        AckCount {
             acked: AtomicU64::new(0),
             need,
             finish: Mutex::new(finish),
@@ -152,13 +152,13 @@ impl Quorum {
 /// Who waits for a reply.
 struct Waiter {
     tx: Sender<Ack>,
-    quorum: Option<Arc<Quorum>>,
+    quorum: Option<Arc<AckCount>>,
     /// The requesting thread, unparked after every reply it is sent (see [`recv_parked`]).
     thread: Thread,
 }
 
 impl Waiter {
-    fn new(tx: &Sender<Ack>, quorum: Option<&Arc<Quorum>>) -> Waiter {
+    fn new(tx: &Sender<Ack>, quorum: Option<&Arc<AckCount>>) -> Waiter {
         Waiter { tx: tx.clone(), quorum: quorum.map(Arc::clone), thread: thread::current() }
     }
 
@@ -216,7 +216,7 @@ pub struct Link {
     /// Client reads and writes sent to this slave (the load-distribution measurement); not
     /// heartbeats, resync or repair. Counted by the read and write paths.
     pub requests: AtomicU64,
-    /// What the slave said it held when it registered (see [`crate::peer::Hello::held`]).
+    /// What the slave said it held when it registered (see [`crate::peer::Registration::held`]).
     pub held: crate::peer::Stamp,
     /// The keys the slave said it holds in its last answer to a heartbeat.
     pub keys: AtomicU64,
@@ -311,7 +311,13 @@ impl Link {
     /// Sends a write whose body is already encoded, counting its acknowledgement in `quorum`:
     /// an `OK` reaches `reply_to` only if it completes the quorum; any other outcome always
     /// does.
-    pub fn send_counted(&self, rid: u64, body: &[u8], reply_to: &Sender<Ack>, quorum: &Arc<Quorum>) -> bool {
+    pub fn send_counted(
+        &self,
+        rid: u64,
+        body: &[u8],
+        reply_to: &Sender<Ack>,
+        quorum: &Arc<AckCount>,
+    ) -> bool {
         let waiter = Waiter::new(reply_to, Some(quorum));
         self.enqueue(rid, Some(waiter), |out| out.extend_from_slice(body))
     }
@@ -444,7 +450,7 @@ mod tests {
     #[test]
     fn the_completing_ack_runs_the_finish_once() {
         let runs = Arc::new(AtomicU64::new(0));
-        let quorum = Quorum::with_finish(2, counting_finish(&runs));
+        let quorum = AckCount::with_finish(2, counting_finish(&runs));
         assert!(!quorum.count(0));
         assert!(quorum.count(3));
         quorum.complete();
@@ -459,7 +465,7 @@ mod tests {
     #[test]
     fn a_writer_that_takes_the_finish_first_keeps_a_late_ack_from_answering() {
         let runs = Arc::new(AtomicU64::new(0));
-        let quorum = Quorum::with_finish(2, counting_finish(&runs));
+        let quorum = AckCount::with_finish(2, counting_finish(&runs));
         assert!(!quorum.count(0));
         // The writer gave up (its deadline passed) and answers itself.
         assert!(quorum.take_finish().is_some());
@@ -517,7 +523,7 @@ mod tests {
         let (b, _b_end) = pair(1);
         let (c, _c_end) = pair(2);
         let (tx, rx) = unbounded();
-        let quorum = Arc::new(Quorum::new(2));
+        let quorum = Arc::new(AckCount::new(2));
         for (rid, link) in [(1, &a), (2, &b), (3, &c)] {
             assert!(link.send_counted(rid, b"1 PING\n", &tx, &quorum));
         }

@@ -47,7 +47,7 @@ use parking_lot::Mutex;
 
 use crate::auth::PeerRole;
 use crate::framing::{LineError, LineReader};
-use crate::peer::{Hello, Stamp};
+use crate::peer::{Registration, Stamp};
 use crate::protocol::{ErrorReply, Reply, Request};
 use crate::wal::{Fsync, Record, Wal};
 use crate::{Error, Result};
@@ -471,7 +471,7 @@ fn serve_connection(shared: &Arc<Shared>, stream: TcpStream) {
             return;
         }
         if first && line.len() > 6 && line[..6].eq_ignore_ascii_case(b"SLAVE ") {
-            match Hello::parse(line) {
+            match Registration::parse(line) {
                 Ok(hello) => {
                     // A slave's replies carry escaped values, longer than a client's lines.
                     reader.set_limit(crate::limits::MAX_PEER_LINE);

@@ -4,7 +4,7 @@
 //! Every connected slave is sent every write, so a slave that stays connected holds all of
 //! them. The heartbeats of a primary tell each slave in sync how far that is (`PING <seq>`:
 //! every write up to `seq` was sent before this message), and a slave reports the last such
-//! position when it registers again ([`Hello::held`]). The master then sends it only the keys
+//! position when it registers again ([`Registration::held`]). The master then sends it only the keys
 //! written above that position, if its log shares that history
 //! ([`History::resync_from`](super::history::History::resync_from)); a slave that lost its
 //! memory, or was in sync with a history this log does not share, is sent every key. Either
@@ -21,12 +21,17 @@ use crossbeam_channel::unbounded;
 use super::link::Link;
 use super::{Role, Shared, HEARTBEAT_MISSES};
 use crate::framing::{LineError, LineReader};
-use crate::peer::{Command, Hello, Outcome, Reply};
+use crate::peer::{Command, Outcome, Registration, Response};
 use crate::wal::Record;
 
 /// Registers a slave and then reads its replies until the connection ends. Runs on the
 /// connection's thread.
-pub fn serve_slave(shared: &Arc<Shared>, stream: TcpStream, mut reader: LineReader<TcpStream>, hello: Hello) {
+pub fn serve_slave(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    mut reader: LineReader<TcpStream>,
+    hello: Registration,
+) {
     let refuse = |why: String| {
         log::warn!("refused slave {}: {why}", hello.id);
         let _ = (&stream).write_all(format!("ERR {why}\n").as_bytes());
@@ -137,8 +142,8 @@ fn read_replies(shared: &Shared, link: &Link, reader: &mut LineReader<TcpStream>
             }
         };
         link.last_heard_us.store(shared.now_us(), Ordering::Release);
-        match Reply::parse(line) {
-            Ok(Reply { rid, outcome }) => {
+        match Response::parse(line) {
+            Ok(Response { rid, outcome }) => {
                 match outcome {
                     Outcome::Pong(keys) => {
                         link.keys.store(keys, Ordering::Relaxed);

@@ -10,7 +10,7 @@ use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use rand::seq::SliceRandom;
 
 use super::index::{KeyState, Value};
-use super::link::{recv_parked, Ack, Finish, Link, Quorum};
+use super::link::{recv_parked, Ack, AckCount, Finish, Link};
 use super::ReadFrom;
 use super::{Shared, WRITE_DEADLINE_ACK_TIMEOUTS};
 use crate::peer::{encode_body, Command, Outcome, Stamp};
@@ -91,7 +91,7 @@ pub(super) fn guarded<T>(
 /// How a replication round ended.
 pub(super) enum Replicated {
     /// A majority acknowledged.
-    Quorum,
+    Majority,
     /// Fewer acknowledged before the deadline or before candidates ran out.
     Short(u64),
     /// A member has accepted a newer epoch: we are no longer the primary.
@@ -139,13 +139,13 @@ pub(super) fn with_replies<T>(f: impl FnOnce(&Sender<Ack>, &Receiver<Ack>) -> T)
 /// timeout while the quorum is still short is marked down. Every connected slave gets every
 /// write, so a slave that stays connected holds all of them (see `slaves::start_resync`).
 ///
-/// ACKs are counted in a [`Quorum`] shared with the links, so this thread wakes once when the
+/// ACKs are counted in a [`AckCount`] shared with the links, so this thread wakes once when the
 /// quorum is complete, not once per ACK; it also wakes for every failure, and at each
 /// member's ACK deadline.
 pub(super) fn replicate(
     shared: &Shared,
     candidates: Vec<Arc<Link>>,
-    quorum: &Arc<Quorum>,
+    quorum: &Arc<AckCount>,
     epoch: u64,
     command: &Command,
     deadline: Instant,
@@ -175,7 +175,7 @@ pub(super) fn replicate(
                 next += 1;
             }
             if acks >= need {
-                break Replicated::Quorum;
+                break Replicated::Majority;
             }
             if outstanding.is_empty() {
                 break Replicated::Short(acked);
@@ -201,7 +201,7 @@ pub(super) fn replicate(
                     let acked = quorum.acked();
                     if now >= deadline {
                         if acked.count_ones() as usize >= need {
-                            break Replicated::Quorum;
+                            break Replicated::Majority;
                         }
                         break Replicated::Short(acked);
                     }

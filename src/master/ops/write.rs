@@ -64,7 +64,7 @@ pub(super) fn write_run(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) ->
         // acknowledgement (and one quorum) for all its writes.
         let chunks = batches(&writes);
         let mut rids = std::collections::HashMap::with_capacity(chunks.len() * links.len());
-        let quorums: Vec<Arc<Quorum>> = chunks.iter().map(|_| Arc::new(Quorum::new(need))).collect();
+        let quorums: Vec<Arc<AckCount>> = chunks.iter().map(|_| Arc::new(AckCount::new(need))).collect();
         let mut body = Vec::with_capacity(256);
         for (i, chunk) in chunks.iter().enumerate() {
             body.clear();
@@ -84,7 +84,7 @@ pub(super) fn write_run(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) ->
         // write cannot reach its majority.
         let mut failed = vec![0usize; n];
         let complete =
-            |quorums: &[Arc<Quorum>]| quorums.iter().all(|q| q.acked().count_ones() as usize >= need);
+            |quorums: &[Arc<AckCount>]| quorums.iter().all(|q| q.acked().count_ones() as usize >= need);
         while fenced.is_none() && !complete(&quorums) {
             let short = (0..n).any(|i| {
                 quorums[i].acked().count_ones() as usize + links.len().saturating_sub(failed[i]) < need
@@ -108,7 +108,7 @@ pub(super) fn write_run(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) ->
             link.forget(rid);
         }
         // Each write's quorum is its batch's.
-        let per_write: Vec<Arc<Quorum>> =
+        let per_write: Vec<Arc<AckCount>> =
             chunks.iter().zip(&quorums).flat_map(|(c, q)| c.clone().map(move |_| Arc::clone(q))).collect();
         (per_write, fenced)
     });
@@ -205,7 +205,7 @@ pub(super) fn write(
     // answer in parallel; under load that costs more than the wake-up it saves.
     let client = client.filter(|_| shared.inflight.load(Ordering::Relaxed) <= EARLY_ANSWER_MAX_INFLIGHT);
     let finish = client.map(|client| finish_write(shared, client, key.clone(), stamp, value.clone()));
-    let quorum = Arc::new(Quorum::with_finish(need, finish));
+    let quorum = Arc::new(AckCount::with_finish(need, finish));
     let result = replicate(shared, links, &quorum, epoch, &command, deadline, true);
     drop(appended);
     if client.is_some() && quorum.take_finish().is_none() {
@@ -215,7 +215,7 @@ pub(super) fn write(
         }
     }
     Answer::Reply(match result {
-        Replicated::Quorum => {
+        Replicated::Majority => {
             commit_write(shared, &key, stamp, value);
             Reply::Ok(seq)
         }
@@ -252,9 +252,9 @@ pub fn relog(
     shared.index.lock().logged(&key, stamp, value.clone());
     let command = Command::store(stamp, &key, value.as_deref());
     let deadline = Instant::now() + shared.config.ack_timeout * WRITE_DEADLINE_ACK_TIMEOUTS;
-    let quorum = Arc::new(Quorum::new(need));
+    let quorum = Arc::new(AckCount::new(need));
     match replicate(shared, links.to_vec(), &quorum, epoch, &command, deadline, false) {
-        Replicated::Quorum => {
+        Replicated::Majority => {
             shared.index.lock().commit(&key, stamp, value);
             Ok(stamp.seq)
         }
@@ -289,7 +289,7 @@ pub(super) fn finish_write(
 
 /// After a reader took the write's finish: waits until it has run, then sends what it could
 /// not.
-pub(super) fn answered_by_reader(shared: &Shared, quorum: &Quorum, client: &ClientOut, seq: u64) -> Answer {
+pub(super) fn answered_by_reader(shared: &Shared, quorum: &AckCount, client: &ClientOut, seq: u64) -> Answer {
     let deadline = Instant::now() + shared.config.ack_timeout;
     while !quorum.finished() {
         let now = Instant::now();
