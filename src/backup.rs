@@ -92,7 +92,10 @@ struct Standby {
 
 impl Standby {
     fn new(shared: &Shared, config: &Config) -> Standby {
-        let own_epoch = shared.epoch();
+        // The epoch this backup served in last, if its log says so: its log is a copy of the
+        // primary's, so its last epoch is its own only when it has the backups' parity.
+        let epoch = shared.epoch();
+        let own_epoch = if epoch % 2 == BACKUP_PARITY && epoch > 0 { epoch } else { 0 };
         let peek = match &config.source {
             Source::File(path) => Some(Follower::new(path)),
             Source::Primary => None,
@@ -183,7 +186,7 @@ impl Standby {
             if !allowed && (self.own_epoch == 0 || at.epoch > self.own_epoch) {
                 allowed = true;
             }
-            let lag = Lag::Records(at.seq.saturating_sub(shared.wal.last_seq()));
+            let lag = Lag::Records(at.seq.saturating_sub(shared.wal.last_record()));
             *shared.following.lock() = Some(Following { source: config.primary.clone(), lag });
             // While holding a newer copy of our own, do not let the stream overwrite it.
             allowed && shared.role() == Role::Standby

@@ -203,3 +203,29 @@ fn backup_follows_a_long_log_partial_lines_and_a_replaced_file() {
     wait_for("the reload", READY, || seq() == Some(7)).unwrap();
     assert_eq!(stat(&addr, "keys").as_deref(), Some("1"));
 }
+
+/// A restarted backup whose log is a copy of the primary's (an odd epoch: not one it served
+/// in) follows the primary again, by the file and by TCP, rather than holding that copy as if
+/// it were its own.
+#[test]
+fn a_restarted_backup_follows_the_primary_again() {
+    for tcp in [false, true] {
+        let mut c = FailoverCluster::start(3, tcp);
+        let mut client = c.client();
+        for i in 0..50 {
+            write_until_ok(&mut client, &format!("before{i}"), "x");
+        }
+        c.backup.as_mut().expect("a backup").restart().unwrap();
+        for i in 0..50 {
+            write_until_ok(&mut client, &format!("after{i}"), "y");
+        }
+        let seq = |addr: &str| stat(addr, "seq").and_then(|s| s.parse::<u64>().ok());
+        let backup = c.backup_addr.clone();
+        wait_for("the restarted backup to copy the new writes", READY, || {
+            seq(&backup).is_some() && seq(&backup) >= seq(&c.primary_addr)
+        })
+        .unwrap_or_else(|e| {
+            panic!("{e} (tcp {tcp}): backup at {:?}, primary at {:?}", seq(&backup), seq(&c.primary_addr))
+        });
+    }
+}

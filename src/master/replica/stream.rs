@@ -169,7 +169,9 @@ pub fn serve_handoff(shared: &Arc<Shared>, stream: TcpStream) {
     for link in shared.members.lock().live_links() {
         link.kill("handing off to the other master");
     }
-    let last = shared.wal.last_seq();
+    // The last record, not a seq merely reserved (a slave's registration reserves the seqs it
+    // holds): the follower waits until it has applied this seq, and must be able to get there.
+    let last = shared.wal.last_record();
     log::warn!("handed off (was {}): last logged seq {last}, epoch {}", was.name(), shared.epoch());
     let _ = (&stream).write_all(format!("HANDOFF {last} {}\n", shared.epoch()).as_bytes());
 }
@@ -278,7 +280,7 @@ pub fn sync_from(shared: &Shared, addr: &str) -> Result<u64> {
     let mut remote_epoch = 0;
     follow_stream(shared, addr, |at| {
         remote_epoch = remote_epoch.max(at.epoch);
-        let applied = shared.wal.last_seq();
+        let applied = shared.wal.last_record();
         let lag = crate::master::Lag::Records(at.seq.saturating_sub(applied));
         *shared.following.lock() = Some(crate::master::Following { source: addr.to_string(), lag });
         match handoff {
