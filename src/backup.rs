@@ -10,9 +10,10 @@
 //! (even) epoch. When the primary returns, it catches up from the backup over TCP and asks it
 //! to hand off ([`crate::master::replica::serve_handoff`]); the backup is then a standby again.
 //!
-//! A backup whose own log holds an epoch at least as new as the followed log's (it was the last
-//! to serve) keeps its own copy and does not follow until the followed log moves past that
-//! epoch: the primary must first catch up from it.
+//! A backup's own log is a copy of the primary's, record for record. One whose log ends in an
+//! epoch of its own (even) parity was the last to serve: it keeps that copy and does not follow
+//! until the followed log moves past that epoch, since the primary must first catch up from it.
+//! One whose log ends in the primary's epoch follows again at once.
 
 use std::path::PathBuf;
 use std::sync::Arc;
