@@ -46,30 +46,33 @@ fn resync_keys(addr: &str, id: &str) -> u64 {
     stat(addr, &format!("slave.{id}.resync_keys")).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
 }
 
+/// Waits until the master at `addr` has told every slave, by a heartbeat, that it holds the
+/// whole log (`slave.<id>.synced_seq` at the log's last seq).
+fn wait_told_all(addr: &str) {
+    let n = |name: &str| stat(addr, name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    wait_for("every slave told it holds the whole log", READY, || {
+        let seq = n("seq");
+        ["s1", "s2", "s3"].iter().all(|id| n(&format!("slave.{id}.synced_seq")) >= seq)
+    })
+    .unwrap_or_else(|e| panic!("{e}: seq {}", n("seq")));
+}
+
 #[test]
 fn a_takeover_and_a_failback_resend_only_what_slaves_lack() {
     let mut c = FailoverCluster::start(3, false);
     load(&c.primary_addr, "a");
-    // Let the slaves learn how far they hold the log (a heartbeat or two).
-    let settled = || stat(&c.primary_addr, "seq");
-    let before = settled();
-    wait_for("a heartbeat after the load", READY, || {
-        std::thread::sleep(Duration::from_millis(50));
-        settled() == before
-    })
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_told_all(&c.primary_addr);
     c.primary.kill();
     c.wait_role(&c.backup_addr.clone(), "primary", 3);
-    // Each slave held the log up to its last heartbeat: at most what was written after it.
+    // Each slave was told it holds the whole log: the new master sends it nothing.
     for id in ["s1", "s2", "s3"] {
         let sent = resync_keys(&c.backup_addr, id);
-        assert!(sent < (KEYS / 4) as u64, "{id} was sent {sent} keys of {KEYS} after the takeover");
+        assert_eq!(sent, 0, "{id} was sent {sent} of {KEYS} keys after the takeover");
     }
     let mut client = c.client();
     check(&mut client, "a");
     load(&c.backup_addr, "b");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_told_all(&c.backup_addr);
     // The old primary comes back: it streams only what its log lacks, takes the writes back,
     // and the slaves are sent what they lack again.
     c.primary.restart().unwrap();
@@ -78,7 +81,7 @@ fn a_takeover_and_a_failback_resend_only_what_slaves_lack() {
     assert!(log.contains("handed off at seq"), "{log}");
     for id in ["s1", "s2", "s3"] {
         let sent = resync_keys(&c.primary_addr, id);
-        assert!(sent < (KEYS / 4) as u64, "{id} was sent {sent} keys of {KEYS} after the failback");
+        assert_eq!(sent, 0, "{id} was sent {sent} of {KEYS} keys after the failback");
     }
     check(&mut client, "a");
     check(&mut client, "b");

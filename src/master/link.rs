@@ -220,6 +220,9 @@ pub struct Link {
     pub held: crate::peer::Stamp,
     /// The keys the slave said it holds in its last answer to a heartbeat.
     pub keys: AtomicU64,
+    /// The last sync position this connection's heartbeats told the slave (`PING <seq>`): it
+    /// holds every write of this log up to there. 0 before the first.
+    pub synced_seq: AtomicU64,
     /// The keys sent to it by its resync (so far, while it runs).
     pub resync_keys: AtomicU64,
     /// Set by the first resync of this connection, so a slave that registers while a
@@ -248,6 +251,7 @@ impl Link {
             held: crate::peer::Stamp::default(),
             keys: AtomicU64::new(0),
             resync_keys: AtomicU64::new(0),
+            synced_seq: AtomicU64::new(0),
             resync_started: AtomicBool::new(false),
             last_ping: Mutex::new((0, 0)),
         }

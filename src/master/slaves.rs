@@ -286,7 +286,11 @@ pub fn heartbeat_loop(shared: &Arc<Shared>) {
             let rid = shared.rid();
             link.record_ping(rid, now);
             let synced = (primary && link.is_synced()).then_some(settled);
-            link.send(rid, epoch, &Command::Ping { synced }, None);
+            if link.send(rid, epoch, &Command::Ping { synced }, None) {
+                if let Some(seq) = synced {
+                    link.synced_seq.store(seq, Ordering::Relaxed);
+                }
+            }
         }
     }
 }

@@ -74,6 +74,8 @@ pub(super) fn stats(shared: &Arc<Shared>) -> Reply {
         ));
         let resync = link.map_or(0, |l| l.resync_keys.load(Ordering::Relaxed));
         rows.push((format!("slave.{}.resync_keys", m.id), resync.to_string()));
+        let synced = link.map_or(0, |l| l.synced_seq.load(Ordering::Relaxed));
+        rows.push((format!("slave.{}.synced_seq", m.id), synced.to_string()));
     }
     Reply::Table { tag: "STAT", rows }
 }

@@ -99,12 +99,11 @@ pub(super) enum Replicated {
 }
 
 /// Live links and the majority of members, or the reason there is no quorum.
-pub(super) fn quorum_links(shared: &Shared, synced_only: bool) -> Result<(Vec<Arc<Link>>, usize), String> {
+pub(super) fn quorum_links(shared: &Shared) -> Result<(Vec<Arc<Link>>, usize), String> {
     let members = shared.members.lock();
     let count = members.count();
     let need = majority(count).ok_or("no slave has registered yet")?;
-    let live: Vec<Arc<Link>> =
-        members.live_links().into_iter().filter(|l| !synced_only || l.is_synced()).collect();
+    let live = members.live_links();
     if live.len() < need {
         return Err(format!("{} of {count} members connected, {need} needed", live.len()));
     }

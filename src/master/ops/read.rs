@@ -11,8 +11,7 @@ use super::*;
 /// a value, or `NOT_FOUND` — needs this first: a master that was cut off or superseded must not
 /// answer from a state that may be stale.
 pub(super) fn read_lease(shared: &Shared) -> Result<(Vec<Arc<Link>>, usize), Reply> {
-    let (links, need) =
-        quorum_links(shared, false).map_err(|why| Reply::Err(ErrorReply::Unavailable(why)))?;
+    let (links, need) = quorum_links(shared).map_err(|why| Reply::Err(ErrorReply::Unavailable(why)))?;
     let now = shared.now_us();
     let leased = links.iter().filter(|l| l.lease_until_us.load(Ordering::Acquire) > now).count();
     if leased < need {

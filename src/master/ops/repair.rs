@@ -13,7 +13,7 @@ pub fn repair_loop(shared: &Arc<Shared>) {
         if shared.role() != crate::master::Role::Primary {
             continue;
         }
-        let Ok((links, need)) = quorum_links(shared, false) else {
+        let Ok((links, need)) = quorum_links(shared) else {
             continue;
         };
         repair_timed_out(shared, &links, need);

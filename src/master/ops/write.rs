@@ -20,7 +20,7 @@ pub fn execute_writes(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) -> V
 pub(super) fn write_run(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) -> Vec<Reply> {
     let n = writes.len();
     let unavailable = |why: String| vec![Reply::Err(ErrorReply::Unavailable(why)); n];
-    if let Err(why) = quorum_links(shared, false) {
+    if let Err(why) = quorum_links(shared) {
         return unavailable(why);
     }
     let records: Vec<Record> = writes.iter().map(|(k, v)| Record::store(k, Some(v))).collect();
@@ -45,7 +45,7 @@ pub(super) fn write_run(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) ->
             index.logged(key, *stamp, value.clone());
         }
     }
-    let (links, need) = match quorum_links(shared, false) {
+    let (links, need) = match quorum_links(shared) {
         Ok(q) => q,
         Err(why) => {
             let mut queue = shared.repair_queue.lock();
@@ -169,7 +169,7 @@ pub(super) fn write(
     client: Option<&Arc<ClientOut>>,
 ) -> Answer {
     // Refused before anything is logged when a majority is not even connected.
-    if let Err(why) = quorum_links(shared, false) {
+    if let Err(why) = quorum_links(shared) {
         return Answer::Reply(Reply::Err(ErrorReply::Unavailable(why)));
     }
     let record = Record::store(&key, value.as_deref());
@@ -189,7 +189,7 @@ pub(super) fn write(
     crate::failpoint::failpoint("after-append");
     // The links are taken after the append: a slave attached before this line is sent the
     // write here, one attached after it finds the write in the index it is resynced from.
-    let (links, need) = match quorum_links(shared, false) {
+    let (links, need) = match quorum_links(shared) {
         Ok(q) => q,
         Err(why) => {
             shared.repair_queue.lock().insert(key);
