@@ -107,6 +107,40 @@ impl<R: Read> LineReader<R> {
         self.buf[self.scanned.max(self.start)..self.end].contains(&b'\n')
     }
 
+    /// True when any unread byte is buffered: the start of a further request, in a framing
+    /// whose frames span several lines (RESP).
+    pub fn has_buffered_bytes(&self) -> bool {
+        self.start < self.end
+    }
+
+    /// The next `n` bytes, whatever they are (a RESP bulk string's payload and its `\r\n`,
+    /// which may hold line breaks); `None` at end of stream before they all came.
+    /// [`LineError::TooLong`] when `n` is over the reader's limit: nothing is buffered for it.
+    pub fn read_exact(&mut self, n: usize) -> Result<Option<&[u8]>, LineError> {
+        if n > self.limit + 2 {
+            return Err(LineError::TooLong);
+        }
+        while self.end - self.start < n {
+            if self.buf.len() - self.start < n {
+                // Make room for the whole payload at once rather than a chunk at a time.
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+                if self.buf.len() < n {
+                    self.buf.resize(n + READ_CHUNK, 0);
+                }
+            }
+            self.scanned = self.start;
+            if !self.fill()? {
+                return Ok(None);
+            }
+        }
+        let at = self.start;
+        self.start += n;
+        self.scanned = self.start;
+        Ok(Some(&self.buf[at..at + n]))
+    }
+
     /// After [`LineError::TooLong`], discards the rest of the long line (reading up to its `\n`
     /// without buffering it), so the next [`LineReader::read_line`] returns the line after it.
     /// Returns the long line's first [`LONG_LINE_PREFIX`] bytes. A peer that must stay

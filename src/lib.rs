@@ -19,6 +19,7 @@ pub mod master;
 pub mod peer;
 pub mod protocol;
 pub mod quorum;
+pub mod resp;
 pub mod slave;
 pub mod store;
 pub mod wal;

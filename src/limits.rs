@@ -49,3 +49,18 @@ const _: () = assert!(b"WRITE ".len() + MAX_KEY + 1 + MAX_VALUE <= MAX_LINE);
 const _: () = assert!(PEER_HEADER + ESCAPE_GROWTH * MAX_VALUE <= MAX_PEER_LINE);
 // A reply carrying the longest value (`VALUE <version> <value>`) fits the client's reader.
 const _: () = assert!(b"VALUE ".len() + 20 + 1 + MAX_VALUE <= MAX_LINE);
+
+/// The most elements in a RESP request: a command and 4,096 key-value pairs (an `MSET`), or
+/// 8,192 keys (`MGET`, `DEL`, `EXISTS`). A longer array is answered `-ERR Protocol error` and
+/// the connection closed (Redis allows more, and most clients never come near this).
+pub const MAX_RESP_ARGS: usize = 1 + 2 * 4096;
+
+/// The longest RESP bulk string: a value's limit, [`MAX_VALUE`] (Redis allows 512 MiB).
+pub const MAX_RESP_BULK: usize = MAX_VALUE;
+
+/// The most payload bytes in one RESP request, all its bulk strings together: bounds what one
+/// connection makes the master hold before a single byte of it is executed.
+pub const MAX_RESP_FRAME: usize = 8 * MAX_VALUE;
+
+// A RESP bulk and its `\r\n` fit a client's reader.
+const _: () = assert!(MAX_RESP_BULK + 2 <= MAX_LINE + 2);

@@ -32,6 +32,7 @@ pub mod members;
 mod ops;
 pub mod replica;
 pub mod role;
+pub mod session;
 mod slaves;
 
 use std::collections::HashSet;
@@ -48,7 +49,7 @@ use parking_lot::Mutex;
 use crate::auth::PeerRole;
 use crate::framing::{LineError, LineReader};
 use crate::peer::{Registration, Stamp};
-use crate::protocol::{ErrorReply, Reply, Request};
+use crate::protocol::{ErrorReply, Reply};
 use crate::wal::{Fsync, Record, Wal};
 use crate::{Error, Result};
 
@@ -236,6 +237,8 @@ pub struct Shared {
     pub stats: Stats,
     connections: AtomicUsize,
     next_rid: AtomicU64,
+    /// The id of the next client connection (`CLIENT ID`).
+    next_client_id: AtomicU64,
     started: Instant,
     /// Keys whose newest logged write is not yet on a majority (their write timed out).
     pub repair_queue: Mutex<HashSet<String>>,
@@ -335,6 +338,7 @@ impl Master {
             stats: Stats::default(),
             connections: AtomicUsize::new(0),
             next_rid: AtomicU64::new(1),
+            next_client_id: AtomicU64::new(1),
             started: Instant::now(),
             repair_queue: Mutex::new(HashSet::new()),
             stale_keys: Mutex::new(HashSet::new()),
@@ -425,157 +429,65 @@ pub fn apply_record(
     Ok(())
 }
 
-/// Serves one connection: a slave if its first line is `SLAVE ...`, otherwise a client.
+/// Serves one connection: a slave, the other master, or (any other first line) a client.
 fn serve_connection(shared: &Arc<Shared>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let Ok(read_half) = stream.try_clone() else {
         return;
     };
     let mut reader = LineReader::new(read_half);
-    let mut out = Vec::with_capacity(4096);
-    let mut first = true;
-    let mut authenticated = shared.config.requirepass.is_none();
     // The write half, which slave readers may share to answer a write (see `ops::execute`).
     let client = Arc::new(ops::ClientOut::new(stream));
-    loop {
-        let line = match reader.read_line() {
-            Ok(Some(line)) => line,
-            Ok(None) => break,
-            Err(LineError::TooLong) => {
-                out.extend_from_slice(b"ERR line too long\r\n");
-                break;
-            }
-            Err(LineError::Io(_)) => break,
-        };
-        if first && (line == b"STREAM" || line.starts_with(b"STREAM ")) {
-            let held = match replica::Held::parse(line.get(7..).unwrap_or_default()) {
-                Ok(held) => held,
-                Err(e) => {
-                    let _ = client.stream().write_all(format!("ERR {e}\n").as_bytes());
-                    return;
-                }
-            };
-            if admit(shared, client.stream(), &mut reader, PeerRole::Stream, crate::auth::MASTER_ID) {
-                if let Some(stream) = ops::ClientOut::into_stream(client) {
-                    replica::serve_stream(shared, stream, held);
-                }
-            }
+    let line = match reader.read_line() {
+        Ok(Some(line)) => line,
+        Ok(None) | Err(LineError::Io(_)) => return,
+        Err(LineError::TooLong) => {
+            let _ = client.stream().write_all(b"ERR line too long\r\n");
             return;
         }
-        if first && line == b"HANDOFF" {
-            if admit(shared, client.stream(), &mut reader, PeerRole::Handoff, crate::auth::MASTER_ID) {
-                if let Some(stream) = ops::ClientOut::into_stream(client) {
-                    replica::serve_handoff(shared, stream);
-                }
-            }
-            return;
-        }
-        if first && line.len() > 6 && line[..6].eq_ignore_ascii_case(b"SLAVE ") {
-            match Registration::parse(line) {
-                Ok(hello) => {
-                    // A slave's replies carry escaped values, longer than a client's lines.
-                    reader.set_limit(crate::limits::MAX_PEER_LINE);
-                    if admit(shared, client.stream(), &mut reader, PeerRole::Slave, &hello.id) {
-                        if let Some(stream) = ops::ClientOut::into_stream(client) {
-                            slaves::serve_slave(shared, stream, reader, hello);
-                        }
-                    }
-                    return;
-                }
-                Err(e) => {
-                    let _ = client.stream().write_all(format!("ERR {e}\r\n").as_bytes());
-                    return;
-                }
-            }
-        }
-        let mut request = Request::parse(line);
-        let was_first = std::mem::replace(&mut first, false);
-        // The requests a client has queued are executed together: a run of writes is logged
-        // in one append, sent to each slave together and answered once all are acknowledged,
-        // before the next request (a read that follows sees them).
-        let mut next = None;
-        let mut end = None;
-        loop {
-            let reply = match request {
-                Ok(Request::Write { key, value })
-                    if authenticated && reader.has_buffered_line() && out.len() < MAX_PENDING_REPLY_BYTES =>
-                {
-                    let mut batch = vec![(key, value)];
-                    while batch.len() < MAX_PIPELINED_WRITES && reader.has_buffered_line() {
-                        match reader.read_line() {
-                            Ok(Some(line)) => match Request::parse(line) {
-                                Ok(Request::Write { key, value }) => batch.push((key, value)),
-                                other => {
-                                    next = Some(other);
-                                    break;
-                                }
-                            },
-                            Ok(None) | Err(LineError::Io(_)) => {
-                                end = Some(&b""[..]);
-                                break;
-                            }
-                            Err(LineError::TooLong) => {
-                                end = Some(&b"ERR line too long\r\n"[..]);
-                                break;
-                            }
-                        }
-                    }
-                    for reply in ops::execute_writes(shared, batch) {
-                        if matches!(reply, Reply::Err(_)) {
-                            shared.stats.errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                        reply.encode_into(&mut out);
-                    }
-                    None
-                }
-                Ok(Request::Auth { password }) => Some(check_password(shared, &password, &mut authenticated)),
-                Ok(Request::Hello) if was_first => None,
-                Ok(Request::Hello) => Some(Reply::invalid("CLIENT is accepted only as the first line")),
-                Ok(Request::Quit) => {
-                    out.extend_from_slice(b"BYE\r\n");
-                    end = Some(&b""[..]);
-                    None
-                }
-                Ok(request) if !authenticated && request != Request::Ping => {
-                    Some(Reply::invalid("NOAUTH authentication required"))
-                }
-                Ok(request) => {
-                    // The answer may be sent by another thread only when it would be sent at
-                    // once anyway: nothing is waiting in `out` and no further request is buffered.
-                    let early = out.is_empty() && !reader.has_buffered_line() && next.is_none();
-                    match ops::execute(shared, request, early.then_some(&client)) {
-                        ops::Answer::Reply(reply) => Some(reply),
-                        ops::Answer::Sent => None,
-                    }
-                }
-                Err(msg) => Some(Reply::invalid(msg)),
-            };
-            if let Some(reply) = reply {
-                if matches!(reply, Reply::Err(_)) {
-                    shared.stats.errors.fetch_add(1, Ordering::Relaxed);
-                }
-                reply.encode_into(&mut out);
-            }
-            match next.take() {
-                Some(queued) if end.is_none() => request = queued,
-                _ => break,
-            }
-        }
-        if let Some(last) = end {
-            out.extend_from_slice(last);
-            break;
-        }
-        // Flush only when no further request is already buffered, so a pipelining client gets
-        // its replies in few system calls; but never let replies pile up without bound for a
-        // client that pipelines many reads of big values.
-        if (!reader.has_buffered_line() || out.len() >= MAX_PENDING_REPLY_BYTES) && !out.is_empty() {
-            if client.stream().write_all(&out).is_err() {
+    };
+    if line == b"STREAM" || line.starts_with(b"STREAM ") {
+        let held = match replica::Held::parse(line.get(7..).unwrap_or_default()) {
+            Ok(held) => held,
+            Err(e) => {
+                let _ = client.stream().write_all(format!("ERR {e}\n").as_bytes());
                 return;
             }
-            out.clear();
+        };
+        if admit(shared, client.stream(), &mut reader, PeerRole::Stream, crate::auth::MASTER_ID) {
+            if let Some(stream) = ops::ClientOut::into_stream(client) {
+                replica::serve_stream(shared, stream, held);
+            }
         }
+        return;
     }
-    let _ = client.stream().write_all(&out);
+    if line == b"HANDOFF" {
+        if admit(shared, client.stream(), &mut reader, PeerRole::Handoff, crate::auth::MASTER_ID) {
+            if let Some(stream) = ops::ClientOut::into_stream(client) {
+                replica::serve_handoff(shared, stream);
+            }
+        }
+        return;
+    }
+    if line.len() > 6 && line[..6].eq_ignore_ascii_case(b"SLAVE ") {
+        match Registration::parse(line) {
+            Ok(hello) => {
+                // A slave's replies carry escaped values, longer than a client's lines.
+                reader.set_limit(crate::limits::MAX_PEER_LINE);
+                if admit(shared, client.stream(), &mut reader, PeerRole::Slave, &hello.id) {
+                    if let Some(stream) = ops::ClientOut::into_stream(client) {
+                        slaves::serve_slave(shared, stream, reader, hello);
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = client.stream().write_all(format!("ERR {e}\r\n").as_bytes());
+            }
+        }
+        return;
+    }
+    let first = line.to_vec();
+    session::Session::new(shared, reader, client).run(&first);
 }
 
 /// With a cluster secret, runs the server's side of the peer handshake ([`crate::auth`]) and
@@ -598,17 +510,5 @@ fn admit(
             log::warn!("refused a {} connection ({id}) from {peer}: {why}", role.name());
             false
         }
-    }
-}
-
-/// Answers `AUTH <password>`: `OK` and an authenticated connection, or `ERR invalid password`.
-fn check_password(shared: &Shared, attempt: &[u8], authenticated: &mut bool) -> Reply {
-    match &shared.config.requirepass {
-        None => Reply::invalid("AUTH given, but no password is configured"),
-        Some(password) if password.check(attempt) => {
-            *authenticated = true;
-            Reply::Done
-        }
-        Some(_) => Reply::invalid("invalid password"),
     }
 }

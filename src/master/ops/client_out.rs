@@ -4,7 +4,11 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use parking_lot::Mutex;
+
+use crate::master::session::Dialect;
 
 /// A client connection's write half, shared with the slave readers so that the one whose ACK
 /// completes a write's quorum can answer the client itself (one thread hop sooner than waking
@@ -15,12 +19,14 @@ pub struct ClientOut {
     /// thread sends it. A reader never blocks on a client's socket: a client that does not read
     /// its answers must not hold up a slave's link.
     unsent: Mutex<Vec<u8>>,
+    /// The framing of the request being served, for an answer a reader sends.
+    resp: AtomicBool,
 }
 
 impl ClientOut {
     /// Wraps a client connection's socket.
     pub fn new(stream: TcpStream) -> ClientOut {
-        ClientOut { stream, unsent: Mutex::new(Vec::new()) }
+        ClientOut { stream, unsent: Mutex::new(Vec::new()), resp: AtomicBool::new(false) }
     }
 
     /// The connection's socket, for the connection's own thread.
@@ -32,6 +38,21 @@ impl ClientOut {
     /// line before any request could have shared it).
     pub fn into_stream(this: Arc<ClientOut>) -> Option<TcpStream> {
         Arc::into_inner(this).map(|out| out.stream)
+    }
+
+    /// Sets the framing of the request being served: a write's answer sent by a reader
+    /// ([`ClientOut::encode_ok`]) is in it.
+    pub fn set_dialect(&self, dialect: Dialect) {
+        self.resp.store(dialect == Dialect::Resp, Ordering::Relaxed);
+    }
+
+    /// Appends the answer to an acknowledged write at `version`, in the request's framing.
+    pub(super) fn encode_ok(&self, version: u64, out: &mut Vec<u8>) {
+        if self.resp.load(Ordering::Relaxed) {
+            out.extend_from_slice(b"+OK\r\n");
+        } else {
+            crate::protocol::Reply::Ok(version).encode_into(out);
+        }
     }
 
     /// Sends `bytes` without blocking; what the socket does not take is kept in `unsent`

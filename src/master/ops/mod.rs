@@ -20,11 +20,13 @@ use crate::wal::Record;
 
 mod admin;
 mod client_out;
+mod info;
 mod read;
 mod repair;
 mod write;
 
 pub use client_out::ClientOut;
+pub use info::info;
 pub use repair::repair_loop;
 pub use write::{execute_writes, relog};
 

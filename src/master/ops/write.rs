@@ -282,7 +282,7 @@ pub(super) fn finish_write(
     Box::new(move |_acked| {
         commit_write(&shared, &key, stamp, value);
         let mut answer = Vec::with_capacity(32);
-        Reply::Ok(stamp.seq).encode_into(&mut answer);
+        client.encode_ok(stamp.seq, &mut answer);
         client.send_or_keep(&answer);
     })
 }

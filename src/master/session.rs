@@ -1,0 +1,557 @@
+//! One client connection: reads requests in either framing, executes them, and writes the
+//! replies in the framing of each request.
+//!
+//! A request starting with `*` is RESP ([`crate::resp`]); any other line is the line protocol
+//! ([`crate::protocol`]). Both reach the same operations (`super::ops`) with the same limits,
+//! authentication and guarantees: a RESP `SET` is answered `+OK` only after a majority of the
+//! members acknowledged it, exactly as `WRITE` is answered `OK <version>`.
+//!
+//! Pipelining: the writes a client has queued (`WRITE` lines and RESP `SET`s, in any mix) are
+//! executed together, up to [`MAX_PIPELINED_WRITES`]: one log append, one message to each
+//! slave, and the replies in order once all are acknowledged, before the next request (so a
+//! read that follows sees them). Replies are buffered while further requests are, and written
+//! when the connection would otherwise wait, or at [`MAX_PENDING_REPLY_BYTES`].
+//!
+//! Errors in RESP: dsm's refusals carry the codes Redis clients act on. A standby answers
+//! `-READONLY ... the primary is <addr>` (Redis's reply from a replica: Sentinel-aware clients
+//! take it as "reconnect to the primary"); no quorum is `-NOREPLICAS` (Redis's reply when
+//! `min-replicas-to-write` is not met: nothing was written); a log that cannot be written is
+//! `-MISCONF` (Redis's reply when it cannot persist); a write whose quorum did not answer in
+//! time is `-TIMEOUT` (its outcome is unknown); anything else is `-ERR`.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::ops::{self, ClientOut};
+use super::{Shared, MAX_PENDING_REPLY_BYTES, MAX_PIPELINED_WRITES};
+use crate::framing::{LineError, LineReader};
+use crate::protocol::{ErrorReply, Reply, Request};
+use crate::resp::command::{Command, CommandQuery, COMMANDS};
+use crate::resp::{self, FrameError};
+
+/// The Redis version whose protocol and commands dsm follows, as `INFO` and `HELLO` report it
+/// (clients read it to decide what they may send; dsm answers the RESP2 subset of 7.0 listed
+/// in `crate::resp::command`).
+pub const REDIS_COMPAT_VERSION: &str = "7.0.0";
+
+/// Which framing a request came in, and so its reply goes out in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// The line protocol.
+    Line,
+    /// RESP2.
+    Resp,
+}
+
+/// One request read from the connection.
+enum Incoming {
+    Line(Result<Request, String>),
+    Resp(Result<Command, String>),
+    /// An empty RESP array (`*0`, `*-1`): skipped without a reply, as Redis does.
+    Nothing,
+}
+
+impl Incoming {
+    /// The key and value of a write, or the request back.
+    fn take_write(self) -> Result<(String, Vec<u8>, Dialect), Incoming> {
+        match self {
+            Incoming::Line(Ok(Request::Write { key, value })) => Ok((key, value, Dialect::Line)),
+            Incoming::Resp(Ok(Command::Set { key, value })) => Ok((key, value, Dialect::Resp)),
+            other => Err(other),
+        }
+    }
+
+    fn from_write((key, value, dialect): (String, Vec<u8>, Dialect)) -> Incoming {
+        match dialect {
+            Dialect::Line => Incoming::Line(Ok(Request::Write { key, value })),
+            Dialect::Resp => Incoming::Resp(Ok(Command::Set { key, value })),
+        }
+    }
+}
+
+/// The connection ends after the replies so far and these last bytes (none, `BYE`, or the
+/// error that explains why).
+struct Stop(Vec<u8>);
+
+/// A client connection's state.
+pub(super) struct Session<'a> {
+    shared: &'a Arc<Shared>,
+    reader: LineReader<TcpStream>,
+    client: Arc<ClientOut>,
+    out: Vec<u8>,
+    authenticated: bool,
+    name: Option<String>,
+    id: u64,
+}
+
+impl<'a> Session<'a> {
+    pub(super) fn new(
+        shared: &'a Arc<Shared>,
+        reader: LineReader<TcpStream>,
+        client: Arc<ClientOut>,
+    ) -> Self {
+        Session {
+            shared,
+            reader,
+            client,
+            out: Vec::with_capacity(4096),
+            authenticated: shared.config.requirepass.is_none(),
+            name: None,
+            id: shared.next_client_id.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Serves the connection until it closes; `first` is its first line, already read.
+    pub(super) fn run(mut self, first: &[u8]) {
+        let mut incoming = match Request::parse(first) {
+            // The original system's handshake line: accepted as the first line, unanswered.
+            Ok(Request::Hello) => self.read(),
+            _ if first.first() == Some(&b'*') => {
+                let len = resp::request_len(first);
+                self.resp_args(len)
+            }
+            parsed => Ok(Incoming::Line(parsed)),
+        };
+        loop {
+            let stop = match incoming {
+                Ok(request) => self.serve_run(request),
+                Err(stop) => Some(stop),
+            };
+            if let Some(Stop(last)) = stop {
+                self.out.extend_from_slice(&last);
+                break;
+            }
+            // Flush only when no further request is already buffered, so a pipelining client
+            // gets its replies in few system calls; but never let replies pile up without bound
+            // for a client that pipelines many reads of big values.
+            if (!self.reader.has_buffered_line() || self.out.len() >= MAX_PENDING_REPLY_BYTES)
+                && !self.out.is_empty()
+            {
+                if self.client.stream().write_all(&self.out).is_err() {
+                    return;
+                }
+                self.out.clear();
+            }
+            incoming = self.read();
+        }
+        let _ = self.client.stream().write_all(&self.out);
+    }
+
+    /// Reads the next request.
+    fn read(&mut self) -> Result<Incoming, Stop> {
+        let line = match self.reader.read_line() {
+            Ok(Some(line)) => line,
+            Ok(None) | Err(LineError::Io(_)) => return Err(Stop(Vec::new())),
+            Err(LineError::TooLong) => return Err(Stop(b"ERR line too long\r\n".to_vec())),
+        };
+        if line.first() != Some(&b'*') {
+            return Ok(Incoming::Line(Request::parse(line)));
+        }
+        let len = resp::request_len(line);
+        self.resp_args(len)
+    }
+
+    /// Reads the bulk strings of a RESP request whose header gave `len`.
+    fn resp_args(&mut self, len: Result<u64, FrameError>) -> Result<Incoming, Stop> {
+        match len.and_then(|n| resp::read_args(n, &mut self.reader)) {
+            Ok(args) if args.is_empty() => Ok(Incoming::Nothing),
+            Ok(args) => Ok(Incoming::Resp(Command::parse(args))),
+            Err(FrameError::Protocol(why)) => {
+                self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+                let mut last = Vec::new();
+                resp::push_error(&mut last, &format!("ERR Protocol error: {why}"));
+                Err(Stop(last))
+            }
+            Err(FrameError::Closed) => Err(Stop(Vec::new())),
+        }
+    }
+
+    /// True when a write may wait for the writes queued behind it.
+    fn may_batch(&self) -> bool {
+        self.authenticated && self.reader.has_buffered_line() && self.out.len() < MAX_PENDING_REPLY_BYTES
+    }
+
+    /// Serves `first` and, if it is a write with more writes queued behind it, those too, as
+    /// one run.
+    fn serve_run(&mut self, first: Incoming) -> Option<Stop> {
+        let mut pending = Some(first);
+        while let Some(incoming) = pending.take() {
+            let write = match incoming.take_write() {
+                Ok(write) if self.may_batch() => write,
+                Ok(write) => return self.serve(Incoming::from_write(write)),
+                Err(other) => return self.serve(other),
+            };
+            let mut stop = None;
+            let mut dialects = vec![write.2];
+            let mut batch = vec![(write.0, write.1)];
+            while batch.len() < MAX_PIPELINED_WRITES && self.reader.has_buffered_line() {
+                match self.read().map(Incoming::take_write) {
+                    Ok(Ok((key, value, dialect))) => {
+                        batch.push((key, value));
+                        dialects.push(dialect);
+                    }
+                    Ok(Err(other)) => {
+                        pending = Some(other);
+                        break;
+                    }
+                    Err(end) => {
+                        stop = Some(end);
+                        break;
+                    }
+                }
+            }
+            for (reply, dialect) in ops::execute_writes(self.shared, batch).into_iter().zip(dialects) {
+                match dialect {
+                    Dialect::Line => self.line_reply(reply),
+                    Dialect::Resp => self.resp_status(reply, "OK"),
+                }
+            }
+            if stop.is_some() {
+                return stop;
+            }
+        }
+        None
+    }
+
+    /// Serves one request.
+    fn serve(&mut self, incoming: Incoming) -> Option<Stop> {
+        match incoming {
+            Incoming::Nothing => None,
+            Incoming::Line(request) => self.serve_line(request),
+            Incoming::Resp(Ok(command)) => self.serve_resp(command),
+            Incoming::Resp(Err(message)) => {
+                self.resp_err(&message);
+                None
+            }
+        }
+    }
+
+    fn serve_line(&mut self, request: Result<Request, String>) -> Option<Stop> {
+        let reply = match request {
+            Ok(Request::Auth { password }) => self.check_password(&password),
+            Ok(Request::Hello) => Reply::invalid("CLIENT is accepted only as the first line"),
+            Ok(Request::Quit) => return Some(Stop(b"BYE\r\n".to_vec())),
+            Ok(request) if !self.authenticated && request != Request::Ping => {
+                Reply::invalid("NOAUTH authentication required")
+            }
+            Ok(request) => {
+                self.client.set_dialect(Dialect::Line);
+                match ops::execute(self.shared, request, self.early()) {
+                    ops::Answer::Reply(reply) => reply,
+                    ops::Answer::Sent => return None,
+                }
+            }
+            Err(msg) => Reply::invalid(msg),
+        };
+        self.line_reply(reply);
+        None
+    }
+
+    /// The connection, when a write's answer may be sent by the slave reader that completes
+    /// its quorum: only when it would be sent at once anyway (nothing waits in `out`, no
+    /// further request is buffered).
+    fn early(&self) -> Option<&Arc<ClientOut>> {
+        (self.out.is_empty() && !self.reader.has_buffered_line()).then_some(&self.client)
+    }
+
+    fn line_reply(&mut self, reply: Reply) {
+        let reply = match reply {
+            Reply::Value { value, .. } if value.iter().any(|&b| b == b'\n' || b == b'\r') => Reply::invalid(
+                "the value holds a line break, which a line-protocol reply cannot carry: read it over RESP",
+            ),
+            other => other,
+        };
+        if matches!(reply, Reply::Err(_)) {
+            self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        reply.encode_into(&mut self.out);
+    }
+
+    /// Answers `AUTH <password>`: `OK` and an authenticated connection, or an error.
+    fn check_password(&mut self, attempt: &[u8]) -> Reply {
+        match &self.shared.config.requirepass {
+            None => Reply::invalid("AUTH given, but no password is configured"),
+            Some(password) if password.check(attempt) => {
+                self.authenticated = true;
+                Reply::Done
+            }
+            Some(_) => Reply::invalid("invalid password"),
+        }
+    }
+
+    fn serve_resp(&mut self, command: Command) -> Option<Stop> {
+        if !self.authenticated && !command.allowed_before_auth() {
+            self.resp_err("NOAUTH Authentication required.");
+            return None;
+        }
+        let shared = self.shared;
+        match command {
+            Command::Ping(None) => resp::push_simple(&mut self.out, "PONG"),
+            Command::Ping(Some(message)) | Command::Echo(message) => resp::push_bulk(&mut self.out, &message),
+            Command::Get(key) => match self.read_key(key) {
+                Reply::Value { value, .. } => resp::push_bulk(&mut self.out, &value),
+                Reply::NotFound => resp::push_null(&mut self.out),
+                other => self.resp_reply_error(other),
+            },
+            Command::Version(key) => match self.read_key(key) {
+                Reply::Value { version, .. } => resp::push_int(&mut self.out, version as i64),
+                Reply::NotFound => resp::push_null(&mut self.out),
+                other => self.resp_reply_error(other),
+            },
+            Command::Set { key, value } => {
+                self.client.set_dialect(Dialect::Resp);
+                match ops::execute(shared, Request::Write { key, value }, self.early()) {
+                    ops::Answer::Reply(reply) => self.resp_status(reply, "OK"),
+                    ops::Answer::Sent => {}
+                }
+            }
+            Command::MSet(pairs) => {
+                let replies = ops::execute_writes(shared, pairs);
+                match replies.into_iter().find(|r| matches!(r, Reply::Err(_))) {
+                    Some(error) => self.resp_reply_error(error),
+                    None => resp::push_simple(&mut self.out, "OK"),
+                }
+            }
+            Command::Del(keys) => {
+                let mut deleted = 0;
+                for key in keys {
+                    match ops::execute(shared, Request::Delete { key }, None) {
+                        ops::Answer::Reply(Reply::Ok(_)) => deleted += 1,
+                        ops::Answer::Reply(Reply::NotFound) | ops::Answer::Sent => {}
+                        ops::Answer::Reply(other) => {
+                            self.resp_reply_error(other);
+                            return None;
+                        }
+                    }
+                }
+                resp::push_int(&mut self.out, deleted);
+            }
+            Command::Exists(keys) => {
+                let mut present = 0;
+                for key in keys {
+                    match self.read_key(key) {
+                        Reply::Value { .. } => present += 1,
+                        Reply::NotFound => {}
+                        other => {
+                            self.resp_reply_error(other);
+                            return None;
+                        }
+                    }
+                }
+                resp::push_int(&mut self.out, present);
+            }
+            Command::MGet(keys) => {
+                let mut values = Vec::with_capacity(keys.len());
+                for key in keys {
+                    match self.read_key(key) {
+                        Reply::Value { value, .. } => values.push(Some(value)),
+                        Reply::NotFound => values.push(None),
+                        other => {
+                            self.resp_reply_error(other);
+                            return None;
+                        }
+                    }
+                }
+                resp::push_array(&mut self.out, values.len());
+                for value in values {
+                    match value {
+                        Some(v) => resp::push_bulk(&mut self.out, &v),
+                        None => resp::push_null(&mut self.out),
+                    }
+                }
+            }
+            Command::DbSize => {
+                let keys = shared.index.lock().live_keys();
+                resp::push_int(&mut self.out, keys as i64);
+            }
+            Command::Info(sections) => {
+                let text = ops::info(shared, &sections);
+                resp::push_bulk(&mut self.out, text.as_bytes());
+            }
+            Command::Auth { user, password } => {
+                if let Some(error) = self.resp_auth(user.as_deref(), &password) {
+                    self.resp_err(&error);
+                } else {
+                    resp::push_simple(&mut self.out, "OK");
+                }
+            }
+            Command::Hello { protocol, auth, name } => self.hello(protocol, auth, name),
+            Command::ClientSetName(name) => {
+                self.name = (!name.is_empty()).then_some(name);
+                resp::push_simple(&mut self.out, "OK");
+            }
+            Command::ClientGetName => match &self.name {
+                Some(name) => resp::push_bulk(&mut self.out, name.as_bytes()),
+                None => resp::push_null(&mut self.out),
+            },
+            Command::ClientId => resp::push_int(&mut self.out, self.id as i64),
+            Command::ClientInfo => {
+                let info = self.client_info();
+                resp::push_bulk(&mut self.out, info.as_bytes());
+            }
+            Command::ClientSetInfo => resp::push_simple(&mut self.out, "OK"),
+            Command::Select(0) => resp::push_simple(&mut self.out, "OK"),
+            Command::Select(_) => self.resp_err("ERR DB index is out of range"),
+            Command::Command(query) => self.command_table(query),
+            Command::ConfigGet => resp::push_array(&mut self.out, 0),
+            Command::Compact => {
+                shared.compaction.request();
+                resp::push_simple(&mut self.out, "Background append only file rewriting started");
+            }
+            Command::Quit => {
+                let mut last = Vec::new();
+                resp::push_simple(&mut last, "OK");
+                return Some(Stop(last));
+            }
+        }
+        None
+    }
+
+    fn read_key(&self, key: String) -> Reply {
+        match ops::execute(self.shared, Request::Read { key }, None) {
+            ops::Answer::Reply(reply) => reply,
+            // Only writes are answered by another thread.
+            ops::Answer::Sent => Reply::invalid("unexpected answer to a read"),
+        }
+    }
+
+    /// `AUTH [user] password` in Redis's terms: `None` when it succeeded, else the error.
+    fn resp_auth(&mut self, user: Option<&[u8]>, password: &[u8]) -> Option<String> {
+        let Some(expected) = &self.shared.config.requirepass else {
+            return Some(
+                "ERR AUTH <password> called without any password configured for the default user. \
+                 Are you sure your configuration is correct?"
+                    .into(),
+            );
+        };
+        if user.is_some_and(|u| u != b"default") || !expected.check(password) {
+            return Some("WRONGPASS invalid username-password pair or user is disabled.".into());
+        }
+        self.authenticated = true;
+        None
+    }
+
+    /// `HELLO`: RESP2 only, so a client asking for RESP3 is told `NOPROTO` and falls back.
+    fn hello(&mut self, protocol: Option<u64>, auth: Option<(Vec<u8>, Vec<u8>)>, name: Option<String>) {
+        if protocol.is_some_and(|p| p != 2) {
+            self.resp_err("NOPROTO sorry, this protocol version is not supported");
+            return;
+        }
+        if let Some((user, password)) = auth {
+            if let Some(error) = self.resp_auth(Some(&user), &password) {
+                self.resp_err(&error);
+                return;
+            }
+        }
+        if !self.authenticated {
+            self.resp_err(
+                "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
+                 HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and \
+                 select the RESP protocol version at the same time",
+            );
+            return;
+        }
+        if let Some(name) = name {
+            self.name = Some(name);
+        }
+        let role = if self.shared.role() == super::Role::Primary { "master" } else { "replica" };
+        let out = &mut self.out;
+        resp::push_array(out, 14);
+        for (field, value) in [("server", "dsm"), ("version", REDIS_COMPAT_VERSION)] {
+            resp::push_bulk(out, field.as_bytes());
+            resp::push_bulk(out, value.as_bytes());
+        }
+        resp::push_bulk(out, b"proto");
+        resp::push_int(out, 2);
+        resp::push_bulk(out, b"id");
+        resp::push_int(out, self.id as i64);
+        for (field, value) in [("mode", "standalone"), ("role", role)] {
+            resp::push_bulk(out, field.as_bytes());
+            resp::push_bulk(out, value.as_bytes());
+        }
+        resp::push_bulk(out, b"modules");
+        resp::push_array(out, 0);
+    }
+
+    fn client_info(&self) -> String {
+        let addr = self.client.stream().peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        let name = self.name.as_deref().unwrap_or("");
+        format!("id={} addr={addr} name={name} db=0 resp=2\n", self.id)
+    }
+
+    /// `COMMAND`: the table of `crate::resp::command`, in Redis's six-field form.
+    fn command_table(&mut self, query: CommandQuery) {
+        let out = &mut self.out;
+        let push_spec = |out: &mut Vec<u8>, spec: &crate::resp::command::Spec| {
+            resp::push_array(out, 6);
+            resp::push_bulk(out, spec.name.as_bytes());
+            resp::push_int(out, spec.arity);
+            resp::push_array(out, spec.flags.len());
+            for flag in spec.flags {
+                resp::push_simple(out, flag);
+            }
+            resp::push_int(out, spec.first_key);
+            resp::push_int(out, spec.last_key);
+            resp::push_int(out, spec.step);
+        };
+        match query {
+            CommandQuery::All => {
+                resp::push_array(out, COMMANDS.len());
+                for spec in COMMANDS {
+                    push_spec(out, spec);
+                }
+            }
+            CommandQuery::Count => resp::push_int(out, COMMANDS.len() as i64),
+            // No documentation to give: redis-cli then uses the help it carries itself.
+            CommandQuery::Docs => resp::push_array(out, 0),
+            CommandQuery::Info(names) => {
+                resp::push_array(out, names.len());
+                for name in names {
+                    match COMMANDS.iter().find(|s| s.name == name) {
+                        Some(spec) => push_spec(out, spec),
+                        None => resp::push_null(out),
+                    }
+                }
+            }
+        }
+    }
+
+    /// A write's reply as a RESP status (`+OK`), or its error.
+    fn resp_status(&mut self, reply: Reply, status: &str) {
+        match reply {
+            Reply::Ok(_) | Reply::Done => resp::push_simple(&mut self.out, status),
+            other => self.resp_reply_error(other),
+        }
+    }
+
+    /// A reply that is not what the command answers on success: its error in Redis's terms.
+    fn resp_reply_error(&mut self, reply: Reply) {
+        let text = match reply {
+            Reply::Err(e) => resp_error_text(&e),
+            other => {
+                format!("ERR unexpected reply {:?}", String::from_utf8_lossy(&other.encode()).trim_end())
+            }
+        };
+        self.resp_err(&text);
+    }
+
+    fn resp_err(&mut self, text: &str) {
+        self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+        resp::push_error(&mut self.out, text);
+    }
+}
+
+/// A dsm refusal as a RESP error: the code a Redis client acts on, then dsm's reason.
+pub fn resp_error_text(error: &ErrorReply) -> String {
+    match error {
+        ErrorReply::NotPrimary(addr) => {
+            format!("READONLY this dsm master is a standby and serves neither reads nor writes; the primary is {addr}")
+        }
+        ErrorReply::Unavailable(why) if why.starts_with("write-ahead log") => format!("MISCONF {why}"),
+        ErrorReply::Unavailable(why) => format!("NOREPLICAS {why}"),
+        ErrorReply::Timeout(why) => format!("TIMEOUT {why}"),
+        ErrorReply::Invalid(message) => format!("ERR {message}"),
+    }
+}
