@@ -84,6 +84,10 @@ pub(super) struct Session<'a> {
     authenticated: bool,
     name: Option<String>,
     id: u64,
+    /// Whether a RESP request came: from then on an empty line is skipped, as Redis skips
+    /// one (`redis-cli --pipe` sends `\r\n` before its closing `ECHO`), instead of being
+    /// answered `ERR empty command` as on a line-protocol connection.
+    spoke_resp: bool,
 }
 
 impl<'a> Session<'a> {
@@ -100,6 +104,7 @@ impl<'a> Session<'a> {
             authenticated: shared.config.requirepass.is_none(),
             name: None,
             id: shared.next_client_id.fetch_add(1, Ordering::Relaxed),
+            spoke_resp: false,
         }
     }
 
@@ -147,6 +152,9 @@ impl<'a> Session<'a> {
             Err(LineError::TooLong) => return Err(Stop(b"ERR line too long\r\n".to_vec())),
         };
         if line.first() != Some(&b'*') {
+            if line.is_empty() && self.spoke_resp {
+                return Ok(Incoming::Nothing);
+            }
             return Ok(Incoming::Line(Request::parse(line)));
         }
         let len = resp::request_len(line);
@@ -155,6 +163,7 @@ impl<'a> Session<'a> {
 
     /// Reads the bulk strings of a RESP request whose header gave `len`.
     fn resp_args(&mut self, len: Result<u64, FrameError>) -> Result<Incoming, Stop> {
+        self.spoke_resp = true;
         match len.and_then(|n| resp::read_args(n, &mut self.reader)) {
             Ok(args) if args.is_empty() => Ok(Incoming::Nothing),
             Ok(args) => Ok(Incoming::Resp(Command::parse(args))),
