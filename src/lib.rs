@@ -4,7 +4,8 @@
 //! majority of slave nodes before acknowledging it; a backup master follows the log and takes
 //! over when the primary fails. See `docs/ARCHITECTURE.md` for the whole picture. The tools
 //! that test and measure it (cluster launcher, proxy, checker, nemesis, harness, plots) are
-//! the workspace's other crate, `dsm-testkit` (`testkit/`).
+//! the workspace's other crate, `dsm-testkit` (`testkit/`). A master serves its counters,
+//! latency histograms and state to Prometheus with `--metrics-listen` ([`metrics`]).
 
 pub mod auth;
 pub mod backup;
@@ -16,6 +17,7 @@ pub mod framing;
 pub mod limits;
 pub mod logging;
 pub mod master;
+pub mod metrics;
 pub mod peer;
 pub mod protocol;
 pub mod quorum;

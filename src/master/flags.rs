@@ -42,6 +42,10 @@ pub struct ServerFlags {
     /// Never compact a smaller log on its own (`COMPACT` does).
     #[arg(long, default_value_t = DEFAULT_COMPACT_MIN_BYTES)]
     pub compact_min_bytes: u64,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (port 0 picks a free port; the real
+    /// address is logged as `metrics on http://ADDR/metrics`). Off when not given.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
     /// Log verbosity.
     #[arg(long, value_enum, default_value_t = Level::Info)]
     pub log_level: Level,
@@ -71,6 +75,7 @@ impl ServerFlags {
             requirepass,
             read_from: self.read_from,
             compaction: Policy { percent: self.compact_percent, min_bytes: self.compact_min_bytes },
+            metrics_listen: self.metrics_listen.clone(),
         })
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! Threads: one accept loop; one thread per connection (a client's or a slave's — they share
 //! the port and are told apart by their first line); one heartbeat thread; one repair thread;
-//! one compaction thread; and one short-lived resync thread per slave that (re)registers. State
+//! one compaction thread; with `--metrics-listen`, one thread serving `/metrics`
+//! (`metrics_http`); and one short-lived resync thread per slave that (re)registers. State
 //! lives in [`Shared`]: the write-ahead log, the [`index::Index`] of keys, the
 //! [`members::Members`] with their live [`link::Link`]s, the log's [`history::History`] of
 //! epochs, and counters.
@@ -29,6 +30,7 @@ pub mod history;
 pub mod index;
 pub mod link;
 pub mod members;
+mod metrics_http;
 mod ops;
 pub mod replica;
 pub mod role;
@@ -122,6 +124,8 @@ pub struct Config {
     pub read_from: ReadFrom,
     /// When the log is compacted in the background.
     pub compaction: compaction::Policy,
+    /// Where to serve `/metrics` over HTTP (`--metrics-listen`); `None` serves no metrics.
+    pub metrics_listen: Option<String>,
 }
 
 /// Who answers a client's read (`--read-from`). Both give the same guarantee: never an older
@@ -178,6 +182,7 @@ impl Default for Config {
             requirepass: None,
             read_from: ReadFrom::Master,
             compaction: compaction::Policy::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -235,6 +240,8 @@ pub struct Shared {
     pub compaction: compaction::Compactor,
     /// Counters.
     pub stats: Stats,
+    /// Request counters and latency histograms for `/metrics` (see [`crate::metrics`]).
+    pub metrics: crate::metrics::Metrics,
     connections: AtomicUsize,
     next_rid: AtomicU64,
     /// The id of the next client connection (`CLIENT ID`).
@@ -298,6 +305,8 @@ impl Shared {
 pub struct Master {
     shared: Arc<Shared>,
     listener: TcpListener,
+    /// The `/metrics` endpoint's socket, until `run` starts serving it.
+    metrics_listener: Option<TcpListener>,
 }
 
 impl Master {
@@ -307,6 +316,7 @@ impl Master {
         // it opens (and may truncate the torn tail of) a log another master is writing.
         let listener = TcpListener::bind(&config.listen)
             .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.listen)))?;
+        let metrics_listener = config.metrics_listen.as_deref().map(metrics_http::bind).transpose()?;
         let mut index = Index::new();
         let mut members = Members::new();
         let mut history = History::new();
@@ -336,6 +346,7 @@ impl Master {
             members: Mutex::new(members),
             history: Mutex::new(history),
             stats: Stats::default(),
+            metrics: crate::metrics::Metrics::new(),
             connections: AtomicUsize::new(0),
             next_rid: AtomicU64::new(1),
             next_client_id: AtomicU64::new(1),
@@ -346,12 +357,17 @@ impl Master {
             inflight: AtomicUsize::new(0),
             following: Mutex::new(None),
         });
-        Ok(Master { shared, listener })
+        Ok(Master { shared, listener, metrics_listener })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> Result<SocketAddr> {
         Ok(self.listener.local_addr()?)
+    }
+
+    /// The address the `/metrics` endpoint is bound to, if `--metrics-listen` was given.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The shared state (for a controller).
@@ -361,7 +377,7 @@ impl Master {
 
     /// Serves forever. `controller` decides the role: it runs on its own thread (see
     /// [`replica::run_primary`] and [`crate::backup::run`]).
-    pub fn run(self, controller: impl FnOnce(Arc<Shared>) + Send + 'static) -> Result<()> {
+    pub fn run(mut self, controller: impl FnOnce(Arc<Shared>) + Send + 'static) -> Result<()> {
         let shared = Arc::clone(&self.shared);
         thread::Builder::new().name("controller".into()).spawn(move || controller(shared))?;
         let shared = Arc::clone(&self.shared);
@@ -370,6 +386,9 @@ impl Master {
         thread::Builder::new().name("repair".into()).spawn(move || ops::repair_loop(&shared))?;
         let shared = Arc::clone(&self.shared);
         thread::Builder::new().name("compaction".into()).spawn(move || compaction::run(&shared))?;
+        if let Some(listener) = self.metrics_listener.take() {
+            metrics_http::start(listener, Arc::clone(&self.shared))?;
+        }
         for stream in self.listener.incoming() {
             let stream = match stream {
                 Ok(s) => s,

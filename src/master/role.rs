@@ -38,6 +38,9 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role, for a report that lists them all (the `dsm_role` metric).
+    pub const ALL: [Role; 3] = [Role::Primary, Role::Standby, Role::Candidate];
+
     /// The name shown in `STATS`.
     pub fn name(self) -> &'static str {
         match self {

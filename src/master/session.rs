@@ -23,10 +23,12 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::ops::{self, ClientOut};
 use super::{Shared, MAX_PENDING_REPLY_BYTES, MAX_PIPELINED_WRITES};
 use crate::framing::{LineError, LineReader};
+use crate::metrics::{CommandKind, ErrorKind, Outcome, Protocol};
 use crate::protocol::{ErrorReply, Reply, Request};
 use crate::resp::command::{Command, CommandQuery, COMMANDS};
 use crate::resp::{self, FrameError};
@@ -88,6 +90,8 @@ pub(super) struct Session<'a> {
     /// one (`redis-cli --pipe` sends `\r\n` before its closing `ECHO`), instead of being
     /// answered `ERR empty command` as on a line-protocol connection.
     spoke_resp: bool,
+    /// How the request being served ended, for the metrics.
+    outcome: Outcome,
 }
 
 impl<'a> Session<'a> {
@@ -105,6 +109,7 @@ impl<'a> Session<'a> {
             name: None,
             id: shared.next_client_id.fetch_add(1, Ordering::Relaxed),
             spoke_resp: false,
+            outcome: Outcome::Ok,
         }
     }
 
@@ -192,6 +197,7 @@ impl<'a> Session<'a> {
                 Ok(write) => return self.serve(Incoming::from_write(write)),
                 Err(other) => return self.serve(other),
             };
+            let started = Instant::now();
             let mut stop = None;
             let mut dialects = vec![write.2];
             let mut batch = vec![(write.0, write.1)];
@@ -211,7 +217,11 @@ impl<'a> Session<'a> {
                     }
                 }
             }
-            for (reply, dialect) in ops::execute_writes(self.shared, batch).into_iter().zip(dialects) {
+            let replies = ops::execute_writes(self.shared, batch);
+            let elapsed = started.elapsed();
+            for (reply, dialect) in replies.into_iter().zip(dialects) {
+                let protocol = if dialect == Dialect::Resp { Protocol::Resp } else { Protocol::Line };
+                self.shared.metrics.observe(CommandKind::Write, protocol, Outcome::of(&reply), elapsed);
                 match dialect {
                     Dialect::Line => self.line_reply(reply),
                     Dialect::Resp => self.resp_status(reply, "OK"),
@@ -226,15 +236,25 @@ impl<'a> Session<'a> {
 
     /// Serves one request.
     fn serve(&mut self, incoming: Incoming) -> Option<Stop> {
-        match incoming {
-            Incoming::Nothing => None,
-            Incoming::Line(request) => self.serve_line(request),
-            Incoming::Resp(Ok(command)) => self.serve_resp(command),
+        let started = Instant::now();
+        self.outcome = Outcome::Ok;
+        let (kind, protocol, stop) = match incoming {
+            Incoming::Nothing => return None,
+            Incoming::Line(request) => {
+                let kind = CommandKind::of_parsed(&request);
+                (kind, Protocol::Line, self.serve_line(request))
+            }
+            Incoming::Resp(Ok(command)) => {
+                let kind = CommandKind::of_resp(&command);
+                (kind, Protocol::Resp, self.serve_resp(command))
+            }
             Incoming::Resp(Err(message)) => {
                 self.resp_err(&message);
-                None
+                (CommandKind::Other, Protocol::Resp, None)
             }
-        }
+        };
+        self.shared.metrics.observe(kind, protocol, self.outcome, started.elapsed());
+        stop
     }
 
     fn serve_line(&mut self, request: Result<Request, String>) -> Option<Stop> {
@@ -274,6 +294,7 @@ impl<'a> Session<'a> {
         };
         if matches!(reply, Reply::Err(_)) {
             self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+            self.outcome = Outcome::of(&reply);
         }
         reply.encode_into(&mut self.out);
     }
@@ -538,7 +559,12 @@ impl<'a> Session<'a> {
     /// A reply that is not what the command answers on success: its error in Redis's terms.
     fn resp_reply_error(&mut self, reply: Reply) {
         let text = match reply {
-            Reply::Err(e) => resp_error_text(&e),
+            Reply::Err(e) => {
+                let text = resp_error_text(&e);
+                self.resp_err(&text);
+                self.outcome = Outcome::Err(ErrorKind::of(&e));
+                return;
+            }
             other => {
                 format!("ERR unexpected reply {:?}", String::from_utf8_lossy(&other.encode()).trim_end())
             }
@@ -548,6 +574,7 @@ impl<'a> Session<'a> {
 
     fn resp_err(&mut self, text: &str) {
         self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+        self.outcome = Outcome::Err(ErrorKind::Invalid);
         resp::push_error(&mut self.out, text);
     }
 }
