@@ -8,7 +8,7 @@ SLAVES  ?= 3
 RUN_DIR ?= run
 BIN     := $(CURDIR)/target/release
 
-.PHONY: all build run cluster client test lint fmt doc bench bench-scale bench-peers redis clean
+.PHONY: all build run cluster client test lint fmt doc bench bench-scale bench-peers redis redis-tools clean
 
 all: build
 
@@ -50,7 +50,7 @@ client: build
 
 # The tests; as root also the ones with real network namespaces (tests/netns.rs) and a full
 # disk (tests/disk_full.rs), which a plain `cargo test` leaves ignored.
-test:
+test: redis-tools
 	$(CARGO) test
 	@if [ "$$(id -u)" = 0 ]; then $(CARGO) test --test netns --test disk_full -- --ignored --nocapture; \
 	else echo "SKIPPED tests/netns.rs and tests/disk_full.rs: network namespaces and a small tmpfs need root (sudo make test runs them)"; fi
@@ -85,6 +85,13 @@ bench-peers: redis
 	$(CARGO) bench --bench peers
 
 # redis-server and redis-cli, from Debian's packages, where they are missing.
+# redis-cli and redis-benchmark, which tests/resp.rs drives dsm with (apt-get, as root or
+# through sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+redis-tools:
+	@command -v redis-cli >/dev/null && command -v redis-benchmark >/dev/null || \
+	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-tools; }
+
 redis:
 	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools; }

@@ -278,7 +278,7 @@ fn redis_cli_sets_gets_deletes_and_shows_info() {
         }
     });
     let mut screen = String::new();
-    let mut wait_for = |want: &str, screen: &mut String| {
+    let wait_for = |want: &str, screen: &mut String| {
         let deadline = Instant::now() + READY;
         while !screen.contains(want) {
             let left = deadline.saturating_duration_since(Instant::now());
