@@ -354,7 +354,7 @@ fn line_protocol_and_resp_share_a_connection() {
     assert!(raw.line().starts_with("OK "));
     assert_eq!(resp_reply(&mut raw), "$5 hello");
     // The line protocol cannot carry a value with a line break: it says so.
-    assert!(raw.line().starts_with("ERR the value holds a line break"));
+    assert!(raw.line().starts_with("ERR the value holds a line feed"));
     assert_eq!(resp_reply(&mut raw), "$11 multi\r\nline");
     // `*0` is skipped without a reply.
     assert_eq!(raw.line(), "PONG");

@@ -287,8 +287,9 @@ impl<'a> Session<'a> {
 
     fn line_reply(&mut self, reply: Reply) {
         let reply = match reply {
-            Reply::Value { value, .. } if value.iter().any(|&b| b == b'\n' || b == b'\r') => Reply::invalid(
-                "the value holds a line break, which a line-protocol reply cannot carry: read it over RESP",
+            // A `\r` is fine: the reply ends at the `\n`, and the client drops one `\r` before it.
+            Reply::Value { value, .. } if value.contains(&b'\n') => Reply::invalid(
+                "the value holds a line feed, which a line-protocol reply cannot carry: read it over RESP",
             ),
             other => other,
         };
