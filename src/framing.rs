@@ -107,12 +107,6 @@ impl<R: Read> LineReader<R> {
         self.buf[self.scanned.max(self.start)..self.end].contains(&b'\n')
     }
 
-    /// True when any unread byte is buffered: the start of a further request, in a framing
-    /// whose frames span several lines (RESP).
-    pub fn has_buffered_bytes(&self) -> bool {
-        self.start < self.end
-    }
-
     /// The next `n` bytes, whatever they are (a RESP bulk string's payload and its `\r\n`,
     /// which may hold line breaks); `None` at end of stream before they all came.
     /// [`LineError::TooLong`] when `n` is over the reader's limit: nothing is buffered for it.

@@ -64,3 +64,16 @@ pub const MAX_RESP_FRAME: usize = 8 * MAX_VALUE;
 
 // A RESP bulk and its `\r\n` fit a client's reader.
 const _: () = assert!(MAX_RESP_BULK + 2 <= MAX_LINE + 2);
+
+/// The most bytes of values one RESP reply carries (an `MGET` of many big values): a longer
+/// one is refused with `-ERR reply too large`, so one request cannot make the master build a
+/// reply of gigabytes.
+pub const MAX_RESP_REPLY: usize = 8 * MAX_VALUE;
+
+/// Before `AUTH` succeeds (with `--requirepass`): the most elements in a RESP request, and the
+/// longest bulk string, as Redis allows an unauthenticated client, so that connections
+/// without the password cannot make the master hold much.
+pub const MAX_UNAUTHENTICATED_ARGS: usize = 10;
+
+/// See [`MAX_UNAUTHENTICATED_ARGS`].
+pub const MAX_UNAUTHENTICATED_BULK: usize = 16 * 1024;

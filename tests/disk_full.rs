@@ -72,6 +72,10 @@ fn a_full_disk_fails_writes_with_an_error_and_they_resume_when_there_is_room() {
     // Still full: a write as big is refused again, never OK.
     assert!(r.ask(&format!("WRITE again {value}")).starts_with("ERR "));
     assert_eq!(r.ask("READ again"), "NOT_FOUND");
+    // The same over RESP: Redis's code for a store that cannot persist.
+    r.send(&dsm::resp::encode_request(&[b"SET", b"again", value.as_bytes()]));
+    let reply = r.line();
+    assert!(reply.starts_with("-MISCONF the write-ahead log") && reply.contains("No space left"), "{reply}");
 
     std::fs::remove_file(&filler).unwrap();
     let reply = r.ask("WRITE after room");

@@ -146,6 +146,18 @@ fn redis_rs_single_commands_pipelines_and_errors() {
     assert!(redis::cmd("SELECT").arg(1).query::<()>(&mut con).is_err());
     let count: u64 = redis::cmd("COMMAND").arg("COUNT").query(&mut con).unwrap();
     assert!(count >= 15, "{count}");
+    // Without --requirepass, a client configured with Redis's default user still connects.
+    let mut named = redis::Client::open(format!("redis://default:anything@{}/", c.addr()))
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(30))
+        .expect("AUTH default <password> is accepted");
+    assert_eq!(named.get::<_, Option<String>>("c").unwrap().as_deref(), Some("3"));
+    // One MGET may not make the master build a reply of gigabytes.
+    let big = vec![b'b'; dsm::limits::MAX_VALUE];
+    let _: () = con.set("big", &big[..]).unwrap();
+    let e = con.mget::<_, Vec<Vec<u8>>>(&["big"; 9]).unwrap_err();
+    assert!(e.to_string().contains("reply too large"), "{e}");
+    assert_eq!(con.mget::<_, Vec<Vec<u8>>>(&["big"; 2]).unwrap().len(), 2);
 }
 
 #[test]
@@ -212,6 +224,11 @@ fn auth_with_requirepass_in_redis_terms() {
     let mut raw = c.raw();
     raw.send(&resp(&["SET", "k", "v"]));
     assert_eq!(raw.line(), "-NOAUTH Authentication required.");
+    // Before AUTH only small requests are read: a big one is a protocol error and a close.
+    let mut big = Raw::connect(&addr);
+    big.send(&resp(&["SET", "k", &"x".repeat(20_000)]));
+    assert_eq!(big.line(), "-ERR Protocol error: unauthenticated bulk length");
+    assert!(big.closed());
     raw.send(&resp(&["AUTH", "wrong"]));
     assert!(raw.line().starts_with("-WRONGPASS"));
     raw.send(&resp(&["AUTH", "someone", "s3cret-pass"]));

@@ -119,7 +119,7 @@ impl<'a> Session<'a> {
             // The original system's handshake line: accepted as the first line, unanswered.
             Ok(Request::Hello) => self.read(),
             _ if first.first() == Some(&b'*') => {
-                let len = resp::request_len(first);
+                let len = resp::request_len(first, self.authenticated);
                 self.resp_args(len)
             }
             parsed => Ok(Incoming::Line(parsed)),
@@ -154,6 +154,11 @@ impl<'a> Session<'a> {
         let line = match self.reader.read_line() {
             Ok(Some(line)) => line,
             Ok(None) | Err(LineError::Io(_)) => return Err(Stop(Vec::new())),
+            Err(LineError::TooLong) if self.spoke_resp => {
+                let mut last = Vec::new();
+                resp::push_error(&mut last, "ERR Protocol error: too big inline request");
+                return Err(Stop(last));
+            }
             Err(LineError::TooLong) => return Err(Stop(b"ERR line too long\r\n".to_vec())),
         };
         if line.first() != Some(&b'*') {
@@ -162,14 +167,15 @@ impl<'a> Session<'a> {
             }
             return Ok(Incoming::Line(Request::parse(line)));
         }
-        let len = resp::request_len(line);
+        let len = resp::request_len(line, self.authenticated);
         self.resp_args(len)
     }
 
     /// Reads the bulk strings of a RESP request whose header gave `len`.
     fn resp_args(&mut self, len: Result<u64, FrameError>) -> Result<Incoming, Stop> {
         self.spoke_resp = true;
-        match len.and_then(|n| resp::read_args(n, &mut self.reader)) {
+        let authenticated = self.authenticated;
+        match len.and_then(|n| resp::read_args(n, &mut self.reader, authenticated)) {
             Ok(args) if args.is_empty() => Ok(Incoming::Nothing),
             Ok(args) => Ok(Incoming::Resp(Command::parse(args))),
             Err(FrameError::Protocol(why)) => {
@@ -375,9 +381,20 @@ impl<'a> Session<'a> {
             }
             Command::MGet(keys) => {
                 let mut values = Vec::with_capacity(keys.len());
+                let mut bytes = 0;
                 for key in keys {
                     match self.read_key(key) {
-                        Reply::Value { value, .. } => values.push(Some(value)),
+                        Reply::Value { value, .. } if bytes + value.len() > resp::MAX_RESP_REPLY => {
+                            self.resp_err(&format!(
+                                "ERR reply too large (over {} bytes of values): ask for fewer keys at once",
+                                resp::MAX_RESP_REPLY
+                            ));
+                            return None;
+                        }
+                        Reply::Value { value, .. } => {
+                            bytes += value.len();
+                            values.push(Some(value));
+                        }
                         Reply::NotFound => values.push(None),
                         other => {
                             self.resp_reply_error(other);
@@ -451,6 +468,10 @@ impl<'a> Session<'a> {
     /// `AUTH [user] password` in Redis's terms: `None` when it succeeded, else the error.
     fn resp_auth(&mut self, user: Option<&[u8]>, password: &[u8]) -> Option<String> {
         let Some(expected) = &self.shared.config.requirepass else {
+            // Redis's default user without a password takes any password, named with the user.
+            if user == Some(b"default".as_slice()) {
+                return None;
+            }
             return Some(
                 "ERR AUTH <password> called without any password configured for the default user. \
                  Are you sure your configuration is correct?"
@@ -535,8 +556,18 @@ impl<'a> Session<'a> {
                 }
             }
             CommandQuery::Count => resp::push_int(out, COMMANDS.len() as i64),
-            // No documentation to give: redis-cli then uses the help it carries itself.
-            CommandQuery::Docs => resp::push_array(out, 0),
+            // No documentation to give. An error (not an empty answer) makes redis-cli use the
+            // help it carries itself.
+            CommandQuery::Docs => resp::push_error(
+                out,
+                "ERR unknown subcommand 'docs'. dsm has no command documentation to give",
+            ),
+            CommandQuery::Info(names) if names.is_empty() => {
+                resp::push_array(out, COMMANDS.len());
+                for spec in COMMANDS {
+                    push_spec(out, spec);
+                }
+            }
             CommandQuery::Info(names) => {
                 resp::push_array(out, names.len());
                 for name in names {
@@ -586,7 +617,7 @@ pub fn resp_error_text(error: &ErrorReply) -> String {
         ErrorReply::NotPrimary(addr) => {
             format!("READONLY this dsm master is a standby and serves neither reads nor writes; the primary is {addr}")
         }
-        ErrorReply::Unavailable(why) if why.starts_with("write-ahead log") => format!("MISCONF {why}"),
+        ErrorReply::Unavailable(why) if why.contains("write-ahead log") => format!("MISCONF {why}"),
         ErrorReply::Unavailable(why) => format!("NOREPLICAS {why}"),
         ErrorReply::Timeout(why) => format!("TIMEOUT {why}"),
         ErrorReply::Invalid(message) => format!("ERR {message}"),

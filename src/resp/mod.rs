@@ -27,7 +27,10 @@ pub mod command;
 use std::io::Read;
 
 use crate::framing::{LineError, LineReader};
-pub use crate::limits::{MAX_RESP_ARGS, MAX_RESP_BULK, MAX_RESP_FRAME};
+pub use crate::limits::{
+    MAX_RESP_ARGS, MAX_RESP_BULK, MAX_RESP_FRAME, MAX_RESP_REPLY, MAX_UNAUTHENTICATED_ARGS,
+    MAX_UNAUTHENTICATED_BULK,
+};
 use crate::wire::{number, truncate_for_display};
 
 /// Why a RESP request could not be read.
@@ -50,12 +53,16 @@ impl From<LineError> for FrameError {
 
 /// The element count of a request whose first line, `header` (terminator removed), starts
 /// with `*`. An empty request (`*0`, or the null array `*-1`) counts 0: Redis skips it without
-/// a reply.
-pub fn request_len(header: &[u8]) -> Result<u64, FrameError> {
+/// a reply. `authenticated`: false before `AUTH` under `--requirepass`, which allows only
+/// [`MAX_UNAUTHENTICATED_ARGS`] elements.
+pub fn request_len(header: &[u8], authenticated: bool) -> Result<u64, FrameError> {
     let count = match header.get(1..).unwrap_or_default() {
         b"-1" => 0,
         digits => number(digits).map_err(|_| FrameError::Protocol("invalid multibulk length".into()))?,
     };
+    if !authenticated && count > MAX_UNAUTHENTICATED_ARGS as u64 {
+        return Err(FrameError::Protocol("unauthenticated multibulk length".into()));
+    }
     if count > MAX_RESP_ARGS as u64 {
         return Err(FrameError::Protocol(format!(
             "too many arguments in a request ({count}, max {MAX_RESP_ARGS})"
@@ -64,8 +71,13 @@ pub fn request_len(header: &[u8]) -> Result<u64, FrameError> {
     Ok(count)
 }
 
-/// Reads a request's `count` bulk strings (its header was read by [`request_len`]).
-pub fn read_args<R: Read>(count: u64, reader: &mut LineReader<R>) -> Result<Vec<Vec<u8>>, FrameError> {
+/// Reads a request's `count` bulk strings (its header was read by [`request_len`]); before
+/// `AUTH` (`authenticated` false) each at most [`MAX_UNAUTHENTICATED_BULK`] bytes.
+pub fn read_args<R: Read>(
+    count: u64,
+    reader: &mut LineReader<R>,
+    authenticated: bool,
+) -> Result<Vec<Vec<u8>>, FrameError> {
     let mut args = Vec::with_capacity(count as usize);
     let mut total = 0usize;
     for _ in 0..count {
@@ -77,6 +89,9 @@ pub fn read_args<R: Read>(count: u64, reader: &mut LineReader<R>) -> Result<Vec<
             )));
         };
         let len = number(digits).map_err(|_| FrameError::Protocol("invalid bulk length".into()))?;
+        if !authenticated && len > MAX_UNAUTHENTICATED_BULK as u64 {
+            return Err(FrameError::Protocol("unauthenticated bulk length".into()));
+        }
         if len > MAX_RESP_BULK as u64 {
             return Err(FrameError::Protocol(format!(
                 "invalid bulk length ({len} bytes, max {MAX_RESP_BULK})"
@@ -186,7 +201,7 @@ mod tests {
                 Ok(None) => return out,
                 Err(e) => panic!("{e:?}"),
             };
-            match request_len(&header).and_then(|n| read_args(n, &mut reader)) {
+            match request_len(&header, true).and_then(|n| read_args(n, &mut reader, true)) {
                 Ok(r) => out.push(Ok((!r.is_empty()).then_some(r))),
                 Err(FrameError::Protocol(why)) => {
                     out.push(Err(why));
@@ -248,6 +263,21 @@ mod tests {
             big.extend_from_slice(b"\r\n");
         }
         assert!(bad(&big).starts_with("request too large"));
+    }
+
+    #[test]
+    fn before_auth_only_small_requests_are_read() {
+        let mut reader = LineReader::new(&b"$3\r\nGET\r\n"[..]);
+        assert!(request_len(b"*10", false).is_ok());
+        assert!(
+            matches!(request_len(b"*11", false), Err(FrameError::Protocol(w)) if w == "unauthenticated multibulk length")
+        );
+        assert_eq!(read_args(1, &mut reader, false).unwrap(), [b"GET".to_vec()]);
+        let big = format!("${}\r\n", MAX_UNAUTHENTICATED_BULK + 1);
+        let mut reader = LineReader::new(big.as_bytes());
+        assert!(
+            matches!(read_args(1, &mut reader, false), Err(FrameError::Protocol(w)) if w == "unauthenticated bulk length")
+        );
     }
 
     #[test]

@@ -279,10 +279,12 @@ pub(super) fn finish_write(
     value: Value,
 ) -> Finish {
     let (shared, client) = (Arc::clone(shared), Arc::clone(client));
+    // Encoded now, in the framing of this request: the connection may serve others before a
+    // late finish runs.
+    let mut answer = Vec::with_capacity(32);
+    client.encode_ok(stamp.seq, &mut answer);
     Box::new(move |_acked| {
         commit_write(&shared, &key, stamp, value);
-        let mut answer = Vec::with_capacity(32);
-        client.encode_ok(stamp.seq, &mut answer);
         client.send_or_keep(&answer);
     })
 }
