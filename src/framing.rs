@@ -62,6 +62,18 @@ impl<R: Read> LineReader<R> {
         LineReader { inner, buf: vec![0; READ_CHUNK], start: 0, end: 0, scanned: 0, limit, long_line: None }
     }
 
+    /// The same reader, with what it has buffered, over `f(inner)`: for a connection whose
+    /// first line showed what it is.
+    pub fn map_inner<S: Read>(self, f: impl FnOnce(R) -> S) -> LineReader<S> {
+        let LineReader { inner, buf, start, end, scanned, limit, long_line } = self;
+        LineReader { inner: f(inner), buf, start, end, scanned, limit, long_line }
+    }
+
+    /// The source read from.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
     /// Changes the limit, for a connection whose first line showed it is a server peer.
     pub fn set_limit(&mut self, limit: usize) {
         self.limit = limit;

@@ -19,11 +19,11 @@
 //! `-MISCONF` (Redis's reply when it cannot persist); a write whose quorum did not answer in
 //! time is `-TIMEOUT` (its outcome is unknown); anything else is `-ERR`.
 
-use std::io::Write;
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::ops::{self, ClientOut};
 use super::{Shared, MAX_PENDING_REPLY_BYTES, MAX_PIPELINED_WRITES};
@@ -37,6 +37,65 @@ use crate::resp::{self, FrameError};
 /// (clients read it to decide what they may send; dsm answers the RESP2 subset of 7.0 listed
 /// in `crate::resp::command`).
 pub const REDIS_COMPAT_VERSION: &str = "7.0.0";
+
+/// How long a connection whose last write is still pending waits for its client to send
+/// something before it settles the write itself (see [`SessionStream`]): how much later than
+/// a blocking write's own deadlines a write that no slave reader answers (no majority, a newer
+/// epoch) is answered.
+const SETTLE_AFTER: Duration = Duration::from_millis(100);
+
+/// A client connection's read half, holding the connection's pending write
+/// ([`ops::PendingWrite`]): the slave reader that completes the write's quorum answers it
+/// while this thread already waits for the next request. If the client sends nothing for
+/// [`SETTLE_AFTER`] while the write is pending, it is settled here (answered, if no reader
+/// did), so a write that cannot reach its majority is answered although this thread is
+/// blocked reading. The read timeout is set while a write is pending and cleared only by a
+/// read that timed out with none, so a busy connection makes no extra system call per write.
+pub(super) struct SessionStream {
+    stream: TcpStream,
+    pending: Option<ops::PendingWrite>,
+    /// Whether the socket's read timeout is set.
+    polling: bool,
+}
+
+impl SessionStream {
+    fn new(stream: TcpStream) -> SessionStream {
+        SessionStream { stream, pending: None, polling: false }
+    }
+
+    /// Settles the pending write, if any: returns once it is answered.
+    fn settle(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            pending.settle();
+        }
+    }
+}
+
+impl Read for SessionStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.pending.is_some() && !self.polling {
+                self.stream.set_read_timeout(Some(SETTLE_AFTER))?;
+                self.polling = true;
+            }
+            match self.stream.read(buf) {
+                Err(e)
+                    if self.polling
+                        && matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+                {
+                    if self.pending.is_some() {
+                        self.settle();
+                    } else {
+                        // Idle: sleep until the client sends something.
+                        self.stream.set_read_timeout(None)?;
+                        self.polling = false;
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+}
 
 /// Which framing a request came in, and so its reply goes out in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +139,7 @@ struct Stop(Vec<u8>);
 /// A client connection's state.
 pub(super) struct Session<'a> {
     shared: &'a Arc<Shared>,
-    reader: LineReader<TcpStream>,
+    reader: LineReader<SessionStream>,
     client: Arc<ClientOut>,
     out: Vec<u8>,
     authenticated: bool,
@@ -92,6 +151,8 @@ pub(super) struct Session<'a> {
     spoke_resp: bool,
     /// How the request being served ended, for the metrics.
     outcome: Outcome,
+    /// The request being served is a write answered later: it is counted in the metrics then.
+    answered_later: bool,
 }
 
 impl<'a> Session<'a> {
@@ -102,7 +163,7 @@ impl<'a> Session<'a> {
     ) -> Self {
         Session {
             shared,
-            reader,
+            reader: reader.map_inner(SessionStream::new),
             client,
             out: Vec::with_capacity(4096),
             authenticated: shared.config.requirepass.is_none(),
@@ -110,6 +171,7 @@ impl<'a> Session<'a> {
             id: shared.next_client_id.fetch_add(1, Ordering::Relaxed),
             spoke_resp: false,
             outcome: Outcome::Ok,
+            answered_later: false,
         }
     }
 
@@ -145,7 +207,10 @@ impl<'a> Session<'a> {
                 self.out.clear();
             }
             incoming = self.read();
+            // Whatever came, the last write is answered before anything else.
+            self.reader.get_mut().settle();
         }
+        self.reader.get_mut().settle();
         let _ = self.client.stream().write_all(&self.out);
     }
 
@@ -244,6 +309,7 @@ impl<'a> Session<'a> {
     fn serve(&mut self, incoming: Incoming) -> Option<Stop> {
         let started = Instant::now();
         self.outcome = Outcome::Ok;
+        self.answered_later = false;
         let (kind, protocol, stop) = match incoming {
             Incoming::Nothing => return None,
             Incoming::Line(request) => {
@@ -259,8 +325,20 @@ impl<'a> Session<'a> {
                 (CommandKind::Other, Protocol::Resp, None)
             }
         };
-        self.shared.metrics.observe(kind, protocol, self.outcome, started.elapsed());
+        if !self.answered_later {
+            self.shared.metrics.observe(kind, protocol, self.outcome, started.elapsed());
+        }
         stop
+    }
+
+    /// Leaves a write to be answered by the slave reader that completes its quorum; the
+    /// connection settles it before it serves anything else.
+    fn answer_later(&mut self, pending: ops::PendingWrite) {
+        self.answered_later = true;
+        let stream = self.reader.get_mut();
+        // Never two: the last one was settled when this request was read.
+        stream.settle();
+        stream.pending = Some(pending);
     }
 
     fn serve_line(&mut self, request: Result<Request, String>) -> Option<Stop> {
@@ -275,7 +353,10 @@ impl<'a> Session<'a> {
                 self.client.set_dialect(Dialect::Line);
                 match ops::execute(self.shared, request, self.early()) {
                     ops::Answer::Reply(reply) => reply,
-                    ops::Answer::Sent => return None,
+                    ops::Answer::Pending(pending) => {
+                        self.answer_later(pending);
+                        return None;
+                    }
                 }
             }
             Err(msg) => Reply::invalid(msg),
@@ -341,7 +422,7 @@ impl<'a> Session<'a> {
                 self.client.set_dialect(Dialect::Resp);
                 match ops::execute(shared, Request::Write { key, value }, self.early()) {
                     ops::Answer::Reply(reply) => self.resp_status(reply, "OK"),
-                    ops::Answer::Sent => {}
+                    ops::Answer::Pending(pending) => self.answer_later(pending),
                 }
             }
             Command::MSet(pairs) => {
@@ -356,7 +437,9 @@ impl<'a> Session<'a> {
                 for key in keys {
                     match ops::execute(shared, Request::Delete { key }, None) {
                         ops::Answer::Reply(Reply::Ok(_)) => deleted += 1,
-                        ops::Answer::Reply(Reply::NotFound) | ops::Answer::Sent => {}
+                        ops::Answer::Reply(Reply::NotFound) => {}
+                        // Not without a connection to answer on.
+                        ops::Answer::Pending(pending) => pending.settle(),
                         ops::Answer::Reply(other) => {
                             self.resp_reply_error(other);
                             return None;
@@ -460,8 +543,11 @@ impl<'a> Session<'a> {
     fn read_key(&self, key: String) -> Reply {
         match ops::execute(self.shared, Request::Read { key }, None) {
             ops::Answer::Reply(reply) => reply,
-            // Only writes are answered by another thread.
-            ops::Answer::Sent => Reply::invalid("unexpected answer to a read"),
+            // Only writes are answered by another thread, and only given the connection.
+            ops::Answer::Pending(pending) => {
+                pending.settle();
+                Reply::invalid("unexpected answer to a read")
+            }
         }
     }
 

@@ -2,13 +2,16 @@
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::sync::Arc;
-
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use crate::master::session::Dialect;
+use crate::master::session::{resp_error_text, Dialect};
+use crate::master::Shared;
+use crate::metrics::{CommandKind, Outcome, Protocol};
+use crate::protocol::Reply;
 
 /// A client connection's write half, shared with the slave readers so that the one whose ACK
 /// completes a write's quorum can answer the client itself (one thread hop sooner than waking
@@ -46,13 +49,24 @@ impl ClientOut {
         self.resp.store(dialect == Dialect::Resp, Ordering::Relaxed);
     }
 
-    /// Appends the answer to an acknowledged write at `version`, in the request's framing.
-    pub(super) fn encode_ok(&self, version: u64, out: &mut Vec<u8>) {
-        if self.resp.load(Ordering::Relaxed) {
-            out.extend_from_slice(b"+OK\r\n");
-        } else {
-            crate::protocol::Reply::Ok(version).encode_into(out);
+    /// Sends the answer to a write that a connection did not wait for (see
+    /// [`super::PendingWrite`]), in its request's framing, without blocking (see
+    /// [`ClientOut::send_or_keep`]); counts it in the statistics and metrics as the
+    /// connection would have.
+    pub(super) fn answer_write(&self, shared: &Shared, kind: CommandKind, reply: &Reply, started: Instant) {
+        let resp = self.resp.load(Ordering::Relaxed);
+        let mut answer = Vec::with_capacity(32);
+        match reply {
+            Reply::Ok(_) if resp => answer.extend_from_slice(b"+OK\r\n"),
+            Reply::Err(e) if resp => crate::resp::push_error(&mut answer, &resp_error_text(e)),
+            other => other.encode_into(&mut answer),
         }
+        if matches!(reply, Reply::Err(_)) {
+            shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let protocol = if resp { Protocol::Resp } else { Protocol::Line };
+        shared.metrics.observe(kind, protocol, Outcome::of(reply), started.elapsed());
+        self.send_or_keep(&answer);
     }
 
     /// Sends `bytes` without blocking; what the socket does not take is kept in `unsent`

@@ -28,26 +28,26 @@ mod write;
 pub use client_out::ClientOut;
 pub use info::info;
 pub use repair::repair_loop;
-pub use write::{execute_writes, relog};
+pub use write::{execute_writes, relog, PendingWrite};
 
 use admin::{members_table, remove_member, stats};
 use read::read;
 use write::{delete, write};
 
 /// What became of a request's answer.
-#[derive(Debug)]
 pub enum Answer {
     /// The reply, for the connection's thread to send.
     Reply(Reply),
-    /// Already sent to the client, by the slave reader that completed the write's quorum.
-    Sent,
+    /// A write on its way to the slaves: the slave reader that completes its quorum answers
+    /// the client; the connection settles it before it serves the next request.
+    Pending(PendingWrite),
 }
 
 /// Carries out one parsed client request (not `QUIT` or `CLIENT`, which the connection handles).
 ///
 /// `early`: the connection, when nothing is buffered for it and no further request is waiting,
 /// so that a write's answer may be sent by the slave reader that completes its quorum
-/// ([`Answer::Sent`]).
+/// ([`Answer::Pending`]).
 pub fn execute(shared: &Arc<Shared>, request: Request, early: Option<&Arc<ClientOut>>) -> Answer {
     let reply = match request {
         Request::Write { key, value } => {
@@ -77,17 +77,38 @@ pub(super) fn guarded<T>(
     f: impl FnOnce(&Arc<Shared>) -> T,
     refused: impl FnOnce(Reply) -> T,
 ) -> T {
-    shared.inflight.fetch_add(1, Ordering::SeqCst);
-    let result = match shared.role() {
+    let _inflight = InFlight::new(shared);
+    match shared.role() {
         super::Role::Primary => f(shared),
         super::Role::Candidate => refused(Reply::Err(ErrorReply::Unavailable(format!(
             "taking over as primary (epoch {}): waiting for a majority of slaves",
             shared.epoch()
         )))),
         super::Role::Standby => refused(shared.not_primary()),
-    };
-    shared.inflight.fetch_sub(1, Ordering::SeqCst);
-    result
+    }
+}
+
+/// A client write counted in `Shared::inflight` from its role check until it is answered: a
+/// hand-off waits until none is left. A write answered by a slave reader carries one in its
+/// finish, so it counts until that has run (or was dropped).
+pub(super) struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    pub(super) fn new(shared: &Arc<Shared>) -> InFlight {
+        shared.inflight.fetch_add(1, Ordering::SeqCst);
+        InFlight(Arc::clone(shared))
+    }
+
+    /// The master the write is in flight on.
+    pub(super) fn shared(&self) -> &Arc<Shared> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// How a replication round ended.
@@ -135,51 +156,75 @@ pub(super) fn with_replies<T>(f: impl FnOnce(&Sender<Ack>, &Receiver<Ack>) -> T)
     })
 }
 
-/// Sends `command` to every one of `candidates` and collects ACKs until `need` acknowledged,
-/// every candidate failed, or `deadline` passed. A member that does not answer within the ACK
-/// timeout while the quorum is still short is marked down. Every connected slave gets every
-/// write, so a slave that stays connected holds all of them (see `slaves::start_resync`).
-///
-/// ACKs are counted in a [`AckCount`] shared with the links, so this thread wakes once when the
-/// quorum is complete, not once per ACK; it also wakes for every failure, and at each
-/// member's ACK deadline.
-pub(super) fn replicate(
-    shared: &Shared,
+/// A write sent to its links, whose acknowledgements are still coming in: what
+/// [`Round::wait`] needs to collect them, whichever thread does it and whenever.
+pub(super) struct Round {
     candidates: Vec<Arc<Link>>,
-    quorum: &Arc<AckCount>,
-    epoch: u64,
-    command: &Command,
+    quorum: Arc<AckCount>,
+    /// (link index, rid, when its ACK is due) of each send not yet acknowledged.
+    outstanding: Vec<(usize, u64, Instant)>,
     deadline: Instant,
-    for_client: bool,
-) -> Replicated {
-    let need = quorum.need();
-    let mut body = Vec::with_capacity(64);
-    encode_body(epoch, command, &mut body);
-    with_replies(|tx, rx| {
+}
+
+impl Round {
+    /// Sends `command` to every one of `candidates`, counting their ACKs in `quorum`, and
+    /// returns without waiting. Every connected slave gets every write, so a slave that stays
+    /// connected holds all of them (see `slaves::start_resync`). The replies come on this
+    /// thread's channel: only this thread may [`wait`](Round::wait).
+    pub(super) fn send(
+        shared: &Shared,
+        candidates: Vec<Arc<Link>>,
+        quorum: &Arc<AckCount>,
+        epoch: u64,
+        command: &Command,
+        deadline: Instant,
+        for_client: bool,
+    ) -> Round {
+        let mut body = Vec::with_capacity(64);
+        encode_body(epoch, command, &mut body);
         let ack_timeout = shared.config.ack_timeout;
-        // (link index, rid, when its ACK is due)
-        let mut outstanding: Vec<(usize, u64, Instant)> = Vec::with_capacity(need);
-        let mut next = 0;
-        let result = loop {
+        let mut outstanding = Vec::with_capacity(candidates.len());
+        with_replies(|tx, _| {
+            for (i, link) in candidates.iter().enumerate() {
+                let rid = shared.rid();
+                if link.send_counted(rid, &body, tx, quorum) {
+                    if for_client {
+                        link.requests.fetch_add(1, Ordering::Relaxed);
+                    }
+                    outstanding.push((i, rid, Instant::now() + ack_timeout));
+                }
+            }
+        });
+        Round { candidates, quorum: Arc::clone(quorum), outstanding, deadline }
+    }
+
+    /// The count the round's ACKs go to.
+    pub(super) fn quorum(&self) -> &Arc<AckCount> {
+        &self.quorum
+    }
+
+    /// Collects ACKs until a majority acknowledged, every candidate failed, or the deadline
+    /// passed. A member that does not answer within the ACK timeout while the quorum is still
+    /// short is marked down.
+    ///
+    /// ACKs are counted in the shared [`AckCount`], so this thread wakes once when the quorum
+    /// is complete, not once per ACK; it also wakes for every failure, and at each member's
+    /// ACK deadline.
+    pub(super) fn wait(&mut self, shared: &Shared) -> Replicated {
+        let need = self.quorum.need();
+        let ack_timeout = shared.config.ack_timeout;
+        let Round { candidates, quorum, outstanding, deadline } = self;
+        let deadline = *deadline;
+        // Not `with_replies`: the replies waiting in the channel are this round's.
+        REPLIES.with(|(_, rx)| loop {
             // ACKs that did not complete the quorum arrive as bits, without a message.
             let acked = quorum.acked();
             outstanding.retain(|o| acked & (1 << candidates[o.0].slot) == 0);
-            let acks = acked.count_ones() as usize;
-            while next < candidates.len() {
-                let rid = shared.rid();
-                if candidates[next].send_counted(rid, &body, tx, quorum) {
-                    if for_client {
-                        candidates[next].requests.fetch_add(1, Ordering::Relaxed);
-                    }
-                    outstanding.push((next, rid, Instant::now() + ack_timeout));
-                }
-                next += 1;
-            }
-            if acks >= need {
-                break Replicated::Majority;
+            if acked.count_ones() as usize >= need {
+                return Replicated::Majority;
             }
             if outstanding.is_empty() {
-                break Replicated::Short(acked);
+                return Replicated::Short(acked);
             }
             let due = outstanding.iter().map(|o| o.2).min().unwrap_or(deadline).min(deadline);
             match recv_parked(rx, due) {
@@ -190,7 +235,7 @@ pub(super) fn replicate(
                     match ack.outcome {
                         // Counted in `quorum` already.
                         Outcome::Ok(_) => {}
-                        Outcome::Fenced(newer) => break Replicated::Fenced(newer),
+                        Outcome::Fenced(newer) => return Replicated::Fenced(newer),
                         other => {
                             log::debug!("slave slot {} did not apply: {other:?}", ack.slot);
                             outstanding.swap_remove(pos);
@@ -202,9 +247,9 @@ pub(super) fn replicate(
                     let acked = quorum.acked();
                     if now >= deadline {
                         if acked.count_ones() as usize >= need {
-                            break Replicated::Majority;
+                            return Replicated::Majority;
                         }
-                        break Replicated::Short(acked);
+                        return Replicated::Short(acked);
                     }
                     outstanding.retain(|&(i, rid, due)| {
                         let link = &candidates[i];
@@ -216,12 +261,36 @@ pub(super) fn replicate(
                         false
                     });
                 }
-                Err(RecvTimeoutError::Disconnected) => break Replicated::Short(quorum.acked()),
+                Err(RecvTimeoutError::Disconnected) => return Replicated::Short(quorum.acked()),
             }
-        };
-        for (i, rid, _) in outstanding {
-            candidates[i].forget(rid);
+        })
+    }
+}
+
+impl Drop for Round {
+    /// The links forget the requests whose answers nobody waits for any more.
+    fn drop(&mut self) {
+        let acked = self.quorum.acked();
+        for &(i, rid, _) in &self.outstanding {
+            let link = &self.candidates[i];
+            // An acknowledged request has left the link's table already.
+            if acked & (1 << link.slot) == 0 {
+                link.forget(rid);
+            }
         }
-        result
-    })
+    }
+}
+
+/// Sends `command` to every one of `candidates` and collects ACKs until `need` acknowledged,
+/// every candidate failed, or `deadline` passed (see [`Round`]).
+pub(super) fn replicate(
+    shared: &Shared,
+    candidates: Vec<Arc<Link>>,
+    quorum: &Arc<AckCount>,
+    epoch: u64,
+    command: &Command,
+    deadline: Instant,
+    for_client: bool,
+) -> Replicated {
+    Round::send(shared, candidates, quorum, epoch, command, deadline, for_client).wait(shared)
 }

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::read::read_lease;
 use super::*;
+use crate::metrics::CommandKind;
 use crate::peer::{batch_item_bound, encode_batch_body, MAX_BATCH, MAX_BATCH_BYTES};
 
 /// Carries out a run of pipelined `WRITE`s of one connection together: one log append for the
@@ -200,21 +201,32 @@ pub(super) fn write(
     };
     let command = Command::store(stamp, &key, value.as_deref());
     let deadline = Instant::now() + shared.config.ack_timeout * WRITE_DEADLINE_ACK_TIMEOUTS;
-    // Only while this is the one request in flight: a reader that answers clients does it one
-    // after another for all the ACKs it read at once, where the connections' own threads would
-    // answer in parallel; under load that costs more than the wake-up it saves.
-    let client = client.filter(|_| shared.inflight.load(Ordering::Relaxed) <= EARLY_ANSWER_MAX_INFLIGHT);
-    let finish = client.map(|client| finish_write(shared, client, key.clone(), stamp, value.clone()));
+    let started = Instant::now();
+    let finish =
+        client.map(|client| finish_write(shared, client, key.clone(), stamp, value.clone(), started));
     let quorum = Arc::new(AckCount::with_finish(need, finish));
-    let result = replicate(shared, links, &quorum, epoch, &command, deadline, true);
+    let mut round = Round::send(shared, links, &quorum, epoch, &command, deadline, true);
     drop(appended);
-    if client.is_some() && quorum.take_finish().is_none() {
-        // A slave reader completed the quorum, committed the write and answered the client.
-        if let Some(client) = client {
-            return answered_by_reader(shared, &quorum, client, seq);
-        }
+    if let Some(client) = client {
+        let (shared, client) = (Arc::clone(shared), Arc::clone(client));
+        return Answer::Pending(PendingWrite { shared, client, round, key, stamp, value, started });
     }
-    Answer::Reply(match result {
+    let result = round.wait(shared);
+    Answer::Reply(conclude(shared, result, key, stamp, value, need))
+}
+
+/// The reply to a write whose round ended with `result`, from the thread that waited for it:
+/// commits it, or queues it for repair, or steps down.
+fn conclude(
+    shared: &Shared,
+    result: Replicated,
+    key: String,
+    stamp: Stamp,
+    value: Value,
+    need: usize,
+) -> Reply {
+    let seq = stamp.seq;
+    match result {
         Replicated::Majority => {
             commit_write(shared, &key, stamp, value);
             Reply::Ok(seq)
@@ -232,7 +244,92 @@ pub(super) fn write(
                 "superseded by a master of epoch {newer} while writing; outcome unknown"
             )))
         }
+    }
+}
+
+/// A write sent to the slaves whose client's connection did not wait for it: the slave reader
+/// whose ACK completes its quorum commits it and answers the client (one thread hop and one
+/// sleep of the connection's thread fewer than waking it to do so). The connection
+/// [`settle`](PendingWrite::settle)s it before it serves its next request, or when the
+/// client has sent nothing for a while, so that replies stay in order, a request that follows
+/// sees the write, and a write that cannot reach its majority is answered all the same.
+pub struct PendingWrite {
+    shared: Arc<Shared>,
+    client: Arc<ClientOut>,
+    round: Round,
+    key: String,
+    stamp: Stamp,
+    value: Value,
+    started: Instant,
+}
+
+impl PendingWrite {
+    /// Returns once the write is answered: at once if a reader has done it; else after
+    /// waiting for its quorum as a blocking write does (marking silent slaves down), and
+    /// answering it here if no reader did.
+    pub fn settle(mut self) {
+        let quorum = Arc::clone(self.round.quorum());
+        if !quorum.finished() {
+            let result = self.round.wait(&self.shared);
+            match quorum.take_finish() {
+                Some(finish) => {
+                    let PendingWrite { shared, client, round, key, stamp, value, started } = self;
+                    drop(round);
+                    let kind = write_kind(&value);
+                    let reply = conclude(&shared, result, key, stamp, value, quorum.need());
+                    client.answer_write(&shared, kind, &reply, started);
+                    client.flush_unsent();
+                    // It carries the write's place in `Shared::inflight`: released once answered.
+                    drop(finish);
+                    return;
+                }
+                None => wait_for_reader(&self.shared, &quorum, self.stamp.seq),
+            }
+        }
+        self.client.flush_unsent();
+    }
+}
+
+/// What the slave reader that completes a write's quorum runs: commit it and send `OK`.
+fn finish_write(
+    shared: &Arc<Shared>,
+    client: &Arc<ClientOut>,
+    key: String,
+    stamp: Stamp,
+    value: Value,
+    started: Instant,
+) -> Finish {
+    let inflight = InFlight::new(shared);
+    let client = Arc::clone(client);
+    Box::new(move |_acked| {
+        let kind = write_kind(&value);
+        commit_write(inflight.shared(), &key, stamp, value);
+        client.answer_write(inflight.shared(), kind, &Reply::Ok(stamp.seq), started);
     })
+}
+
+/// What the metrics call a write of `value`.
+fn write_kind(value: &Value) -> CommandKind {
+    if value.is_some() {
+        CommandKind::Write
+    } else {
+        CommandKind::Delete
+    }
+}
+
+/// After a reader took the write's finish: waits until it has run.
+fn wait_for_reader(shared: &Shared, quorum: &AckCount, seq: u64) {
+    let deadline = Instant::now() + shared.config.ack_timeout;
+    while !quorum.finished() {
+        let now = Instant::now();
+        if now >= deadline {
+            // Not expected: the finish only commits and sends without blocking.
+            log::error!("a slave reader took the answer to the write at version {seq} but did not send it");
+            return;
+        }
+        // The reader unparks this thread when it delivers the ACK, after the finish.
+        std::thread::park_timeout(deadline - now);
+    }
 }
 
 /// Logs and replicates `value` under `key` again, in `epoch`, on `links`; `Ok` once a majority
@@ -264,49 +361,6 @@ pub fn relog(
             Err(format!("a slave has joined epoch {newer}"))
         }
     }
-}
-
-/// The most requests in flight (this one included) at which a write's answer is left to the
-/// slave reader that completes its quorum.
-pub(super) const EARLY_ANSWER_MAX_INFLIGHT: usize = 1;
-
-/// What the slave reader that completes a write's quorum runs: commit it and send `OK`.
-pub(super) fn finish_write(
-    shared: &Arc<Shared>,
-    client: &Arc<ClientOut>,
-    key: String,
-    stamp: Stamp,
-    value: Value,
-) -> Finish {
-    let (shared, client) = (Arc::clone(shared), Arc::clone(client));
-    // Encoded now, in the framing of this request: the connection may serve others before a
-    // late finish runs.
-    let mut answer = Vec::with_capacity(32);
-    client.encode_ok(stamp.seq, &mut answer);
-    Box::new(move |_acked| {
-        commit_write(&shared, &key, stamp, value);
-        client.send_or_keep(&answer);
-    })
-}
-
-/// After a reader took the write's finish: waits until it has run, then sends what it could
-/// not.
-pub(super) fn answered_by_reader(shared: &Shared, quorum: &AckCount, client: &ClientOut, seq: u64) -> Answer {
-    let deadline = Instant::now() + shared.config.ack_timeout;
-    while !quorum.finished() {
-        let now = Instant::now();
-        if now >= deadline {
-            // Not expected: the finish only commits and sends without blocking.
-            log::error!("a slave reader took the answer to the write at version {seq} but did not send it");
-            return Answer::Reply(Reply::Err(ErrorReply::Timeout(format!(
-                "the write at version {seq} was acknowledged by a majority but its answer was lost"
-            ))));
-        }
-        // The reader unparks this thread when it delivers the ACK, after the finish.
-        std::thread::park_timeout(deadline - now);
-    }
-    client.flush_unsent();
-    Answer::Sent
 }
 
 pub(super) fn delete(shared: &Arc<Shared>, key: String, client: Option<&Arc<ClientOut>>) -> Answer {
