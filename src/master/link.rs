@@ -71,9 +71,22 @@ pub struct Ack {
     pub outcome: Outcome,
 }
 
-/// What the slave reader whose ACK completes a write's quorum does for it: commit the write
-/// and answer its client, with the bits of the members that acknowledged.
-pub type Finish = Box<dyn FnOnce(u64) + Send>;
+/// How a replication round ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replicated {
+    /// A majority acknowledged.
+    Majority,
+    /// Fewer acknowledged (these bits) before the deadline or before candidates ran out.
+    Short(u64),
+    /// A member has accepted a newer epoch: we are no longer the primary.
+    Fenced(u64),
+}
+
+/// What is done with a write once its round ended: commit it and answer its client, or answer
+/// that it failed. Run by the slave reader whose ACK completes the quorum (with
+/// [`Replicated::Majority`]), or else by the thread that waited for the round, with how it
+/// ended — whichever takes it first ([`AckCount::take_finish`]).
+pub type Finish = Box<dyn FnOnce(Replicated) + Send>;
 
 /// The ACKs of one write, counted across the links it was sent on.
 pub struct AckCount {
@@ -143,7 +156,7 @@ impl AckCount {
     /// Run by the reader whose ACK completed the quorum.
     fn complete(&self) {
         if let Some(finish) = self.take_finish() {
-            finish(self.acked());
+            finish(Replicated::Majority);
             self.finished.store(true, Ordering::Release);
         }
     }
@@ -445,9 +458,9 @@ mod tests {
     /// A finish that counts its runs and records the acknowledgements it was given.
     fn counting_finish(runs: &Arc<AtomicU64>) -> Option<Finish> {
         let runs = Arc::clone(runs);
-        Some(Box::new(move |acked| {
+        Some(Box::new(move |result| {
             runs.fetch_add(1, Ordering::SeqCst);
-            assert_eq!(acked.count_ones(), 2);
+            assert_eq!(result, Replicated::Majority);
         }))
     }
 

@@ -257,6 +257,8 @@ pub struct Shared {
     pub welcomed: Mutex<HashSet<String>>,
     /// Client writes between their role check and their reply (a hand-off waits for them).
     pub inflight: AtomicUsize,
+    /// Writes of different connections waiting to be logged and sent together.
+    pub combiner: ops::Combiner,
     /// What this master follows while it is not serving, and how far behind it is.
     pub following: Mutex<Option<Following>>,
 }
@@ -355,6 +357,7 @@ impl Master {
             stale_keys: Mutex::new(HashSet::new()),
             welcomed: Mutex::new(HashSet::new()),
             inflight: AtomicUsize::new(0),
+            combiner: ops::Combiner::default(),
             following: Mutex::new(None),
         });
         Ok(Master { shared, listener, metrics_listener })

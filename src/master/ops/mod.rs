@@ -10,7 +10,7 @@ use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use rand::seq::SliceRandom;
 
 use super::index::{KeyState, Value};
-use super::link::{recv_parked, Ack, AckCount, Finish, Link};
+use super::link::{recv_parked, Ack, AckCount, Finish, Link, Replicated};
 use super::ReadFrom;
 use super::{Shared, WRITE_DEADLINE_ACK_TIMEOUTS};
 use crate::peer::{encode_body, Command, Outcome, Stamp};
@@ -20,15 +20,17 @@ use crate::wal::Record;
 
 mod admin;
 mod client_out;
+mod combine;
 mod info;
 mod read;
 mod repair;
 mod write;
 
 pub use client_out::ClientOut;
+pub use combine::{Combiner, PendingWrite};
 pub use info::info;
 pub use repair::repair_loop;
-pub use write::{execute_writes, relog, PendingWrite};
+pub use write::{execute_writes, relog};
 
 use admin::{members_table, remove_member, stats};
 use read::read;
@@ -89,8 +91,8 @@ pub(super) fn guarded<T>(
 }
 
 /// A client write counted in `Shared::inflight` from its role check until it is answered: a
-/// hand-off waits until none is left. A write answered by a slave reader carries one in its
-/// finish, so it counts until that has run (or was dropped).
+/// hand-off waits until none is left. A write answered by a slave reader carries one until
+/// it is answered.
 pub(super) struct InFlight(Arc<Shared>);
 
 impl InFlight {
@@ -98,27 +100,12 @@ impl InFlight {
         shared.inflight.fetch_add(1, Ordering::SeqCst);
         InFlight(Arc::clone(shared))
     }
-
-    /// The master the write is in flight on.
-    pub(super) fn shared(&self) -> &Arc<Shared> {
-        &self.0
-    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.inflight.fetch_sub(1, Ordering::SeqCst);
     }
-}
-
-/// How a replication round ended.
-pub(super) enum Replicated {
-    /// A majority acknowledged.
-    Majority,
-    /// Fewer acknowledged before the deadline or before candidates ran out.
-    Short(u64),
-    /// A member has accepted a newer epoch: we are no longer the primary.
-    Fenced(u64),
 }
 
 /// Live links and the majority of members, or the reason there is no quorum.
@@ -136,9 +123,20 @@ pub(super) fn quorum_links(shared: &Shared) -> Result<(Vec<Arc<Link>>, usize), S
 /// Marks an acknowledged write committed. Whoever answers the client calls this first, so a
 /// read that follows the answer finds the write.
 pub(super) fn commit_write(shared: &Shared, key: &str, stamp: Stamp, value: Value) {
+    commit_writes(shared, std::iter::once((key, stamp, value)));
+}
+
+/// [`commit_write`] for several writes acknowledged together, under one lock of the index.
+pub(super) fn commit_writes<'a>(shared: &Shared, writes: impl Iterator<Item = (&'a str, Stamp, Value)>) {
     crate::failpoint::failpoint("after-quorum");
-    shared.index.lock().commit(key, stamp, value);
-    shared.stats.writes.fetch_add(1, Ordering::Relaxed);
+    let mut count = 0;
+    let mut index = shared.index.lock();
+    for (key, stamp, value) in writes {
+        index.commit(key, stamp, value);
+        count += 1;
+    }
+    drop(index);
+    shared.stats.writes.fetch_add(count, Ordering::Relaxed);
 }
 
 thread_local! {
@@ -182,15 +180,26 @@ impl Round {
     ) -> Round {
         let mut body = Vec::with_capacity(64);
         encode_body(epoch, command, &mut body);
+        Round::send_body(shared, candidates, quorum, &body, deadline, u64::from(for_client))
+    }
+
+    /// [`Round::send`] of a message already encoded (everything after `<rid> `), which counts
+    /// as `requests` client requests to each slave.
+    pub(super) fn send_body(
+        shared: &Shared,
+        candidates: Vec<Arc<Link>>,
+        quorum: &Arc<AckCount>,
+        body: &[u8],
+        deadline: Instant,
+        requests: u64,
+    ) -> Round {
         let ack_timeout = shared.config.ack_timeout;
         let mut outstanding = Vec::with_capacity(candidates.len());
         with_replies(|tx, _| {
             for (i, link) in candidates.iter().enumerate() {
                 let rid = shared.rid();
-                if link.send_counted(rid, &body, tx, quorum) {
-                    if for_client {
-                        link.requests.fetch_add(1, Ordering::Relaxed);
-                    }
+                if link.send_counted(rid, body, tx, quorum) {
+                    link.requests.fetch_add(requests, Ordering::Relaxed);
                     outstanding.push((i, rid, Instant::now() + ack_timeout));
                 }
             }
@@ -234,7 +243,7 @@ impl Round {
                     };
                     match ack.outcome {
                         // Counted in `quorum` already.
-                        Outcome::Ok(_) => {}
+                        Outcome::Ok(_) | Outcome::Applied(_) => {}
                         Outcome::Fenced(newer) => return Replicated::Fenced(newer),
                         other => {
                             log::debug!("slave slot {} did not apply: {other:?}", ack.slot);

@@ -6,8 +6,7 @@ use std::time::Instant;
 
 use super::read::read_lease;
 use super::*;
-use crate::metrics::CommandKind;
-use crate::peer::{batch_item_bound, encode_batch_body, MAX_BATCH, MAX_BATCH_BYTES};
+use crate::peer::{batch_item_bound, encode_batch_body};
 
 /// Carries out a run of pipelined `WRITE`s of one connection together: one log append for the
 /// run, each write sent to every connected slave (the links combine them into few sends), and
@@ -63,7 +62,7 @@ pub(super) fn write_run(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) ->
     let outcome = with_replies(|tx, rx| {
         // The run goes to each slave as few MSETs as its size allows, each one message with one
         // acknowledgement (and one quorum) for all its writes.
-        let chunks = batches(&writes);
+        let chunks = combine::batches(writes.iter().map(|(k, _, v)| batch_item_bound(k, v.as_deref())));
         let mut rids = std::collections::HashMap::with_capacity(chunks.len() * links.len());
         let quorums: Vec<Arc<AckCount>> = chunks.iter().map(|_| Arc::new(AckCount::new(need))).collect();
         let mut body = Vec::with_capacity(256);
@@ -143,32 +142,15 @@ pub(super) fn write_run(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) ->
         .collect()
 }
 
-/// Splits a run into the index ranges of its `MSET`s: at most [`MAX_BATCH`] writes and
-/// [`MAX_BATCH_BYTES`] (a single write may be bigger: it goes alone), so every `MSET` fits a
-/// peer line.
-fn batches(writes: &[(String, Stamp, Value)]) -> Vec<std::ops::Range<usize>> {
-    let mut chunks = Vec::new();
-    let (mut start, mut bytes) = (0, 0);
-    for (i, (key, _, value)) in writes.iter().enumerate() {
-        let size = batch_item_bound(key, value.as_deref());
-        if i > start && (i - start >= MAX_BATCH || bytes + size > MAX_BATCH_BYTES) {
-            chunks.push(start..i);
-            (start, bytes) = (i, 0);
-        }
-        bytes += size;
-    }
-    if start < writes.len() {
-        chunks.push(start..writes.len());
-    }
-    chunks
-}
-
 pub(super) fn write(
     shared: &Arc<Shared>,
     key: String,
     value: Value,
     client: Option<&Arc<ClientOut>>,
 ) -> Answer {
+    if let Some(client) = client {
+        return combine::write(shared, key, value, client);
+    }
     // Refused before anything is logged when a majority is not even connected.
     if let Err(why) = quorum_links(shared) {
         return Answer::Reply(Reply::Err(ErrorReply::Unavailable(why)));
@@ -201,17 +183,9 @@ pub(super) fn write(
     };
     let command = Command::store(stamp, &key, value.as_deref());
     let deadline = Instant::now() + shared.config.ack_timeout * WRITE_DEADLINE_ACK_TIMEOUTS;
-    let started = Instant::now();
-    let finish =
-        client.map(|client| finish_write(shared, client, key.clone(), stamp, value.clone(), started));
-    let quorum = Arc::new(AckCount::with_finish(need, finish));
-    let mut round = Round::send(shared, links, &quorum, epoch, &command, deadline, true);
+    let quorum = Arc::new(AckCount::new(need));
+    let result = replicate(shared, links, &quorum, epoch, &command, deadline, true);
     drop(appended);
-    if let Some(client) = client {
-        let (shared, client) = (Arc::clone(shared), Arc::clone(client));
-        return Answer::Pending(PendingWrite { shared, client, round, key, stamp, value, started });
-    }
-    let result = round.wait(shared);
     Answer::Reply(conclude(shared, result, key, stamp, value, need))
 }
 
@@ -244,91 +218,6 @@ fn conclude(
                 "superseded by a master of epoch {newer} while writing; outcome unknown"
             )))
         }
-    }
-}
-
-/// A write sent to the slaves whose client's connection did not wait for it: the slave reader
-/// whose ACK completes its quorum commits it and answers the client (one thread hop and one
-/// sleep of the connection's thread fewer than waking it to do so). The connection
-/// [`settle`](PendingWrite::settle)s it before it serves its next request, or when the
-/// client has sent nothing for a while, so that replies stay in order, a request that follows
-/// sees the write, and a write that cannot reach its majority is answered all the same.
-pub struct PendingWrite {
-    shared: Arc<Shared>,
-    client: Arc<ClientOut>,
-    round: Round,
-    key: String,
-    stamp: Stamp,
-    value: Value,
-    started: Instant,
-}
-
-impl PendingWrite {
-    /// Returns once the write is answered: at once if a reader has done it; else after
-    /// waiting for its quorum as a blocking write does (marking silent slaves down), and
-    /// answering it here if no reader did.
-    pub fn settle(mut self) {
-        let quorum = Arc::clone(self.round.quorum());
-        if !quorum.finished() {
-            let result = self.round.wait(&self.shared);
-            match quorum.take_finish() {
-                Some(finish) => {
-                    let PendingWrite { shared, client, round, key, stamp, value, started } = self;
-                    drop(round);
-                    let kind = write_kind(&value);
-                    let reply = conclude(&shared, result, key, stamp, value, quorum.need());
-                    client.answer_write(&shared, kind, &reply, started);
-                    client.flush_unsent();
-                    // It carries the write's place in `Shared::inflight`: released once answered.
-                    drop(finish);
-                    return;
-                }
-                None => wait_for_reader(&self.shared, &quorum, self.stamp.seq),
-            }
-        }
-        self.client.flush_unsent();
-    }
-}
-
-/// What the slave reader that completes a write's quorum runs: commit it and send `OK`.
-fn finish_write(
-    shared: &Arc<Shared>,
-    client: &Arc<ClientOut>,
-    key: String,
-    stamp: Stamp,
-    value: Value,
-    started: Instant,
-) -> Finish {
-    let inflight = InFlight::new(shared);
-    let client = Arc::clone(client);
-    Box::new(move |_acked| {
-        let kind = write_kind(&value);
-        commit_write(inflight.shared(), &key, stamp, value);
-        client.answer_write(inflight.shared(), kind, &Reply::Ok(stamp.seq), started);
-    })
-}
-
-/// What the metrics call a write of `value`.
-fn write_kind(value: &Value) -> CommandKind {
-    if value.is_some() {
-        CommandKind::Write
-    } else {
-        CommandKind::Delete
-    }
-}
-
-/// After a reader took the write's finish: waits until it has run.
-fn wait_for_reader(shared: &Shared, quorum: &AckCount, seq: u64) {
-    let deadline = Instant::now() + shared.config.ack_timeout;
-    while !quorum.finished() {
-        let now = Instant::now();
-        if now >= deadline {
-            // Not expected: the finish only commits and sends without blocking.
-            log::error!("a slave reader took the answer to the write at version {seq} but did not send it");
-            return;
-        }
-        // The reader unparks this thread when it delivers the ACK, after the finish.
-        std::thread::park_timeout(deadline - now);
     }
 }
 
@@ -373,34 +262,4 @@ pub(super) fn delete(shared: &Arc<Shared>, key: String, client: Option<&Arc<Clie
         return Answer::Reply(Reply::NotFound);
     }
     write(shared, key, None, client)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn run(values: &[usize]) -> Vec<(String, Stamp, Value)> {
-        values
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| (format!("k{i}"), Stamp::new(1, i as u64), Some(vec![b'x'; n].into())))
-            .collect()
-    }
-
-    #[test]
-    fn a_run_is_cut_into_messages_that_fit_a_peer_line() {
-        assert_eq!(batches(&run(&[10; 5000])), vec![0..MAX_BATCH, MAX_BATCH..5000]);
-        let max = crate::limits::MAX_VALUE;
-        // Each of the biggest values goes alone, and small ones after them share a message.
-        assert_eq!(batches(&run(&[max, max, 5, 5])), vec![0..1, 1..2, 2..4]);
-        assert_eq!(batches(&[]), Vec::<std::ops::Range<usize>>::new());
-        for chunk in batches(&run(&[max / 3; 20])) {
-            let bytes: usize =
-                run(&[max / 3; 20])[chunk].iter().map(|(k, _, v)| batch_item_bound(k, v.as_deref())).sum();
-            assert!(
-                bytes <= MAX_BATCH_BYTES || bytes <= batch_item_bound("k0", Some(&vec![0; max])),
-                "{bytes}"
-            );
-        }
-    }
 }
