@@ -121,6 +121,9 @@ impl PendingWrite {
 /// Queues a write of `value` (`None`: a delete) under `key`, to be answered on `client`; if no
 /// other connection is combining, combines and sends everything queued.
 pub(super) fn write(shared: &Arc<Shared>, key: String, value: Value, client: &Arc<ClientOut>) -> Answer {
+    // This thread settled its last write before it came here: what its reply channel still
+    // holds is late, and the rounds it may send below share it.
+    drain_replies();
     let answered = Arc::new(Answered::default());
     let queued = Queued {
         key,

@@ -148,10 +148,14 @@ thread_local! {
 
 /// Runs `f` with this thread's reply channel, emptied of late replies to earlier requests.
 pub(super) fn with_replies<T>(f: impl FnOnce(&Sender<Ack>, &Receiver<Ack>) -> T) -> T {
-    REPLIES.with(|(tx, rx)| {
-        while rx.try_recv().is_ok() {}
-        f(tx, rx)
-    })
+    drain_replies();
+    REPLIES.with(|(tx, rx)| f(tx, rx))
+}
+
+/// Empties this thread's reply channel of late replies to requests it no longer waits for:
+/// before a request (or a combined batch's rounds) whose replies are to come on it.
+pub(super) fn drain_replies() {
+    REPLIES.with(|(_, rx)| while rx.try_recv().is_ok() {})
 }
 
 /// A write sent to its links, whose acknowledgements are still coming in: what
@@ -180,11 +184,14 @@ impl Round {
     ) -> Round {
         let mut body = Vec::with_capacity(64);
         encode_body(epoch, command, &mut body);
+        drain_replies();
         Round::send_body(shared, candidates, quorum, &body, deadline, u64::from(for_client))
     }
 
     /// [`Round::send`] of a message already encoded (everything after `<rid> `), which counts
-    /// as `requests` client requests to each slave.
+    /// as `requests` client requests to each slave. The caller has emptied this thread's
+    /// channel ([`drain_replies`]) before its first round; the replies of rounds it sent since,
+    /// and still waits for, stay in it.
     pub(super) fn send_body(
         shared: &Shared,
         candidates: Vec<Arc<Link>>,
@@ -195,7 +202,7 @@ impl Round {
     ) -> Round {
         let ack_timeout = shared.config.ack_timeout;
         let mut outstanding = Vec::with_capacity(candidates.len());
-        with_replies(|tx, _| {
+        REPLIES.with(|(tx, _)| {
             for (i, link) in candidates.iter().enumerate() {
                 let rid = shared.rid();
                 if link.send_counted(rid, body, tx, quorum) {
