@@ -345,6 +345,8 @@ fn redis_benchmark_completes_without_errors() {
         assert!(out.status.success(), "-P {pipeline}: {text}");
         assert!(text.contains("SET: ") && text.contains("GET: "), "-P {pipeline}: {text}");
         assert!(!text.contains("ERR") && !text.to_lowercase().contains("error"), "-P {pipeline}: {text}");
+        // Such as `WARNING: Could not fetch server CONFIG`, when CONFIG GET is not answered.
+        assert!(!text.contains("WARNING"), "-P {pipeline}: {text}");
     }
     // Its writes landed: keys of the form key:000000000NNN.
     let size: u64 = cli(&addr, &["DBSIZE"]).parse().unwrap();
@@ -375,6 +377,43 @@ fn line_protocol_and_resp_share_a_connection() {
     assert_eq!(resp_reply(&mut raw), "$11 multi\r\nline");
     // `*0` is skipped without a reply.
     assert_eq!(raw.line(), "PONG");
+}
+
+#[test]
+fn config_get_client_setinfo_and_select_answer_as_redis_does() {
+    let c = TestCluster::start(1);
+    let mut raw = c.raw();
+    // What redis-benchmark asks, answered as name/value pairs.
+    let mut ask = |args: &[&str], lines: usize| {
+        raw.send(&resp(args));
+        (0..lines).map(|_| resp_reply(&mut raw)).collect::<Vec<_>>()
+    };
+    assert_eq!(ask(&["CONFIG", "GET", "save"], 3), ["*2", "$4 save", "$0 "]);
+    assert_eq!(ask(&["config", "get", "APPENDONLY"], 3), ["*2", "$10 appendonly", "$3 yes"]);
+    assert_eq!(ask(&["CONFIG", "GET", "*"], 5), ["*4", "$4 save", "$0 ", "$10 appendonly", "$3 yes"]);
+    assert_eq!(
+        ask(&["CONFIG", "GET", "append*", "save"], 5),
+        ["*4", "$4 save", "$0 ", "$10 appendonly", "$3 yes"]
+    );
+    assert_eq!(ask(&["CONFIG", "GET", "maxmemory"], 1), ["*0"]);
+    // CLIENT SETINFO takes the two attributes Redis knows, in any case, and no other.
+    assert_eq!(ask(&["CLIENT", "SETINFO", "lib-name", "redis-rs"], 1), ["+OK"]);
+    assert_eq!(ask(&["CLIENT", "SETINFO", "LIB-VER", "1.8.2"], 1), ["+OK"]);
+    assert_eq!(
+        ask(&["CLIENT", "SETINFO", "lib-colour", "blue"], 1),
+        ["-ERR Unrecognized option 'lib-colour'"]
+    );
+    // Only database 0 exists: any other index is out of range, a negative one too.
+    assert_eq!(ask(&["SELECT", "0"], 1), ["+OK"]);
+    for index in ["1", "-1", "16"] {
+        assert_eq!(ask(&["SELECT", index], 1), ["-ERR DB index is out of range"], "SELECT {index}");
+    }
+    assert_eq!(ask(&["SELECT", "x"], 1), ["-ERR value is not an integer or out of range"]);
+    // The same through redis-rs.
+    let mut con = redis_conn(&c.addr(), None);
+    let config: Vec<(String, String)> =
+        redis::cmd("CONFIG").arg("GET").arg("appendonly").query(&mut con).unwrap();
+    assert_eq!(config, [("appendonly".to_string(), "yes".to_string())]);
 }
 
 /// Opens a connection, sends `bytes`, and returns what the server answered before closing or

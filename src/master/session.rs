@@ -30,7 +30,7 @@ use super::{Shared, MAX_PENDING_REPLY_BYTES, MAX_PIPELINED_WRITES};
 use crate::framing::{LineError, LineReader};
 use crate::metrics::{CommandKind, ErrorKind, Outcome, Protocol};
 use crate::protocol::{ErrorReply, Reply, Request};
-use crate::resp::command::{Command, CommandQuery, COMMANDS};
+use crate::resp::command::{config_get, Command, CommandQuery, COMMANDS};
 use crate::resp::{self, FrameError};
 
 /// The Redis version whose protocol and commands dsm follows, as `INFO` and `HELLO` report it
@@ -443,7 +443,14 @@ impl<'a> Session<'a> {
             Command::Select(0) => resp::push_simple(&mut self.out, "OK"),
             Command::Select(_) => self.resp_err("ERR DB index is out of range"),
             Command::Command(query) => self.command_table(query),
-            Command::ConfigGet => resp::push_array(&mut self.out, 0),
+            Command::ConfigGet(patterns) => {
+                let found = config_get(&patterns);
+                resp::push_array(&mut self.out, 2 * found.len());
+                for (name, value) in found {
+                    resp::push_bulk(&mut self.out, name.as_bytes());
+                    resp::push_bulk(&mut self.out, value.as_bytes());
+                }
+            }
             Command::Compact => {
                 shared.compaction.request();
                 resp::push_simple(&mut self.out, "Background append only file rewriting started");
