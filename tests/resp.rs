@@ -444,6 +444,35 @@ fn exchange(addr: &str, bytes: &[u8], close_write: bool) -> (String, bool) {
 }
 
 #[test]
+fn a_frame_cut_anywhere_is_completed_when_its_rest_comes() {
+    let c = TestCluster::start(1);
+    let frame = resp(&["SET", "slow", "ab\r\ncd"]);
+    let mut con = redis_conn(&c.addr(), None);
+    // Cut inside the header, after it, inside a bulk's length, inside the payload (at its
+    // line break), and between the last `\r` and `\n`.
+    for cut in [2, 4, 13, 25, 27, frame.len() - 1] {
+        let mut s = TcpStream::connect(c.addr()).unwrap();
+        s.write_all(&frame[..cut]).unwrap();
+        // Half a frame is not answered: nothing comes while the client sends no more.
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut byte = [0u8; 1];
+        match s.read(&mut byte) {
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            other => panic!("cut at {cut}: answered half a frame: {other:?} {byte:?}"),
+        }
+        // The rest completes it. A server that lost the first part hangs here: the read
+        // timeout fails the test instead.
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(&frame[cut..]).unwrap();
+        s.write_all(&resp(&["GET", "slow"])).unwrap();
+        let mut raw = Raw::from_stream(s);
+        assert_eq!(raw.line(), "+OK", "cut at {cut}");
+        assert_eq!(resp_reply(&mut raw), "$6 ab\r\ncd", "cut at {cut}");
+        let _: () = con.set("slow", "reset").unwrap();
+    }
+}
+
+#[test]
 fn malformed_resp_gets_an_error_or_a_clean_close_never_a_hang() {
     let c = TestCluster::start(3);
     let addr = c.addr();
@@ -452,8 +481,15 @@ fn malformed_resp_gets_an_error_or_a_clean_close_never_a_hang() {
     for _ in 0..10 {
         million.extend_from_slice(b"$1\r\nx\r\n");
     }
+    // What each case must get: the reply in full or its start ("" is no reply at all), after
+    // which the server closes the connection.
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("a length longer than the payload", b"*2\r\n$3\r\nGET\r\n$9\r\nk\r\n".to_vec(), ""),
+        (
+            "an array that counts fewer elements than it has",
+            b"*1\r\n$3\r\nGET\r\n$1\r\nk\r\n".to_vec(),
+            "-ERR wrong number of arguments for 'get' command\r\n-ERR Protocol error: expected '*', got '$'\r\n",
+        ),
         (
             "a length shorter than the payload",
             b"*2\r\n$3\r\nGET\r\n$1\r\nkey\r\n".to_vec(),
@@ -470,8 +506,17 @@ fn malformed_resp_gets_an_error_or_a_clean_close_never_a_hang() {
     for (what, bytes, want) in cases {
         let (got, closed) = exchange(&addr, &bytes, true);
         assert!(closed, "{what}: the server kept the connection open; got {got:?}");
-        assert!(got.starts_with(want), "{what}: got {got:?}, want {want:?}");
-        assert!(!got.contains("+OK"), "{what}: executed: {got:?}");
+        if want.is_empty() {
+            assert_eq!(got, "", "{what}: a frame the stream ended inside is dropped unanswered");
+        } else {
+            assert!(got.starts_with(want), "{what}: got {got:?}, want {want:?}");
+            // One protocol error, the last thing sent.
+            let last = got.trim_end_matches("\r\n").rsplit("\r\n").next().unwrap();
+            assert!(last.starts_with("-ERR Protocol error: ") && got.ends_with("\r\n"), "{what}: {got:?}");
+            assert_eq!(got.matches("Protocol error").count(), 1, "{what}: {got:?}");
+        }
+        // The server serves a new connection after it.
+        assert_eq!(exchange(&addr, &resp(&["PING"]), true), ("+PONG\r\n".to_string(), true), "after {what}");
     }
     // A cut frame was never executed, and the server serves on.
     let mut con = redis_conn(&addr, None);

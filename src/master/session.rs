@@ -23,7 +23,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::ops::{self, ClientOut};
 use super::{Shared, MAX_PENDING_REPLY_BYTES, MAX_PIPELINED_WRITES};
@@ -155,17 +155,19 @@ impl<'a> Session<'a> {
             Ok(Some(line)) => line,
             Ok(None) | Err(LineError::Io(_)) => return Err(Stop(Vec::new())),
             Err(LineError::TooLong) if self.spoke_resp => {
-                let mut last = Vec::new();
-                resp::push_error(&mut last, "ERR Protocol error: too big inline request");
-                return Err(Stop(last));
+                return Err(self.protocol_error("too big inline request"))
             }
             Err(LineError::TooLong) => return Err(Stop(b"ERR line too long\r\n".to_vec())),
         };
-        if line.first() != Some(&b'*') {
-            if line.is_empty() && self.spoke_resp {
-                return Ok(Incoming::Nothing);
-            }
-            return Ok(Incoming::Line(Request::parse(line)));
+        match line.first() {
+            Some(b'*') => {}
+            None if self.spoke_resp => return Ok(Incoming::Nothing),
+            // A bulk string where a request should start: the array before it counted fewer
+            // elements than it had. No line-protocol request starts with `$`, so on a connection
+            // that speaks RESP the framing is lost; answering the rest of the frame line by line
+            // would only pile up confusing errors. (Redis would read it as an inline command.)
+            Some(b'$') if self.spoke_resp => return Err(self.protocol_error("expected '*', got '$'")),
+            _ => return Ok(Incoming::Line(Request::parse(line))),
         }
         let len = resp::request_len(line, self.authenticated);
         self.resp_args(len)
@@ -178,14 +180,20 @@ impl<'a> Session<'a> {
         match len.and_then(|n| resp::read_args(n, &mut self.reader, authenticated)) {
             Ok(args) if args.is_empty() => Ok(Incoming::Nothing),
             Ok(args) => Ok(Incoming::Resp(Command::parse(args))),
-            Err(FrameError::Protocol(why)) => {
-                self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
-                let mut last = Vec::new();
-                resp::push_error(&mut last, &format!("ERR Protocol error: {why}"));
-                Err(Stop(last))
-            }
+            Err(FrameError::Protocol(why)) => Err(self.protocol_error(&why)),
             Err(FrameError::Closed) => Err(Stop(Vec::new())),
         }
+    }
+
+    /// Ends the connection with `-ERR Protocol error: <why>`, counted as a failed request (of
+    /// no known command) in `STATS` and the metrics. Nothing was executed, so it took no time.
+    fn protocol_error(&mut self, why: &str) -> Stop {
+        self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+        let outcome = Outcome::Err(ErrorKind::Invalid);
+        self.shared.metrics.observe(CommandKind::Other, Protocol::Resp, outcome, Duration::ZERO);
+        let mut last = Vec::new();
+        resp::push_error(&mut last, &format!("ERR Protocol error: {why}"));
+        Stop(last)
     }
 
     /// True when a write may wait for the writes queued behind it.
