@@ -11,6 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{FailoverCluster, Raw, TestCluster, READY};
+use dsm_testkit::cluster::Link;
+use dsm_testkit::proxy::Fault;
 use redis::{Commands, ErrorKind, ServerErrorKind};
 
 /// A redis-rs connection to `addr`, with a timeout so a hang fails the test.
@@ -414,6 +416,42 @@ fn config_get_client_setinfo_and_select_answer_as_redis_does() {
     let config: Vec<(String, String)> =
         redis::cmd("CONFIG").arg("GET").arg("appendonly").query(&mut con).unwrap();
     assert_eq!(config, [("appendonly".to_string(), "yes".to_string())]);
+}
+
+#[test]
+fn an_mset_of_big_values_is_written_in_runs_and_no_slave_falls_behind() {
+    // Each slave's link carries 3 MiB a second towards it. A run of writes must be
+    // acknowledged within WRITE_DEADLINE_ACK_TIMEOUTS ACK timeouts (2 s): a run of 1 MiB gets
+    // through in a third of a second, one of 8 MiB would take more than 2.6 s (as one run,
+    // this MSET was answered TIMEOUT).
+    let c = TestCluster::from_builder(common::builder().slaves(3).proxy(Link::SlaveToPrimary));
+    for link in &c.links.slave_to_primary {
+        link.set_fault_directed(Fault::None, Fault::Throttle(3 << 20));
+    }
+    let addr = c.addr();
+    let mut con = redis_conn(&addr, None);
+    // Eight values of the largest size, the last a little smaller so that the whole request
+    // fits a RESP frame (MAX_RESP_FRAME, which counts the command's name and keys too).
+    let max = dsm::limits::MAX_VALUE;
+    let pairs: Vec<(String, Vec<u8>)> =
+        (0..8u8).map(|i| (format!("big{i}"), vec![b'a' + i; if i == 7 { max - 64 } else { max }])).collect();
+    let _: () = con.mset(&pairs).unwrap();
+    for (key, value) in &pairs {
+        assert!(con.get::<_, Vec<u8>>(key).unwrap() == *value, "{key} read back wrong");
+    }
+    // Pipelined SETs of big values are bounded the same way.
+    let mut pipe = redis::pipe();
+    for (key, value) in &pairs {
+        pipe.set(key, &value[1..]).ignore();
+    }
+    let _: () = pipe.query(&mut con).unwrap();
+    for (key, value) in &pairs {
+        assert!(con.get::<_, Vec<u8>>(key).unwrap() == value[1..], "{key} read back wrong");
+    }
+    // Every slave acknowledged in time: none was marked down.
+    let out = c.primary.output();
+    assert!(!out.contains("marked down"), "{out}");
+    assert_eq!(c.stat(&addr, "slaves").as_deref(), Some("3"));
 }
 
 /// Opens a connection, sends `bytes`, and returns what the server answered before closing or
