@@ -87,7 +87,14 @@ fn redis_rs_single_commands_pipelines_and_errors() {
     let got: Vec<Option<String>> = con.mget(&["a", "nope", "c"]).unwrap();
     assert_eq!(got, [Some("1".into()), None, Some("3".into())]);
     assert_eq!(con.exists::<_, u64>(&["a", "b", "nope"]).unwrap(), 2);
+    // A key named twice counts twice, as in Redis.
+    assert_eq!(con.exists::<_, u64>(&["a", "a"]).unwrap(), 2);
+    assert_eq!(con.exists::<_, u64>(&["a", "nope", "a"]).unwrap(), 2);
     assert_eq!(con.del::<_, u64>(&["a", "nope", "b"]).unwrap(), 2);
+    // Deleting a key twice in one DEL deletes it once.
+    let _: () = con.set("twice", "x").unwrap();
+    assert_eq!(con.del::<_, u64>(&["twice", "twice"]).unwrap(), 1);
+    assert_eq!(con.exists::<_, u64>(&["twice"]).unwrap(), 0);
     assert_eq!(con.get::<_, Option<String>>("a").unwrap(), None);
     let size: u64 = redis::cmd("DBSIZE").query(&mut con).unwrap();
     assert_eq!(size, 2, "bin and c");
@@ -139,8 +146,31 @@ fn redis_rs_single_commands_pipelines_and_errors() {
     // HELLO 3 is refused, so RESP3-first clients fall back to RESP2; HELLO 2 is answered.
     let e = redis::cmd("HELLO").arg(3).query::<()>(&mut con).unwrap_err();
     assert!(e.to_string().contains("NOPROTO"), "{e}");
-    let hello: Vec<redis::Value> = redis::cmd("HELLO").arg(2).query(&mut con).unwrap();
-    assert_eq!(hello.len(), 14);
+    for args in [&[][..], &["2"][..]] {
+        let mut raw = c.raw();
+        raw.send(&resp(&[&["HELLO"][..], args].concat()));
+        assert_eq!(raw.line(), "*14", "HELLO {args:?}");
+        let fields: Vec<String> = (0..14).map(|_| resp_reply(&mut raw)).collect();
+        let id = fields[7].strip_prefix(':').and_then(|n| n.parse::<u64>().ok());
+        assert!(id.is_some_and(|id| id > 0), "HELLO {args:?}: id {:?}", fields[7]);
+        let want = [
+            "$6 server",
+            "$3 dsm",
+            "$7 version",
+            "$5 7.0.0",
+            "$5 proto",
+            ":2",
+            "$2 id",
+            &fields[7],
+            "$4 mode",
+            "$10 standalone",
+            "$4 role",
+            "$6 master",
+            "$7 modules",
+            "*0",
+        ];
+        assert_eq!(fields, want, "HELLO {args:?}");
+    }
     let _: () = redis::cmd("CLIENT").arg("SETNAME").arg("tester").query(&mut con).unwrap();
     let name: String = redis::cmd("CLIENT").arg("GETNAME").query(&mut con).unwrap();
     assert_eq!(name, "tester");
