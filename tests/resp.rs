@@ -484,6 +484,38 @@ fn an_mset_of_big_values_is_written_in_runs_and_no_slave_falls_behind() {
     assert_eq!(c.stat(&addr, "slaves").as_deref(), Some("3"));
 }
 
+#[test]
+fn a_redis_client_over_the_connection_limit_reads_why() {
+    let c = TestCluster::start_with(1, &["--max-connections", "2"]);
+    // The slave holds one connection; one client fits (once the readiness probes' connections
+    // have been noticed closed).
+    let mut held = None;
+    dsm_testkit::cluster::wait_for("a connection slot", READY, || {
+        let mut r = c.raw();
+        let ok = r.ask("PING") == "PONG";
+        held = ok.then_some(r);
+        ok
+    })
+    .unwrap();
+    // A Redis client sends its request at once, and is refused in RESP, as Redis refuses.
+    let mut over = c.raw();
+    over.send(&resp(&["PING"]));
+    assert_eq!(over.line(), "-ERR max number of clients reached");
+    assert!(over.closed());
+    let out = redis_tool("redis-cli").args(["-p", port(&c.addr()), "PING"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("ERR max number of clients reached") && !text.contains("Protocol error"), "{text}");
+    // A line-protocol client is refused in the line protocol, whether it spoke or not.
+    let mut line = c.raw();
+    line.send(b"PING\r\n");
+    assert_eq!(line.line(), "ERR too many connections");
+    assert!(line.closed());
+    let mut silent = c.raw();
+    assert_eq!(silent.line(), "ERR too many connections");
+    assert!(silent.closed());
+    assert_eq!(held.unwrap().ask("PING"), "PONG");
+}
+
 /// Opens a connection, sends `bytes`, and returns what the server answered before closing or
 /// before `quiet` passed without a byte.
 fn exchange(addr: &str, bytes: &[u8], close_write: bool) -> (String, bool) {
