@@ -1,5 +1,7 @@
 # dsm — build, run a local cluster, test, lint, benchmark.
-# Only the Rust toolchain is needed.
+# Building and running need only the Rust toolchain. `make test` also needs redis-cli and
+# redis-benchmark (it installs redis-tools with apt-get where they are missing), and
+# `make bench-peers` redis-server (it installs redis-server the same way).
 
 CARGO   ?= cargo
 PRIMARY ?= 127.0.0.1:12345
@@ -84,17 +86,20 @@ bench-peers: redis
 	$(CARGO) build --release --bins
 	$(CARGO) bench --bench peers
 
-# redis-server and redis-cli, from Debian's packages, where they are missing.
-# redis-cli and redis-benchmark, which tests/resp.rs drives dsm with (apt-get, as root or
-# through sudo).
+# apt-get runs as root, or through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# redis-cli and redis-benchmark, which tests/resp.rs drives dsm with: Debian's redis-tools,
+# installed where they are missing.
 redis-tools:
 	@command -v redis-cli >/dev/null && command -v redis-benchmark >/dev/null || \
-	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-tools; }
+	  { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools; }
 
+# redis-server and redis-cli, which bench-peers runs dsm beside: Debian's redis-server and
+# redis-tools, installed where they are missing.
 redis:
 	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools; }
+	  { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools; }
 
 clean:
 	$(CARGO) clean

@@ -170,7 +170,7 @@ fn a_scrape_reports_requests_latencies_and_state() {
     }
     assert!(raw.ask("NOPE").starts_with("ERR unknown command"));
     // RESP requests are counted under their own protocol label: 3 writes (one SET, one
-    // pipelined pair), 1 read, 1 unknown command.
+    // pipelined pair), 1 read, 1 unknown command, 1 malformed frame.
     let resp =
         |args: &[&str]| dsm::resp::encode_request(&args.iter().map(|a| a.as_bytes()).collect::<Vec<_>>());
     let mut pipelined = resp(&["SET", "r1", "x"]);
@@ -185,6 +185,11 @@ fn a_scrape_reports_requests_latencies_and_state() {
     let _ = (raw.line(), raw.line());
     raw.send(&resp(&["NOPE"]));
     assert!(raw.line().starts_with("-ERR unknown command"));
+    // A malformed frame is a failed request too, though it ends its connection unparsed.
+    let mut malformed = c.raw();
+    malformed.send(b"*1\r\n$x\r\n");
+    assert_eq!(malformed.line(), "-ERR Protocol error: invalid bulk length");
+    assert!(malformed.closed());
 
     // The slaves may be marked down for a moment on a busy machine: poll for all three up.
     let mut last = HashMap::new();
@@ -202,7 +207,9 @@ fn a_scrape_reports_requests_latencies_and_state() {
     assert!(get(&s, r#"dsm_requests_total{command="read",protocol="line"}"#) >= 10.0);
     assert_eq!(get(&s, r#"dsm_requests_total{command="write",protocol="resp"}"#), 3.0);
     assert_eq!(get(&s, r#"dsm_requests_total{command="read",protocol="resp"}"#), 1.0);
-    assert_eq!(get(&s, r#"dsm_errors_total{command="other",protocol="resp",kind="invalid"}"#), 1.0);
+    // The unknown command and the malformed frame.
+    assert_eq!(get(&s, r#"dsm_requests_total{command="other",protocol="resp"}"#), 2.0);
+    assert_eq!(get(&s, r#"dsm_errors_total{command="other",protocol="resp",kind="invalid"}"#), 2.0);
     assert!(get(&s, r#"dsm_errors_total{command="other",protocol="line",kind="invalid"}"#) >= 1.0);
     let count = get(&s, r#"dsm_request_duration_seconds_count{command="write"}"#);
     assert!(count >= 30.0, "{count}");

@@ -11,6 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{FailoverCluster, Raw, TestCluster, READY};
+use dsm_testkit::cluster::Link;
+use dsm_testkit::proxy::Fault;
 use redis::{Commands, ErrorKind, ServerErrorKind};
 
 /// A redis-rs connection to `addr`, with a timeout so a hang fails the test.
@@ -85,7 +87,14 @@ fn redis_rs_single_commands_pipelines_and_errors() {
     let got: Vec<Option<String>> = con.mget(&["a", "nope", "c"]).unwrap();
     assert_eq!(got, [Some("1".into()), None, Some("3".into())]);
     assert_eq!(con.exists::<_, u64>(&["a", "b", "nope"]).unwrap(), 2);
+    // A key named twice counts twice, as in Redis.
+    assert_eq!(con.exists::<_, u64>(&["a", "a"]).unwrap(), 2);
+    assert_eq!(con.exists::<_, u64>(&["a", "nope", "a"]).unwrap(), 2);
     assert_eq!(con.del::<_, u64>(&["a", "nope", "b"]).unwrap(), 2);
+    // Deleting a key twice in one DEL deletes it once.
+    let _: () = con.set("twice", "x").unwrap();
+    assert_eq!(con.del::<_, u64>(&["twice", "twice"]).unwrap(), 1);
+    assert_eq!(con.exists::<_, u64>(&["twice"]).unwrap(), 0);
     assert_eq!(con.get::<_, Option<String>>("a").unwrap(), None);
     let size: u64 = redis::cmd("DBSIZE").query(&mut con).unwrap();
     assert_eq!(size, 2, "bin and c");
@@ -137,8 +146,31 @@ fn redis_rs_single_commands_pipelines_and_errors() {
     // HELLO 3 is refused, so RESP3-first clients fall back to RESP2; HELLO 2 is answered.
     let e = redis::cmd("HELLO").arg(3).query::<()>(&mut con).unwrap_err();
     assert!(e.to_string().contains("NOPROTO"), "{e}");
-    let hello: Vec<redis::Value> = redis::cmd("HELLO").arg(2).query(&mut con).unwrap();
-    assert_eq!(hello.len(), 14);
+    for args in [&[][..], &["2"][..]] {
+        let mut raw = c.raw();
+        raw.send(&resp(&[&["HELLO"][..], args].concat()));
+        assert_eq!(raw.line(), "*14", "HELLO {args:?}");
+        let fields: Vec<String> = (0..14).map(|_| resp_reply(&mut raw)).collect();
+        let id = fields[7].strip_prefix(':').and_then(|n| n.parse::<u64>().ok());
+        assert!(id.is_some_and(|id| id > 0), "HELLO {args:?}: id {:?}", fields[7]);
+        let want = [
+            "$6 server",
+            "$3 dsm",
+            "$7 version",
+            "$5 7.0.0",
+            "$5 proto",
+            ":2",
+            "$2 id",
+            &fields[7],
+            "$4 mode",
+            "$10 standalone",
+            "$4 role",
+            "$6 master",
+            "$7 modules",
+            "*0",
+        ];
+        assert_eq!(fields, want, "HELLO {args:?}");
+    }
     let _: () = redis::cmd("CLIENT").arg("SETNAME").arg("tester").query(&mut con).unwrap();
     let name: String = redis::cmd("CLIENT").arg("GETNAME").query(&mut con).unwrap();
     assert_eq!(name, "tester");
@@ -345,6 +377,8 @@ fn redis_benchmark_completes_without_errors() {
         assert!(out.status.success(), "-P {pipeline}: {text}");
         assert!(text.contains("SET: ") && text.contains("GET: "), "-P {pipeline}: {text}");
         assert!(!text.contains("ERR") && !text.to_lowercase().contains("error"), "-P {pipeline}: {text}");
+        // Such as `WARNING: Could not fetch server CONFIG`, when CONFIG GET is not answered.
+        assert!(!text.contains("WARNING"), "-P {pipeline}: {text}");
     }
     // Its writes landed: keys of the form key:000000000NNN.
     let size: u64 = cli(&addr, &["DBSIZE"]).parse().unwrap();
@@ -377,6 +411,111 @@ fn line_protocol_and_resp_share_a_connection() {
     assert_eq!(raw.line(), "PONG");
 }
 
+#[test]
+fn config_get_client_setinfo_and_select_answer_as_redis_does() {
+    let c = TestCluster::start(1);
+    let mut raw = c.raw();
+    // What redis-benchmark asks, answered as name/value pairs.
+    let mut ask = |args: &[&str], lines: usize| {
+        raw.send(&resp(args));
+        (0..lines).map(|_| resp_reply(&mut raw)).collect::<Vec<_>>()
+    };
+    assert_eq!(ask(&["CONFIG", "GET", "save"], 3), ["*2", "$4 save", "$0 "]);
+    assert_eq!(ask(&["config", "get", "APPENDONLY"], 3), ["*2", "$10 appendonly", "$3 yes"]);
+    assert_eq!(ask(&["CONFIG", "GET", "*"], 5), ["*4", "$4 save", "$0 ", "$10 appendonly", "$3 yes"]);
+    assert_eq!(
+        ask(&["CONFIG", "GET", "append*", "save"], 5),
+        ["*4", "$4 save", "$0 ", "$10 appendonly", "$3 yes"]
+    );
+    assert_eq!(ask(&["CONFIG", "GET", "maxmemory"], 1), ["*0"]);
+    // CLIENT SETINFO takes the two attributes Redis knows, in any case, and no other.
+    assert_eq!(ask(&["CLIENT", "SETINFO", "lib-name", "redis-rs"], 1), ["+OK"]);
+    assert_eq!(ask(&["CLIENT", "SETINFO", "LIB-VER", "1.8.2"], 1), ["+OK"]);
+    assert_eq!(
+        ask(&["CLIENT", "SETINFO", "lib-colour", "blue"], 1),
+        ["-ERR Unrecognized option 'lib-colour'"]
+    );
+    // Only database 0 exists: any other index is out of range, a negative one too.
+    assert_eq!(ask(&["SELECT", "0"], 1), ["+OK"]);
+    for index in ["1", "-1", "16"] {
+        assert_eq!(ask(&["SELECT", index], 1), ["-ERR DB index is out of range"], "SELECT {index}");
+    }
+    assert_eq!(ask(&["SELECT", "x"], 1), ["-ERR value is not an integer or out of range"]);
+    // The same through redis-rs.
+    let mut con = redis_conn(&c.addr(), None);
+    let config: Vec<(String, String)> =
+        redis::cmd("CONFIG").arg("GET").arg("appendonly").query(&mut con).unwrap();
+    assert_eq!(config, [("appendonly".to_string(), "yes".to_string())]);
+}
+
+#[test]
+fn an_mset_of_big_values_is_written_in_runs_and_no_slave_falls_behind() {
+    // Each slave's link carries 3 MiB a second towards it. A run of writes must be
+    // acknowledged within WRITE_DEADLINE_ACK_TIMEOUTS ACK timeouts (2 s): a run of 1 MiB gets
+    // through in a third of a second, one of 8 MiB would take more than 2.6 s (as one run,
+    // this MSET was answered TIMEOUT).
+    let c = TestCluster::from_builder(common::builder().slaves(3).proxy(Link::SlaveToPrimary));
+    for link in &c.links.slave_to_primary {
+        link.set_fault_directed(Fault::None, Fault::Throttle(3 << 20));
+    }
+    let addr = c.addr();
+    let mut con = redis_conn(&addr, None);
+    // Eight values of the largest size, the last a little smaller so that the whole request
+    // fits a RESP frame (MAX_RESP_FRAME, which counts the command's name and keys too).
+    let max = dsm::limits::MAX_VALUE;
+    let pairs: Vec<(String, Vec<u8>)> =
+        (0..8u8).map(|i| (format!("big{i}"), vec![b'a' + i; if i == 7 { max - 64 } else { max }])).collect();
+    let _: () = con.mset(&pairs).unwrap();
+    for (key, value) in &pairs {
+        assert!(con.get::<_, Vec<u8>>(key).unwrap() == *value, "{key} read back wrong");
+    }
+    // Pipelined SETs of big values are bounded the same way.
+    let mut pipe = redis::pipe();
+    for (key, value) in &pairs {
+        pipe.set(key, &value[1..]).ignore();
+    }
+    let _: () = pipe.query(&mut con).unwrap();
+    for (key, value) in &pairs {
+        assert!(con.get::<_, Vec<u8>>(key).unwrap() == value[1..], "{key} read back wrong");
+    }
+    // Every slave acknowledged in time: none was marked down.
+    let out = c.primary.output();
+    assert!(!out.contains("marked down"), "{out}");
+    assert_eq!(c.stat(&addr, "slaves").as_deref(), Some("3"));
+}
+
+#[test]
+fn a_redis_client_over_the_connection_limit_reads_why() {
+    let c = TestCluster::start_with(1, &["--max-connections", "2"]);
+    // The slave holds one connection; one client fits (once the readiness probes' connections
+    // have been noticed closed).
+    let mut held = None;
+    dsm_testkit::cluster::wait_for("a connection slot", READY, || {
+        let mut r = c.raw();
+        let ok = r.ask("PING") == "PONG";
+        held = ok.then_some(r);
+        ok
+    })
+    .unwrap();
+    // A Redis client sends its request at once, and is refused in RESP, as Redis refuses.
+    let mut over = c.raw();
+    over.send(&resp(&["PING"]));
+    assert_eq!(over.line(), "-ERR max number of clients reached");
+    assert!(over.closed());
+    let out = redis_tool("redis-cli").args(["-p", port(&c.addr()), "PING"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("ERR max number of clients reached") && !text.contains("Protocol error"), "{text}");
+    // A line-protocol client is refused in the line protocol, whether it spoke or not.
+    let mut line = c.raw();
+    line.send(b"PING\r\n");
+    assert_eq!(line.line(), "ERR too many connections");
+    assert!(line.closed());
+    let mut silent = c.raw();
+    assert_eq!(silent.line(), "ERR too many connections");
+    assert!(silent.closed());
+    assert_eq!(held.unwrap().ask("PING"), "PONG");
+}
+
 /// Opens a connection, sends `bytes`, and returns what the server answered before closing or
 /// before `quiet` passed without a byte.
 fn exchange(addr: &str, bytes: &[u8], close_write: bool) -> (String, bool) {
@@ -405,6 +544,35 @@ fn exchange(addr: &str, bytes: &[u8], close_write: bool) -> (String, bool) {
 }
 
 #[test]
+fn a_frame_cut_anywhere_is_completed_when_its_rest_comes() {
+    let c = TestCluster::start(1);
+    let frame = resp(&["SET", "slow", "ab\r\ncd"]);
+    let mut con = redis_conn(&c.addr(), None);
+    // Cut inside the header, after it, inside a bulk's length, inside the payload (at its
+    // line break), and between the last `\r` and `\n`.
+    for cut in [2, 4, 13, 25, 27, frame.len() - 1] {
+        let mut s = TcpStream::connect(c.addr()).unwrap();
+        s.write_all(&frame[..cut]).unwrap();
+        // Half a frame is not answered: nothing comes while the client sends no more.
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut byte = [0u8; 1];
+        match s.read(&mut byte) {
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            other => panic!("cut at {cut}: answered half a frame: {other:?} {byte:?}"),
+        }
+        // The rest completes it. A server that lost the first part hangs here: the read
+        // timeout fails the test instead.
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(&frame[cut..]).unwrap();
+        s.write_all(&resp(&["GET", "slow"])).unwrap();
+        let mut raw = Raw::from_stream(s);
+        assert_eq!(raw.line(), "+OK", "cut at {cut}");
+        assert_eq!(resp_reply(&mut raw), "$6 ab\r\ncd", "cut at {cut}");
+        let _: () = con.set("slow", "reset").unwrap();
+    }
+}
+
+#[test]
 fn malformed_resp_gets_an_error_or_a_clean_close_never_a_hang() {
     let c = TestCluster::start(3);
     let addr = c.addr();
@@ -413,8 +581,15 @@ fn malformed_resp_gets_an_error_or_a_clean_close_never_a_hang() {
     for _ in 0..10 {
         million.extend_from_slice(b"$1\r\nx\r\n");
     }
+    // What each case must get: the reply in full or its start ("" is no reply at all), after
+    // which the server closes the connection.
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("a length longer than the payload", b"*2\r\n$3\r\nGET\r\n$9\r\nk\r\n".to_vec(), ""),
+        (
+            "an array that counts fewer elements than it has",
+            b"*1\r\n$3\r\nGET\r\n$1\r\nk\r\n".to_vec(),
+            "-ERR wrong number of arguments for 'get' command\r\n-ERR Protocol error: expected '*', got '$'\r\n",
+        ),
         (
             "a length shorter than the payload",
             b"*2\r\n$3\r\nGET\r\n$1\r\nkey\r\n".to_vec(),
@@ -431,8 +606,17 @@ fn malformed_resp_gets_an_error_or_a_clean_close_never_a_hang() {
     for (what, bytes, want) in cases {
         let (got, closed) = exchange(&addr, &bytes, true);
         assert!(closed, "{what}: the server kept the connection open; got {got:?}");
-        assert!(got.starts_with(want), "{what}: got {got:?}, want {want:?}");
-        assert!(!got.contains("+OK"), "{what}: executed: {got:?}");
+        if want.is_empty() {
+            assert_eq!(got, "", "{what}: a frame the stream ended inside is dropped unanswered");
+        } else {
+            assert!(got.starts_with(want), "{what}: got {got:?}, want {want:?}");
+            // One protocol error, the last thing sent.
+            let last = got.trim_end_matches("\r\n").rsplit("\r\n").next().unwrap();
+            assert!(last.starts_with("-ERR Protocol error: ") && got.ends_with("\r\n"), "{what}: {got:?}");
+            assert_eq!(got.matches("Protocol error").count(), 1, "{what}: {got:?}");
+        }
+        // The server serves a new connection after it.
+        assert_eq!(exchange(&addr, &resp(&["PING"]), true), ("+PONG\r\n".to_string(), true), "after {what}");
     }
     // A cut frame was never executed, and the server serves on.
     let mut con = redis_conn(&addr, None);

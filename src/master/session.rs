@@ -7,10 +7,12 @@
 //! members acknowledged it, exactly as `WRITE` is answered `OK <version>`.
 //!
 //! Pipelining: the writes a client has queued (`WRITE` lines and RESP `SET`s, in any mix) are
-//! executed together, up to [`MAX_PIPELINED_WRITES`]: one log append, one message to each
-//! slave, and the replies in order once all are acknowledged, before the next request (so a
-//! read that follows sees them). Replies are buffered while further requests are, and written
-//! when the connection would otherwise wait, or at [`MAX_PENDING_REPLY_BYTES`].
+//! executed together, in runs of up to [`MAX_PIPELINED_WRITES`] writes and
+//! [`MAX_PIPELINED_BYTES`] of values: one log append, one message to each slave, and the
+//! replies in order once all are acknowledged, before the next request (so a read that
+//! follows sees them). A RESP `MSET` is split into runs by the same bounds. Replies are
+//! buffered while further requests are, and written when the connection would otherwise
+//! wait, or at [`MAX_PENDING_REPLY_BYTES`].
 //!
 //! Errors in RESP: dsm's refusals carry the codes Redis clients act on. A standby answers
 //! `-READONLY ... the primary is <addr>` (Redis's reply from a replica: Sentinel-aware clients
@@ -26,11 +28,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::ops::{self, ClientOut};
-use super::{Shared, MAX_PENDING_REPLY_BYTES, MAX_PIPELINED_WRITES};
+use super::{Shared, MAX_PENDING_REPLY_BYTES, MAX_PIPELINED_BYTES, MAX_PIPELINED_WRITES};
 use crate::framing::{LineError, LineReader};
 use crate::metrics::{CommandKind, ErrorKind, Outcome, Protocol};
 use crate::protocol::{ErrorReply, Reply, Request};
-use crate::resp::command::{Command, CommandQuery, COMMANDS};
+use crate::resp::command::{config_get, Command, CommandQuery, COMMANDS};
 use crate::resp::{self, FrameError};
 
 /// The Redis version whose protocol and commands dsm follows, as `INFO` and `HELLO` report it
@@ -220,17 +222,19 @@ impl<'a> Session<'a> {
             Ok(Some(line)) => line,
             Ok(None) | Err(LineError::Io(_)) => return Err(Stop(Vec::new())),
             Err(LineError::TooLong) if self.spoke_resp => {
-                let mut last = Vec::new();
-                resp::push_error(&mut last, "ERR Protocol error: too big inline request");
-                return Err(Stop(last));
+                return Err(self.protocol_error("too big inline request"))
             }
             Err(LineError::TooLong) => return Err(Stop(b"ERR line too long\r\n".to_vec())),
         };
-        if line.first() != Some(&b'*') {
-            if line.is_empty() && self.spoke_resp {
-                return Ok(Incoming::Nothing);
-            }
-            return Ok(Incoming::Line(Request::parse(line)));
+        match line.first() {
+            Some(b'*') => {}
+            None if self.spoke_resp => return Ok(Incoming::Nothing),
+            // A bulk string where a request should start: the array before it counted fewer
+            // elements than it had. No line-protocol request starts with `$`, so on a connection
+            // that speaks RESP the framing is lost; answering the rest of the frame line by line
+            // would only pile up confusing errors. (Redis would read it as an inline command.)
+            Some(b'$') if self.spoke_resp => return Err(self.protocol_error("expected '*', got '$'")),
+            _ => return Ok(Incoming::Line(Request::parse(line))),
         }
         let len = resp::request_len(line, self.authenticated);
         self.resp_args(len)
@@ -243,14 +247,20 @@ impl<'a> Session<'a> {
         match len.and_then(|n| resp::read_args(n, &mut self.reader, authenticated)) {
             Ok(args) if args.is_empty() => Ok(Incoming::Nothing),
             Ok(args) => Ok(Incoming::Resp(Command::parse(args))),
-            Err(FrameError::Protocol(why)) => {
-                self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
-                let mut last = Vec::new();
-                resp::push_error(&mut last, &format!("ERR Protocol error: {why}"));
-                Err(Stop(last))
-            }
+            Err(FrameError::Protocol(why)) => Err(self.protocol_error(&why)),
             Err(FrameError::Closed) => Err(Stop(Vec::new())),
         }
+    }
+
+    /// Ends the connection with `-ERR Protocol error: <why>`, counted as a failed request (of
+    /// no known command) in `STATS` and the metrics. Nothing was executed, so it took no time.
+    fn protocol_error(&mut self, why: &str) -> Stop {
+        self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+        let outcome = Outcome::Err(ErrorKind::Invalid);
+        self.shared.metrics.observe(CommandKind::Other, Protocol::Resp, outcome, Duration::ZERO);
+        let mut last = Vec::new();
+        resp::push_error(&mut last, &format!("ERR Protocol error: {why}"));
+        Stop(last)
     }
 
     /// True when a write may wait for the writes queued behind it.
@@ -271,12 +281,19 @@ impl<'a> Session<'a> {
             let started = Instant::now();
             let mut stop = None;
             let mut dialects = vec![write.2];
+            let mut bytes = write.1.len();
             let mut batch = vec![(write.0, write.1)];
             while batch.len() < MAX_PIPELINED_WRITES && self.reader.has_buffered_line() {
                 match self.read().map(Incoming::take_write) {
-                    Ok(Ok((key, value, dialect))) => {
+                    Ok(Ok((key, value, dialect))) if run_takes(batch.len(), bytes, value.len()) => {
+                        bytes += value.len();
                         batch.push((key, value));
                         dialects.push(dialect);
+                    }
+                    // Over the run's bytes: it starts the next run.
+                    Ok(Ok(write)) => {
+                        pending = Some(Incoming::from_write(write));
+                        break;
                     }
                     Ok(Err(other)) => {
                         pending = Some(other);
@@ -426,11 +443,17 @@ impl<'a> Session<'a> {
                 }
             }
             Command::MSet(pairs) => {
-                let replies = ops::execute_writes(shared, pairs);
-                match replies.into_iter().find(|r| matches!(r, Reply::Err(_))) {
-                    Some(error) => self.resp_reply_error(error),
-                    None => resp::push_simple(&mut self.out, "OK"),
+                // In runs, as pipelined writes are: one run of many big values could not be
+                // acknowledged within the ACK timeout. After a run with an error the rest is not
+                // tried, and the error is the reply.
+                for run in into_runs(pairs) {
+                    let replies = ops::execute_writes(shared, run);
+                    if let Some(error) = replies.into_iter().find(|r| matches!(r, Reply::Err(_))) {
+                        self.resp_reply_error(error);
+                        return None;
+                    }
                 }
+                resp::push_simple(&mut self.out, "OK");
             }
             Command::Del(keys) => {
                 let mut deleted = 0;
@@ -526,7 +549,14 @@ impl<'a> Session<'a> {
             Command::Select(0) => resp::push_simple(&mut self.out, "OK"),
             Command::Select(_) => self.resp_err("ERR DB index is out of range"),
             Command::Command(query) => self.command_table(query),
-            Command::ConfigGet => resp::push_array(&mut self.out, 0),
+            Command::ConfigGet(patterns) => {
+                let found = config_get(&patterns);
+                resp::push_array(&mut self.out, 2 * found.len());
+                for (name, value) in found {
+                    resp::push_bulk(&mut self.out, name.as_bytes());
+                    resp::push_bulk(&mut self.out, value.as_bytes());
+                }
+            }
             Command::Compact => {
                 shared.compaction.request();
                 resp::push_simple(&mut self.out, "Background append only file rewriting started");
@@ -697,6 +727,33 @@ impl<'a> Session<'a> {
     }
 }
 
+/// Whether a run of `writes` writes holding `bytes` bytes of values may take one more, of
+/// `value` bytes: while it stays within [`MAX_PIPELINED_WRITES`] and [`MAX_PIPELINED_BYTES`].
+/// An empty run takes any write, so a run is never empty.
+fn run_takes(writes: usize, bytes: usize, value: usize) -> bool {
+    writes == 0 || (writes < MAX_PIPELINED_WRITES && bytes + value <= MAX_PIPELINED_BYTES)
+}
+
+/// Splits `writes` (an `MSET`'s) into runs as a pipelined run is bounded ([`run_takes`]), in
+/// order.
+fn into_runs(writes: Vec<(String, Vec<u8>)>) -> Vec<Vec<(String, Vec<u8>)>> {
+    let mut runs: Vec<Vec<(String, Vec<u8>)>> = Vec::new();
+    let mut bytes = 0;
+    for (key, value) in writes {
+        match runs.last_mut() {
+            Some(run) if run_takes(run.len(), bytes, value.len()) => {
+                bytes += value.len();
+                run.push((key, value));
+            }
+            _ => {
+                bytes = value.len();
+                runs.push(vec![(key, value)]);
+            }
+        }
+    }
+    runs
+}
+
 /// A dsm refusal as a RESP error: the code a Redis client acts on, then dsm's reason.
 pub fn resp_error_text(error: &ErrorReply) -> String {
     match error {
@@ -707,5 +764,49 @@ pub fn resp_error_text(error: &ErrorReply) -> String {
         ErrorReply::Unavailable(why) => format!("NOREPLICAS {why}"),
         ErrorReply::Timeout(why) => format!("TIMEOUT {why}"),
         ErrorReply::Invalid(message) => format!("ERR {message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes(runs: &[Vec<(String, Vec<u8>)>]) -> Vec<Vec<usize>> {
+        runs.iter().map(|run| run.iter().map(|(_, v)| v.len()).collect()).collect()
+    }
+
+    fn writes(sizes: &[usize]) -> Vec<(String, Vec<u8>)> {
+        sizes.iter().enumerate().map(|(i, &n)| (format!("k{i}"), vec![b'x'; n])).collect()
+    }
+
+    #[test]
+    fn an_mset_is_split_into_runs_by_count_and_bytes() {
+        let max = MAX_PIPELINED_BYTES;
+        assert!(into_runs(Vec::new()).is_empty());
+        assert_eq!(sizes(&into_runs(writes(&[1, 2, 3]))), [vec![1, 2, 3]]);
+        // Values that fill the byte budget exactly share a run; one byte more starts another.
+        assert_eq!(sizes(&into_runs(writes(&[max / 2, max / 2, 1]))), [vec![max / 2, max / 2], vec![1]]);
+        // A value of the whole budget goes alone, and so does one of more than it.
+        assert_eq!(
+            sizes(&into_runs(writes(&[max, max, 0, max + 1]))),
+            [vec![max], vec![max, 0], vec![max + 1]]
+        );
+        // Empty values: bounded by the count alone.
+        let runs = into_runs(writes(&vec![0; 2 * MAX_PIPELINED_WRITES + 1]));
+        assert_eq!(
+            runs.iter().map(Vec::len).collect::<Vec<_>>(),
+            [MAX_PIPELINED_WRITES, MAX_PIPELINED_WRITES, 1]
+        );
+        // In order.
+        let keys: Vec<String> = runs.into_iter().flatten().map(|(k, _)| k).collect();
+        assert_eq!(keys, (0..2 * MAX_PIPELINED_WRITES + 1).map(|i| format!("k{i}")).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_run_always_takes_its_first_write() {
+        assert!(run_takes(0, 0, MAX_PIPELINED_BYTES + 1));
+        assert!(run_takes(1, 10, MAX_PIPELINED_BYTES - 10));
+        assert!(!run_takes(1, 10, MAX_PIPELINED_BYTES - 9));
+        assert!(!run_takes(MAX_PIPELINED_WRITES, 0, 0));
     }
 }

@@ -17,7 +17,7 @@
 //! CLIENT SETNAME|GETNAME|SETINFO|ID|INFO
 //! SELECT 0                    +OK
 //! COMMAND [COUNT|DOCS|INFO]   *...
-//! CONFIG GET pattern          *0 (no Redis configuration to show)
+//! CONFIG GET pattern ...      *n of name, value    (the few parameters in `CONFIG`)
 //! BGREWRITEAOF                +...                 (compacts the log, like COMPACT)
 //! DSM.VERSION key             :version | $-1       (the key's version, as READ shows it)
 //! QUIT                        +OK, then the server closes
@@ -68,11 +68,11 @@ pub enum Command {
     /// `CLIENT SETINFO LIB-NAME|LIB-VER value`: accepted, and forgotten.
     ClientSetInfo,
     /// `SELECT index`: only database 0 exists.
-    Select(u64),
+    Select(i64),
     /// `COMMAND`, `COMMAND COUNT`, `COMMAND DOCS ...`, `COMMAND INFO name ...`.
     Command(CommandQuery),
-    /// `CONFIG GET pattern ...`.
-    ConfigGet,
+    /// `CONFIG GET pattern ...`, patterns lower-cased.
+    ConfigGet(Vec<String>),
     /// `BGREWRITEAOF`: compact the log in the background.
     Compact,
     /// `DSM.VERSION key`.
@@ -137,6 +137,52 @@ pub const COMMANDS: &[Spec] = &[
     spec("dsm.version", 2, &["readonly", "fast"], (1, 1, 1)),
     spec("quit", -1, &["fast", "no_auth"], (0, 0, 0)),
 ];
+
+/// The configuration parameters `CONFIG GET` shows, with the values that describe dsm: the
+/// ones Redis tools ask about (`redis-benchmark` asks for `save` and `appendonly`, and warns
+/// when it gets no answer). dsm takes no snapshots (`save` is empty) and writes every change
+/// to its append-only log before acknowledging it (`appendonly` is `yes`).
+pub const CONFIG: &[(&str, &str)] = &[("save", ""), ("appendonly", "yes")];
+
+/// The parameters of [`CONFIG`] that any of `patterns` (lower-cased) matches, each once, in
+/// the table's order: what `CONFIG GET` answers.
+pub fn config_get(patterns: &[String]) -> Vec<(&'static str, &'static str)> {
+    CONFIG
+        .iter()
+        .filter(|(name, _)| patterns.iter().any(|p| glob_match(p.as_bytes(), name.as_bytes())))
+        .copied()
+        .collect()
+}
+
+/// Whether `name` matches the glob `pattern` as Redis's `CONFIG GET` reads it, in part: `*`
+/// is any run of bytes, `?` any one byte, every other byte itself (no `[...]` classes or `\`
+/// escapes, which no parameter name needs).
+fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+    let (mut p, mut n) = (0, 0);
+    // The last `*` seen and where in `name` its match currently ends, to backtrack to.
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, n));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == name[n] => {
+                p += 1;
+                n += 1;
+            }
+            _ => match star {
+                Some((at, matched)) => {
+                    star = Some((at, matched + 1));
+                    p = at + 1;
+                    n = matched + 1;
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
 
 impl Command {
     /// Parses a request (its first element is the command name); the error is the text of a
@@ -208,7 +254,7 @@ impl Command {
             "select" => {
                 let index = std::str::from_utf8(&args[0])
                     .ok()
-                    .and_then(|s| s.parse::<u64>().ok())
+                    .and_then(|s| s.parse::<i64>().ok())
                     .ok_or("ERR value is not an integer or out of range")?;
                 Command::Select(index)
             }
@@ -222,7 +268,9 @@ impl Command {
                 Some(sub) => return Err(unknown_subcommand(&sub, "COMMAND")),
             }),
             "config" => match args[0].to_ascii_uppercase().as_slice() {
-                b"GET" if args.len() >= 2 => Command::ConfigGet,
+                b"GET" if args.len() >= 2 => Command::ConfigGet(
+                    args[1..].iter().map(|a| String::from_utf8_lossy(a).to_lowercase()).collect(),
+                ),
                 b"GET" => return Err(arity("config|get")),
                 other => return Err(unknown_subcommand(other, "CONFIG")),
             },
@@ -317,7 +365,13 @@ fn parse_client(args: Vec<Vec<u8>>) -> Result<Command, String> {
         b"GETNAME" if n == 1 => Command::ClientGetName,
         b"ID" if n == 1 => Command::ClientId,
         b"INFO" if n == 1 => Command::ClientInfo,
-        b"SETINFO" if n == 3 => Command::ClientSetInfo,
+        b"SETINFO" if n == 3 => {
+            let attr = args[1].to_ascii_lowercase();
+            if attr != b"lib-name" && attr != b"lib-ver" {
+                return Err(format!("ERR Unrecognized option '{}'", truncate_for_display(&args[1])));
+            }
+            Command::ClientSetInfo
+        }
         b"SETNAME" | b"GETNAME" | b"ID" | b"INFO" | b"SETINFO" => {
             return Err(arity(&format!("client|{}", String::from_utf8_lossy(&sub).to_lowercase())))
         }
@@ -366,6 +420,12 @@ mod tests {
             })
         );
         assert_eq!(parse(&["client", "setinfo", "LIB-NAME", "redis-rs"]), Ok(Command::ClientSetInfo));
+        assert_eq!(parse(&["CLIENT", "SETINFO", "lib-ver", "1.8.2"]), Ok(Command::ClientSetInfo));
+        assert_eq!(parse(&["SELECT", "-1"]), Ok(Command::Select(-1)));
+        assert_eq!(
+            parse(&["CONFIG", "get", "Save", "append*"]),
+            Ok(Command::ConfigGet(vec!["save".into(), "append*".into()]))
+        );
         assert_eq!(parse(&["COMMAND", "DOCS"]), Ok(Command::Command(CommandQuery::Docs)));
         assert_eq!(parse(&["dsm.version", "k"]), Ok(Command::Version("k".into())));
         assert_eq!(parse(&["INFO", "Replication"]), Ok(Command::Info(vec!["replication".into()])));
@@ -395,8 +455,38 @@ mod tests {
         assert!(parse(&["CLIENT", "SETNAME", "a b"]).unwrap_err().contains("cannot contain spaces"));
         assert!(parse(&["CLIENT", "KILL"]).unwrap_err().starts_with("ERR unknown subcommand 'kill'"));
         assert!(parse(&["SELECT", "x"]).unwrap_err().contains("not an integer"));
+        assert_eq!(
+            parse(&["CLIENT", "SETINFO", "Lib-Foo", "x"]),
+            Err("ERR Unrecognized option 'Lib-Foo'".into())
+        );
         let long = "v".repeat(crate::limits::MAX_VALUE + 1);
         assert!(parse(&["SET", "k", &long]).unwrap_err().starts_with("ERR value too long"));
+    }
+
+    #[test]
+    fn config_get_matches_names_and_globs() {
+        let get = |patterns: &[&str]| config_get(&patterns.iter().map(|p| p.to_string()).collect::<Vec<_>>());
+        assert_eq!(get(&["save"]), [("save", "")]);
+        assert_eq!(get(&["appendonly"]), [("appendonly", "yes")]);
+        assert_eq!(get(&["*"]), CONFIG);
+        // Each parameter once, however many patterns match it.
+        assert_eq!(get(&["appendonly", "save", "*"]), CONFIG);
+        assert_eq!(get(&["append*"]), [("appendonly", "yes")]);
+        assert_eq!(get(&["s?ve", "*only"]), CONFIG);
+        assert!(get(&["maxmemory"]).is_empty());
+        assert!(get(&["sav"]).is_empty());
+        assert!(get(&["saved"]).is_empty());
+        for (pattern, name, want) in [
+            ("*a*e*", "appendonly", true),
+            ("*y*a*", "appendonly", false),
+            ("*a*e*", "save", true),
+            ("**", "", true),
+            ("?", "", false),
+            ("a*d*y", "appendonly", true),
+            ("a*d*x", "appendonly", false),
+        ] {
+            assert_eq!(glob_match(pattern.as_bytes(), name.as_bytes()), want, "{pattern} {name}");
+        }
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! - [`Fault::Delay`] holds every chunk for a while before forwarding it. Chunks keep their
 //!   order and are delayed from when the proxy read them, so the delay adds latency without
 //!   cutting throughput.
+//! - [`Fault::Throttle`] forwards at most so many bytes a second, like a slow link: a big
+//!   message takes its time to get through, and whatever is sent after it waits behind it.
 //! - [`Fault::Drop`] closes every connection and accepts-and-closes new ones: the peers see a
 //!   crashed node, with an immediate end of stream.
 //! - [`Fault::Blackhole`] keeps the connections open but reads and discards everything, like a
@@ -85,6 +87,8 @@ pub enum Fault {
     None,
     /// Forward each chunk this long after it was read, keeping the order.
     Delay(Duration),
+    /// Forward at most this many bytes a second (at least one).
+    Throttle(u64),
     /// Close every connection, and accept and close new ones.
     Drop,
     /// Keep connections open but read and discard everything, so peers notice only by timeouts.
@@ -466,7 +470,12 @@ fn forward(mut src: TcpStream, mut dst: TcpStream, direction: Direction, shared:
                 delayed_bytes += n;
             }
             // A Drop is acted on at the top of the loop.
-            Fault::None | Fault::Drop => {
+            fault @ (Fault::None | Fault::Drop | Fault::Throttle(_)) => {
+                if let Fault::Throttle(rate) = fault {
+                    // These bytes go out (and the next are read) after the time they take at
+                    // the rate.
+                    thread::sleep(Duration::from_secs_f64(n as f64 / rate.max(1) as f64));
+                }
                 if delayed.is_empty() {
                     dst.write_all(&buf[..n])?;
                     shared.count_forwarded(direction, n);
@@ -645,6 +654,19 @@ mod tests {
         let mut back = [0u8; 3];
         client.read_exact(&mut back).expect("the echo");
         assert_eq!(&back, b"abc");
+        proxy.set_fault(Fault::None);
+        round_trip(&mut client, b"fast");
+    }
+
+    #[test]
+    fn throttle_bounds_the_rate() {
+        let (_echo, proxy) = setup();
+        let mut client = connect(proxy.addr());
+        // Requests slowed to 256 KiB a second, answers not: 64 KiB take at least 250 ms.
+        proxy.set_fault_directed(Fault::Throttle(256 << 10), Fault::None);
+        let started = Instant::now();
+        round_trip(&mut client, &vec![7u8; 64 << 10]);
+        assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
         proxy.set_fault(Fault::None);
         round_trip(&mut client, b"fast");
     }
