@@ -283,3 +283,71 @@ fn reads_from_the_master_never_reach_a_slave() {
     // Only the write went to the slave.
     assert_eq!(stat(&c.addr(), "slave.s1.requests").as_deref(), Some("1"));
 }
+
+#[test]
+fn concurrent_writes_are_combined_and_each_answered_in_order() {
+    const THREADS: usize = 8;
+    const WRITES: usize = 200;
+    let c = TestCluster::start(3);
+    let addr = c.addr();
+    let writers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let mut client = c.client();
+            std::thread::spawn(move || {
+                let mut last = 0;
+                for i in 0..WRITES {
+                    // Alternating with a read on the same connection: each must see the write
+                    // just acknowledged, and versions only grow on a connection.
+                    let version = must_write(&mut client, &format!("t{t}"), &format!("{i}"));
+                    assert!(version > last, "version {version} after {last}");
+                    last = version;
+                    if i % 10 == 0 {
+                        assert_eq!(must_read(&mut client, &format!("t{t}")), Some(format!("{i}")));
+                    }
+                }
+                let reply = client.request(&dsm::protocol::Request::Delete { key: format!("t{t}") }).unwrap();
+                assert!(matches!(reply, Reply::Ok(_)), "{reply:?}");
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let mut client = c.client();
+    for t in 0..THREADS {
+        assert_eq!(must_read(&mut client, &format!("t{t}")), None);
+    }
+    let writes: u64 = stat(&addr, "writes").unwrap().parse().unwrap();
+    let batches: u64 = stat(&addr, "write_batches").unwrap().parse().unwrap();
+    assert_eq!(writes, (THREADS * (WRITES + 1)) as u64);
+    // Eight connections writing at once share batches (every write went through one).
+    assert!(batches > 0 && batches < writes, "{batches} batches for {writes} writes");
+}
+
+#[test]
+fn combined_writes_without_a_majority_are_all_answered_with_an_error() {
+    const THREADS: usize = 6;
+    let mut c = TestCluster::start(3);
+    let mut client = c.client();
+    must_write(&mut client, "before", "1");
+    c.slaves[0].kill();
+    c.slaves[1].pause().unwrap();
+    // Writers on several connections at once: whichever connection combined a batch settles
+    // it, and every writer gets an error — never OK, never a hang.
+    let writers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let mut client = c.client();
+            std::thread::spawn(move || client.write(&format!("during{t}"), b"2").expect("a reply"))
+        })
+        .collect();
+    for w in writers {
+        let reply = w.join().unwrap();
+        assert!(
+            matches!(reply, Reply::Err(ErrorReply::Timeout(_)) | Reply::Err(ErrorReply::Unavailable(_))),
+            "expected an error, got {reply:?}"
+        );
+    }
+    c.slaves[1].resume().unwrap();
+    wait_for("writes to resume", READY, || matches!(client.write("after", b"4"), Ok(Reply::Ok(_)))).unwrap();
+    assert_eq!(must_read(&mut client, "before"), Some("1".into()));
+}

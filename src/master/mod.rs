@@ -200,6 +200,9 @@ impl Default for Config {
 pub struct Stats {
     /// Acknowledged writes and deletes.
     pub writes: AtomicU64,
+    /// Batches of writes of different connections logged and sent together (see
+    /// `ops::Combiner`): against `writes`, how much combining there was.
+    pub write_batches: AtomicU64,
     /// Answered reads.
     pub reads: AtomicU64,
     /// `ERR` replies of any kind.

@@ -38,6 +38,7 @@ pub(super) fn stats(shared: &Arc<Shared>) -> Reply {
         ("keys", keys.to_string()),
         ("seq", seq.to_string()),
         ("writes", s.writes.load(Ordering::Relaxed).to_string()),
+        ("write_batches", s.write_batches.load(Ordering::Relaxed).to_string()),
         ("reads", s.reads.load(Ordering::Relaxed).to_string()),
         ("errors", s.errors.load(Ordering::Relaxed).to_string()),
         ("wal_bytes", shared.wal.bytes().to_string()),

@@ -22,6 +22,7 @@
 //! it settles, until its write was answered, so its replies stay in order and a request that
 //! follows a write sees it.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -170,6 +171,7 @@ fn send_batch(shared: &Arc<Shared>, batch: Vec<Queued>, rounds: &mut Vec<Round>)
         }
     };
     drop(records);
+    shared.stats.write_batches.fetch_add(1, Ordering::Relaxed);
     let writes: Vec<Logged> = batch
         .into_iter()
         .zip(run.first..=run.last)
