@@ -15,23 +15,31 @@
 //! An escaped value therefore never contains a control byte, so it can end a line safely, and
 //! spaces inside it are kept literally (the value is always the last field of its line).
 
-/// Appends the escaped form of `value` to `out`.
+/// Appends the escaped form of `value` to `out`. Runs of bytes that need no escape (all of a
+/// typical value) are copied whole.
 pub fn escape_into(value: &[u8], out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for &b in value {
+    out.reserve(value.len());
+    let mut plain = 0;
+    for (i, &b) in value.iter().enumerate() {
+        if b >= 0x20 && b != 0x7f && b != b'\\' {
+            continue;
+        }
+        out.extend_from_slice(&value[plain..i]);
+        plain = i + 1;
         match b {
             b'\\' => out.extend_from_slice(b"\\\\"),
             b'\n' => out.extend_from_slice(b"\\n"),
             b'\r' => out.extend_from_slice(b"\\r"),
             b'\t' => out.extend_from_slice(b"\\t"),
-            0..=0x1f | 0x7f => {
+            _ => {
                 out.extend_from_slice(b"\\x");
                 out.push(HEX[(b >> 4) as usize]);
                 out.push(HEX[(b & 0xf) as usize]);
             }
-            _ => out.push(b),
         }
     }
+    out.extend_from_slice(&value[plain..]);
 }
 
 /// Appends `n` in decimal: what `write!(out, "{n}")` does, without the formatting machinery

@@ -66,6 +66,10 @@ pub fn check_key(key: &[u8]) -> Result<(), String> {
     if key.iter().any(|&b| b <= b' ' || b == 0x7f) {
         return Err("key contains whitespace or control bytes".to_string());
     }
+    // Printable ASCII, the usual key: nothing more to check.
+    if key.is_ascii() {
+        return Ok(());
+    }
     match std::str::from_utf8(key) {
         Ok(k) if k.chars().any(|c| c.is_whitespace() || c.is_control()) => {
             Err("key contains whitespace or control bytes".to_string())

@@ -7,7 +7,6 @@
 //! committed write, so a write still in flight is invisible until it is acknowledged, and a
 //! read can never see a value that a later read does not.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::peer::Stamp;
@@ -27,7 +26,10 @@ pub struct KeyState {
 /// Key to state.
 #[derive(Debug, Default)]
 pub struct Index {
-    map: HashMap<String, KeyState>,
+    /// Hashed with foldhash, seeded at random per process: SipHash (std's default) was a
+    /// third of a slave's CPU time in a bulk load, and a random seed keeps client-chosen keys
+    /// from being picked to collide.
+    map: foldhash::HashMap<String, KeyState>,
     /// Keys whose committed write is a value (not a tombstone, not never-committed).
     live: usize,
 }

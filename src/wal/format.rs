@@ -5,7 +5,7 @@ use crate::escape;
 use crate::escape::push_u64;
 use crate::peer::parse_slave_id;
 use crate::protocol::{parse_key, truncate_for_display};
-use crate::wire::{number, split_word};
+use crate::wire::{check_key, number, split_word};
 use crate::{Error, Result};
 use std::path::Path;
 
@@ -56,29 +56,39 @@ impl Record {
 /// The key or id is written as it is; [`Wal::append`](super::Wal::append) checks it first, so the log never holds a
 /// line it could not read back.
 pub fn encode(seq: u64, record: &Record, out: &mut Vec<u8>) {
+    let (op, field) = match record {
+        Record::Set { key, value } => return encode_store(seq, key, Some(value), out),
+        Record::Del { key } => return encode_store(seq, key, None, out),
+        Record::Member { id } => (" MEMBER ", id.as_bytes()),
+        Record::Remove { id } => (" REMOVE ", id.as_bytes()),
+        Record::Epoch { epoch } => {
+            push_u64(out, seq);
+            out.extend_from_slice(b" EPOCH ");
+            push_u64(out, *epoch);
+            out.push(b'\n');
+            return;
+        }
+    };
     push_u64(out, seq);
-    match record {
-        Record::Set { key, value } => {
+    out.extend_from_slice(op.as_bytes());
+    out.extend_from_slice(field);
+    out.push(b'\n');
+}
+
+/// Appends the log line of [`Record::store`]`(key, value)` with sequence number `seq`, without
+/// making the record (on the path of every write).
+pub fn encode_store(seq: u64, key: &str, value: Option<&[u8]>, out: &mut Vec<u8>) {
+    push_u64(out, seq);
+    match value {
+        Some(value) => {
             out.extend_from_slice(b" SET ");
             out.extend_from_slice(key.as_bytes());
             out.push(b' ');
             escape::escape_into(value, out);
         }
-        Record::Del { key } => {
+        None => {
             out.extend_from_slice(b" DEL ");
             out.extend_from_slice(key.as_bytes());
-        }
-        Record::Member { id } => {
-            out.extend_from_slice(b" MEMBER ");
-            out.extend_from_slice(id.as_bytes());
-        }
-        Record::Remove { id } => {
-            out.extend_from_slice(b" REMOVE ");
-            out.extend_from_slice(id.as_bytes());
-        }
-        Record::Epoch { epoch } => {
-            out.extend_from_slice(b" EPOCH ");
-            push_u64(out, *epoch);
         }
     }
     out.push(b'\n');
@@ -137,10 +147,15 @@ pub(super) fn check_line(
     Ok((seq, record))
 }
 
+/// Refuses a write whose key could not be read back from its line.
+pub(super) fn check_store(key: &str) -> Result<()> {
+    check_key(key.as_bytes()).map_err(|e| Error::Protocol(format!("not logging an unreadable record: {e}")))
+}
+
 /// Refuses a record whose line could not be decoded again.
 pub(super) fn validate(record: &Record) -> Result<()> {
     let checked = match record {
-        Record::Set { key, .. } | Record::Del { key } => parse_key(key.as_bytes()).map(drop),
+        Record::Set { key, .. } | Record::Del { key } => check_key(key.as_bytes()),
         Record::Member { id } | Record::Remove { id } => parse_slave_id(id.as_bytes()).map(drop),
         Record::Epoch { .. } => Ok(()),
     };

@@ -403,12 +403,16 @@ impl Wal {
         Ok(Appended { wal: self, seq })
     }
 
-    /// Appends `records` together, with consecutive seqs, in one batch (one `write(2)`, or none
-    /// of its own when another batch carries them); the seqs stay unsettled until the guard is
+    /// Appends client writes together (`value` `None`: a delete), the record of each what
+    /// [`Record::store`] makes, with consecutive seqs, in one batch (one `write(2)`, or none of
+    /// its own when another batch carries them); the seqs stay unsettled until the guard is
     /// dropped, as with [`append_tracked`](Wal::append_tracked). All or none are written.
-    pub fn append_many_tracked(&self, records: &[Record]) -> Result<AppendedRun<'_>> {
-        for record in records {
-            validate(record)?;
+    pub fn append_stores_tracked<'a, I>(&self, writes: I) -> Result<AppendedRun<'_>>
+    where
+        I: ExactSizeIterator<Item = (&'a str, Option<&'a [u8]>)> + Clone,
+    {
+        for (key, _) in writes.clone() {
+            format::check_store(key)?;
         }
         let shared = &*self.shared;
         let mut st = shared.state.lock();
@@ -418,15 +422,15 @@ impl Wal {
         let first = st.last_seq + 1;
         let last = st
             .last_seq
-            .checked_add(records.len() as u64)
+            .checked_add(writes.len() as u64)
             .ok_or_else(|| Error::Unavailable("the log's sequence numbers are exhausted".to_string()))?;
-        for (seq, record) in (first..=last).zip(records) {
-            encode(seq, record, &mut st.pending);
+        for (seq, (key, value)) in (first..=last).zip(writes) {
+            format::encode_store(seq, key, value, &mut st.pending);
             st.unsettled.insert(seq);
         }
         st.last_seq = last;
         st.pending_count += 1;
-        st.stats.appends += records.len() as u64;
+        st.stats.appends += last + 1 - first;
         let result = self.finish_batch(&mut st);
         match result {
             Ok(()) => {

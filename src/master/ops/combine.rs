@@ -160,17 +160,15 @@ fn send_batch(shared: &Arc<Shared>, batch: Vec<Queued>, rounds: &mut Vec<Round>)
     if let Err(why) = quorum_links(shared) {
         return answer_all(shared, batch, |_| Reply::Err(ErrorReply::Unavailable(why.clone())));
     }
-    let records: Vec<Record> = batch.iter().map(|w| Record::store(&w.key, w.value.as_deref())).collect();
     let epoch = shared.epoch();
     // Unsettled until handed to every link (see `Wal::append_tracked`).
-    let run = match shared.wal.append_many_tracked(&records) {
+    let run = match shared.wal.append_stores_tracked(batch.iter().map(|w| (w.key.as_str(), w.value.as_deref()))) {
         Ok(run) => run,
         Err(e) => {
             let why = format!("the write-ahead log cannot be appended to, so nothing was written: {e}");
             return answer_all(shared, batch, |_| Reply::Err(ErrorReply::Unavailable(why.clone())));
         }
     };
-    drop(records);
     shared.stats.write_batches.fetch_add(1, Ordering::Relaxed);
     let writes: Vec<Logged> = batch
         .into_iter()

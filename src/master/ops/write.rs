@@ -23,9 +23,8 @@ pub(super) fn write_run(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) ->
     if let Err(why) = quorum_links(shared) {
         return unavailable(why);
     }
-    let records: Vec<Record> = writes.iter().map(|(k, v)| Record::store(k, Some(v))).collect();
     let epoch = shared.epoch();
-    let run = match shared.wal.append_many_tracked(&records) {
+    let run = match shared.wal.append_stores_tracked(writes.iter().map(|(k, v)| (k.as_str(), Some(v.as_slice())))) {
         Ok(run) => run,
         Err(e) => {
             return unavailable(format!(
@@ -33,7 +32,6 @@ pub(super) fn write_run(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) ->
             ))
         }
     };
-    drop(records);
     let writes: Vec<(String, Stamp, Value)> = writes
         .into_iter()
         .zip(run.first..=run.last)
