@@ -5,7 +5,6 @@
 //! harmless. Deletes are stored as tombstones with their stamp, so an old copy can never come
 //! back through repair.
 
-
 use crate::peer::Stamp;
 
 /// One stored entry: a value, or a tombstone (`None`).

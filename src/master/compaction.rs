@@ -17,7 +17,8 @@ use super::Shared;
 use crate::wal::{Compaction, Record};
 
 /// Default for `--compact-percent`: compact when the log has grown by this much (in percent)
-/// over the size of the last compaction's snapshot (or over its size at start).
+/// over the size of the last compaction's snapshot (or over its size at start), and holds at
+/// least this many superseded records (in percent of the keys) a compaction would drop.
 pub const DEFAULT_COMPACT_PERCENT: u64 = 100;
 
 /// Default for `--compact-min-bytes`: never compact a log smaller than this on its own (a
@@ -51,9 +52,13 @@ impl Default for Policy {
 }
 
 impl Policy {
-    /// Whether a log of `bytes` that had `base` bytes after its last compaction is due.
-    pub fn due(&self, bytes: u64, base: u64) -> bool {
-        bytes >= self.min_bytes && bytes.saturating_mul(100) >= base.saturating_mul(100 + self.percent)
+    /// Whether a log of `bytes` that had `base` bytes after its last compaction, and holds
+    /// `superseded` records of the `keys` keys' older writes, is due. A log that only grew
+    /// with new keys (a bulk load) is not: compacting it would rewrite it to the same size.
+    pub fn due(&self, bytes: u64, base: u64, superseded: u64, keys: u64) -> bool {
+        bytes >= self.min_bytes
+            && bytes.saturating_mul(100) >= base.saturating_mul(100 + self.percent)
+            && superseded.saturating_mul(100) >= keys.saturating_mul(self.percent)
     }
 }
 
@@ -69,6 +74,9 @@ pub struct Status {
     /// The size of the last compaction's snapshot, without what was appended while it was
     /// written (at start: the log's size).
     pub base_bytes: u64,
+    /// The index's count of superseded writes when that snapshot was taken (at start: 0, the
+    /// replayed log's own overwrites count).
+    pub base_superseded: u64,
     /// A `COMPACT` command is waiting to be carried out.
     pub requested: bool,
     /// A compaction is running.
@@ -112,8 +120,14 @@ pub fn run(shared: &Arc<Shared>) {
                 shared.compaction.wake.wait_for(&mut st, CHECK_INTERVAL);
             }
             let retry_ok = st.failed.as_ref().is_none_or(|(_, at)| at.elapsed() >= RETRY_AFTER_FAILURE);
-            let due =
-                st.requested || (retry_ok && shared.config.compaction.due(shared.wal.bytes(), st.base_bytes));
+            let (superseded, keys) = {
+                let index = shared.index.lock();
+                (index.superseded(), index.len() as u64)
+            };
+            let garbage = superseded.saturating_sub(st.base_superseded);
+            let due = st.requested
+                || (retry_ok
+                    && shared.config.compaction.due(shared.wal.bytes(), st.base_bytes, garbage, keys));
             if due {
                 st.requested = false;
                 st.running = true;
@@ -129,6 +143,8 @@ pub fn run(shared: &Arc<Shared>) {
 /// Compacts the log once, recording the outcome in the status.
 pub fn compact(shared: &Shared) {
     let started = Instant::now();
+    // Counted before the snapshot: what is superseded while it is taken may stay in its tail.
+    let superseded = shared.index.lock().superseded();
     let result = shared.wal.compact(|upto| snapshot(shared, upto));
     let mut st = shared.compaction.state.lock();
     st.running = false;
@@ -147,6 +163,7 @@ pub fn compact(shared: &Shared) {
             // appended while it was written: otherwise the log could reach twice the state plus
             // a compaction's worth of appends before the next one.
             st.base_bytes = done.bytes_after - done.tail_bytes;
+            st.base_superseded = superseded;
             st.done += 1;
             st.last = Some((done, started.elapsed()));
             st.failed = None;
@@ -209,11 +226,20 @@ mod tests {
     #[test]
     fn compaction_is_due_after_the_growth_asked_for() {
         let p = Policy { percent: 100, min_bytes: 1000 };
-        assert!(!p.due(999, 0), "below the minimum");
-        assert!(p.due(1000, 0));
-        assert!(!p.due(3999, 2000) && p.due(4000, 2000), "doubled");
+        assert!(!p.due(999, 0, 10, 10), "below the minimum");
+        assert!(p.due(1000, 0, 10, 10));
+        assert!(!p.due(3999, 2000, 10, 10) && p.due(4000, 2000, 10, 10), "doubled");
         let p = Policy { percent: 50, min_bytes: 0 };
-        assert!(!p.due(149, 100) && p.due(150, 100));
+        assert!(!p.due(149, 100, 10, 10) && p.due(150, 100, 10, 10));
+    }
+
+    #[test]
+    fn a_log_of_new_keys_only_is_not_compacted() {
+        let p = Policy { percent: 100, min_bytes: 1000 };
+        // A bulk load: the log grew tenfold, but every record is a key's only write.
+        assert!(!p.due(100_000, 10_000, 0, 1000));
+        // Once as many records are superseded as there are keys, the log is twice the state.
+        assert!(!p.due(100_000, 10_000, 999, 1000) && p.due(100_000, 10_000, 1000, 1000));
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub struct Index {
     map: foldhash::HashMap<String, KeyState>,
     /// Keys whose committed write is a value (not a tombstone, not never-committed).
     live: usize,
+    /// Writes logged (or replayed) over an older write of the same key: the records a
+    /// compaction of the log would drop, counted since start.
+    superseded: u64,
 }
 
 impl Index {
@@ -50,6 +53,7 @@ impl Index {
             Some(s) => {
                 self.live -= usize::from(s.committed.1.is_some());
                 *s = KeyState { latest: entry.clone(), committed: entry };
+                self.superseded += 1;
             }
             None => {
                 self.map.insert(key, KeyState { latest: entry.clone(), committed: entry });
@@ -60,7 +64,10 @@ impl Index {
     /// Records a write that was just logged.
     pub fn logged(&mut self, key: &str, stamp: Stamp, value: Value) {
         match self.map.get_mut(key) {
-            Some(s) if s.latest.0 < stamp => s.latest = (stamp, value),
+            Some(s) if s.latest.0 < stamp => {
+                s.latest = (stamp, value);
+                self.superseded += 1;
+            }
             Some(_) => {}
             None => {
                 let none = (Stamp::default(), None);
@@ -72,7 +79,7 @@ impl Index {
     /// Records that a majority acknowledged `stamp`. Returns true if this made `stamp` the
     /// committed write (an older write acknowledged late never rolls a newer one back).
     pub fn commit(&mut self, key: &str, stamp: Stamp, value: Value) -> bool {
-        let Index { map, live } = self;
+        let Index { map, live, .. } = self;
         match map.get_mut(key) {
             Some(s) if s.committed.0 < stamp => {
                 *live = *live + usize::from(value.is_some()) - usize::from(s.committed.1.is_some());
@@ -86,6 +93,11 @@ impl Index {
     /// The state of `key`.
     pub fn get(&self, key: &str) -> Option<&KeyState> {
         self.map.get(key)
+    }
+
+    /// Writes logged over an older write of the same key since start (see [`Index`]).
+    pub fn superseded(&self) -> u64 {
+        self.superseded
     }
 
     /// Number of keys with a committed value (tombstones and never-committed keys excluded).

@@ -21,6 +21,7 @@
 //! `-MISCONF` (Redis's reply when it cannot persist); a write whose quorum did not answer in
 //! time is `-TIMEOUT` (its outcome is unknown); anything else is `-ERR`.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
@@ -155,7 +156,20 @@ pub(super) struct Session<'a> {
     outcome: Outcome,
     /// The request being served is a write answered later: it is counted in the metrics then.
     answered_later: bool,
+    /// Runs of pipelined writes sent to the slaves and not yet answered, oldest first, with
+    /// the framing of each write and when the run was read (see [`MAX_RUNS_IN_FLIGHT`]).
+    runs: VecDeque<(ops::SentRun, Vec<Dialect>, Instant, usize)>,
+    /// Bytes of values in `runs`.
+    runs_bytes: usize,
 }
+
+/// The most runs of pipelined writes a connection has sent to the slaves without waiting for
+/// their acknowledgements: while the slaves apply one, the master logs and sends the next
+/// (with one, the master and the slaves took turns). Replies still go out in order. Together
+/// they carry at most [`MAX_PIPELINED_BYTES`] of values, as one run does: each message must be
+/// acknowledged within the ACK timeout of its send, and on a slow link a message waits behind
+/// the ones sent before it.
+const MAX_RUNS_IN_FLIGHT: usize = 2;
 
 impl<'a> Session<'a> {
     pub(super) fn new(
@@ -174,6 +188,8 @@ impl<'a> Session<'a> {
             spoke_resp: false,
             outcome: Outcome::Ok,
             answered_later: false,
+            runs: VecDeque::new(),
+            runs_bytes: 0,
         }
     }
 
@@ -194,8 +210,13 @@ impl<'a> Session<'a> {
                 Err(stop) => Some(stop),
             };
             if let Some(Stop(last)) = stop {
+                self.settle_all_runs();
                 self.out.extend_from_slice(&last);
                 break;
+            }
+            if !self.reader.has_buffered_line() {
+                // About to wait for the client: every reply it can have is due now.
+                self.settle_all_runs();
             }
             // Flush only when no further request is already buffered, so a pipelining client
             // gets its replies in few system calls; but never let replies pile up without bound
@@ -305,14 +326,20 @@ impl<'a> Session<'a> {
                     }
                 }
             }
-            let replies = ops::execute_writes(self.shared, batch);
-            let elapsed = started.elapsed();
-            for (reply, dialect) in replies.into_iter().zip(dialects) {
-                let protocol = if dialect == Dialect::Resp { Protocol::Resp } else { Protocol::Line };
-                self.shared.metrics.observe(CommandKind::Write, protocol, Outcome::of(&reply), elapsed);
-                match dialect {
-                    Dialect::Line => self.line_reply(reply),
-                    Dialect::Resp => self.resp_status(reply, "OK"),
+            if self.runs.is_empty() {
+                // Late replies to this connection's earlier requests.
+                ops::drain_replies();
+            }
+            // Room for this run among those in flight.
+            self.settle_runs(MAX_RUNS_IN_FLIGHT - 1, MAX_PIPELINED_BYTES.saturating_sub(bytes));
+            match ops::start_writes(self.shared, batch) {
+                Ok(run) => {
+                    self.runs_bytes += bytes;
+                    self.runs.push_back((run, dialects, started, bytes));
+                }
+                Err(replies) => {
+                    self.settle_all_runs();
+                    self.run_replies(replies, dialects, started);
                 }
             }
             if stop.is_some() {
@@ -322,8 +349,40 @@ impl<'a> Session<'a> {
         None
     }
 
+    /// Waits for every run in flight, and adds their replies to the output.
+    fn settle_all_runs(&mut self) {
+        self.settle_runs(0, 0);
+    }
+
+    /// Waits for the oldest runs in flight until at most `keep` are left, carrying at most
+    /// `keep_bytes` of values, and adds their replies to the output.
+    fn settle_runs(&mut self, keep: usize, keep_bytes: usize) {
+        while self.runs.len() > keep || (!self.runs.is_empty() && self.runs_bytes > keep_bytes) {
+            let Some((run, dialects, started, bytes)) = self.runs.pop_front() else {
+                break;
+            };
+            self.runs_bytes -= bytes;
+            let replies = run.finish();
+            self.run_replies(replies, dialects, started);
+        }
+    }
+
+    fn run_replies(&mut self, replies: Vec<Reply>, dialects: Vec<Dialect>, started: Instant) {
+        let elapsed = started.elapsed();
+        for (reply, dialect) in replies.into_iter().zip(dialects) {
+            let protocol = if dialect == Dialect::Resp { Protocol::Resp } else { Protocol::Line };
+            self.shared.metrics.observe(CommandKind::Write, protocol, Outcome::of(&reply), elapsed);
+            match dialect {
+                Dialect::Line => self.line_reply(reply),
+                Dialect::Resp => self.resp_status(reply, "OK"),
+            }
+        }
+    }
+
     /// Serves one request.
     fn serve(&mut self, incoming: Incoming) -> Option<Stop> {
+        // Whatever it is, it comes after the writes before it: a read sees them.
+        self.settle_all_runs();
         let started = Instant::now();
         self.outcome = Outcome::Ok;
         self.answered_later = false;

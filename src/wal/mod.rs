@@ -1527,10 +1527,18 @@ mod tests {
         wal.append_at(10, &set("d", b"4")).expect("append_at");
         assert!(matches!(wal.append_at(10, &set("e", b"5")), Err(Error::Corrupt(_))));
         assert_eq!(wal.last_seq(), 10);
-        let run = wal.append_many_tracked(&[set("g", b"7"), set("h", b"8")]).expect("append_many");
+        let stores = [("g", Some(&b"7"[..])), ("h", None)];
+        let run = wal.append_stores_tracked(stores.into_iter()).expect("append_stores");
         assert_eq!((run.first, run.last, wal.settled_through()), (11, 12, 10));
         drop(run);
         assert_eq!(wal.settled_through(), 12);
+        // A key the log could not read back refuses the whole run, before a seq is taken.
+        let bad = [("i", Some(&b"9"[..])), ("bad key", None)];
+        assert!(matches!(wal.append_stores_tracked(bad.into_iter()), Err(Error::Protocol(_))));
+        assert_eq!(wal.last_seq(), 12);
+        // The records read back as they were written: a SET and a DEL.
+        let text = std::fs::read_to_string(dir.path().join("wal")).expect("read");
+        assert!(text.ends_with("11 SET g 7\n12 DEL h\n"), "{text}");
         wal.reset().expect("reset");
         assert_eq!((wal.last_seq(), wal.bytes()), (0, 0));
         wal.append_at(1, &set("f", b"6")).expect("append_at after reset");

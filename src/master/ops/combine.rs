@@ -162,13 +162,14 @@ fn send_batch(shared: &Arc<Shared>, batch: Vec<Queued>, rounds: &mut Vec<Round>)
     }
     let epoch = shared.epoch();
     // Unsettled until handed to every link (see `Wal::append_tracked`).
-    let run = match shared.wal.append_stores_tracked(batch.iter().map(|w| (w.key.as_str(), w.value.as_deref()))) {
-        Ok(run) => run,
-        Err(e) => {
-            let why = format!("the write-ahead log cannot be appended to, so nothing was written: {e}");
-            return answer_all(shared, batch, |_| Reply::Err(ErrorReply::Unavailable(why.clone())));
-        }
-    };
+    let run =
+        match shared.wal.append_stores_tracked(batch.iter().map(|w| (w.key.as_str(), w.value.as_deref()))) {
+            Ok(run) => run,
+            Err(e) => {
+                let why = format!("the write-ahead log cannot be appended to, so nothing was written: {e}");
+                return answer_all(shared, batch, |_| Reply::Err(ErrorReply::Unavailable(why.clone())));
+            }
+        };
     shared.stats.write_batches.fetch_add(1, Ordering::Relaxed);
     let writes: Vec<Logged> = batch
         .into_iter()

@@ -2,6 +2,7 @@
 //! every write goes through; writes, reads, administration and the repair thread in the
 //! modules below.
 
+use std::cell::RefCell;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,7 +31,7 @@ pub use client_out::ClientOut;
 pub use combine::{Combiner, PendingWrite};
 pub use info::info;
 pub use repair::repair_loop;
-pub use write::{execute_writes, relog};
+pub use write::{execute_writes, relog, start_writes, SentRun};
 
 use admin::{members_table, remove_member, stats};
 use read::read;
@@ -144,7 +145,13 @@ thread_local! {
     /// request does not build a channel of its own. Replies are matched by request id, so a late
     /// reply to an earlier request is recognised and dropped.
     static REPLIES: (Sender<Ack>, Receiver<Ack>) = unbounded();
+    /// Replies this thread received while it waited for one of its rounds that belong to
+    /// another it has yet to wait for (a connection may have several rounds out at once).
+    static STASHED: RefCell<Vec<Ack>> = const { RefCell::new(Vec::new()) };
 }
+
+/// The most replies kept in [`STASHED`]: beyond, the oldest are late answers nobody waits for.
+const STASH_LIMIT: usize = 4096;
 
 /// Runs `f` with this thread's reply channel, emptied of late replies to earlier requests.
 pub(super) fn with_replies<T>(f: impl FnOnce(&Sender<Ack>, &Receiver<Ack>) -> T) -> T {
@@ -154,8 +161,9 @@ pub(super) fn with_replies<T>(f: impl FnOnce(&Sender<Ack>, &Receiver<Ack>) -> T)
 
 /// Empties this thread's reply channel of late replies to requests it no longer waits for:
 /// before a request (or a combined batch's rounds) whose replies are to come on it.
-pub(super) fn drain_replies() {
-    REPLIES.with(|(_, rx)| while rx.try_recv().is_ok() {})
+pub fn drain_replies() {
+    REPLIES.with(|(_, rx)| while rx.try_recv().is_ok() {});
+    STASHED.with(|s| s.borrow_mut().clear());
 }
 
 /// A write sent to its links, whose acknowledgements are still coming in: what
@@ -239,13 +247,27 @@ impl Round {
             if acked.count_ones() as usize >= need {
                 return Replicated::Majority;
             }
-            if outstanding.is_empty() {
+            // Those still to answer cannot make up the majority any more.
+            if acked.count_ones() as usize + outstanding.len() < need {
                 return Replicated::Short(acked);
             }
             let due = outstanding.iter().map(|o| o.2).min().unwrap_or(deadline).min(deadline);
-            match recv_parked(rx, due) {
+            let stashed = STASHED.with(|s| {
+                let mut s = s.borrow_mut();
+                let pos = s.iter().position(|a| outstanding.iter().any(|o| o.1 == a.rid));
+                pos.map(|pos| s.swap_remove(pos))
+            });
+            match stashed.map_or_else(|| recv_parked(rx, due), Ok) {
                 Ok(ack) => {
                     let Some(pos) = outstanding.iter().position(|o| o.1 == ack.rid) else {
+                        // Another round's, or late.
+                        STASHED.with(|s| {
+                            let mut s = s.borrow_mut();
+                            if s.len() >= STASH_LIMIT {
+                                s.remove(0);
+                            }
+                            s.push(ack);
+                        });
                         continue;
                     };
                     match ack.outcome {

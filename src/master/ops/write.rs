@@ -1,6 +1,5 @@
 //! Writes and deletes: one at a time, or a run of pipelined writes together.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,27 +8,51 @@ use super::*;
 use crate::peer::{batch_item_bound, encode_batch_body};
 
 /// Carries out a run of pipelined `WRITE`s of one connection together: one log append for the
-/// run, each write sent to every connected slave (the links combine them into few sends), and
-/// one wait until every write has its majority or the deadline passed. One reply per write,
-/// in order; all are answered once all are done.
+/// run, sent to every connected slave as few `MSET`s as its size allows, and one wait until
+/// every write has its majority or the deadline passed. One reply per write, in order; all are
+/// answered once all are done.
 pub fn execute_writes(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) -> Vec<Reply> {
-    let n = writes.len();
-    guarded(shared, |s| write_run(s, writes), |refusal| vec![refusal; n])
+    match start_writes(shared, writes) {
+        Ok(run) => run.finish(),
+        Err(replies) => replies,
+    }
 }
 
-pub(super) fn write_run(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) -> Vec<Reply> {
+/// Logs a run of pipelined writes and sends it to the slaves without waiting for their
+/// acknowledgements: the connection can read and send its next run meanwhile, and
+/// [`finish`](SentRun::finish) this one after. `Err`: the replies of a run refused or failed
+/// before it was sent.
+pub fn start_writes(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) -> Result<SentRun, Vec<Reply>> {
+    let n = writes.len();
+    guarded(shared, |s| send_run(s, writes), |refusal| Err(vec![refusal; n]))
+}
+
+/// A run of writes logged and sent, whose acknowledgements are still coming in.
+pub struct SentRun {
+    shared: Arc<Shared>,
+    writes: Vec<(String, Stamp, Value)>,
+    /// Each `MSET`'s writes (a range of `writes`) and round.
+    rounds: Vec<(std::ops::Range<usize>, Round)>,
+    /// The majority the writes need.
+    need: usize,
+    /// The run's place in `Shared::inflight` until it is answered.
+    _inflight: InFlight,
+}
+
+fn send_run(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) -> Result<SentRun, Vec<Reply>> {
     let n = writes.len();
     let unavailable = |why: String| vec![Reply::Err(ErrorReply::Unavailable(why)); n];
     if let Err(why) = quorum_links(shared) {
-        return unavailable(why);
+        return Err(unavailable(why));
     }
     let epoch = shared.epoch();
-    let run = match shared.wal.append_stores_tracked(writes.iter().map(|(k, v)| (k.as_str(), Some(v.as_slice())))) {
+    let stores = writes.iter().map(|(k, v)| (k.as_str(), Some(v.as_slice())));
+    let run = match shared.wal.append_stores_tracked(stores) {
         Ok(run) => run,
         Err(e) => {
-            return unavailable(format!(
+            return Err(unavailable(format!(
                 "the write-ahead log cannot be appended to, so nothing was written: {e}"
-            ))
+            )))
         }
     };
     let writes: Vec<(String, Stamp, Value)> = writes
@@ -48,96 +71,51 @@ pub(super) fn write_run(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) ->
         Err(why) => {
             let mut queue = shared.repair_queue.lock();
             queue.extend(writes.iter().map(|w| w.0.clone()));
-            return vec![
+            return Err(vec![
                 Reply::Err(ErrorReply::Timeout(format!(
                     "{why} after the writes were logged; they may still take effect"
                 )));
                 n
-            ];
+            ]);
         }
     };
     let deadline = Instant::now() + shared.config.ack_timeout * WRITE_DEADLINE_ACK_TIMEOUTS;
-    let outcome = with_replies(|tx, rx| {
-        // The run goes to each slave as few MSETs as its size allows, each one message with one
-        // acknowledgement (and one quorum) for all its writes.
-        let chunks = combine::batches(writes.iter().map(|(k, _, v)| batch_item_bound(k, v.as_deref())));
-        let mut rids = std::collections::HashMap::with_capacity(chunks.len() * links.len());
-        let quorums: Vec<Arc<AckCount>> = chunks.iter().map(|_| Arc::new(AckCount::new(need))).collect();
-        let mut body = Vec::with_capacity(256);
-        for (i, chunk) in chunks.iter().enumerate() {
-            body.clear();
-            let items = writes[chunk.clone()].iter().map(|(k, s, v)| (*s, k.as_str(), v.as_deref()));
-            encode_batch_body(epoch, items, &mut body);
-            for link in &links {
-                let rid = shared.rid();
-                if link.send_counted(rid, &body, tx, &quorums[i]) {
-                    link.requests.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                    rids.insert(rid, (i, Arc::clone(link)));
-                }
-            }
-        }
-        let n = chunks.len();
-        let mut fenced = None;
-        // Failed answers per write: once more than the members that could still answer, the
-        // write cannot reach its majority.
-        let mut failed = vec![0usize; n];
-        let complete =
-            |quorums: &[Arc<AckCount>]| quorums.iter().all(|q| q.acked().count_ones() as usize >= need);
-        while fenced.is_none() && !complete(&quorums) {
-            let short = (0..n).any(|i| {
-                quorums[i].acked().count_ones() as usize + links.len().saturating_sub(failed[i]) < need
-            });
-            if short || Instant::now() >= deadline {
-                break;
-            }
-            // A timeout is noticed at the top of the loop.
-            if let Ok(ack) = recv_parked(rx, deadline) {
-                match (ack.outcome, rids.get(&ack.rid)) {
-                    (Outcome::Applied(_), _) | (_, None) => {}
-                    (Outcome::Fenced(newer), _) => fenced = Some(newer),
-                    (other, Some((i, _))) => {
-                        log::debug!("slave slot {} did not apply a pipelined write: {other:?}", ack.slot);
-                        failed[*i] += 1;
-                    }
-                }
-            }
-        }
-        for (rid, (_, link)) in rids {
-            link.forget(rid);
-        }
-        // Each write's quorum is its batch's.
-        let per_write: Vec<Arc<AckCount>> =
-            chunks.iter().zip(&quorums).flat_map(|(c, q)| c.clone().map(move |_| Arc::clone(q))).collect();
-        (per_write, fenced)
-    });
-    drop(run);
-    let (quorums, fenced) = outcome;
-    if let Some(newer) = fenced {
-        shared.step_down(newer);
-        return vec![
-            Reply::Err(ErrorReply::Timeout(format!(
-                "superseded by a master of epoch {newer} while writing; outcome unknown"
-            )));
-            n
-        ];
+    // Each MSET is one message with one acknowledgement (and one quorum) for all its writes.
+    let chunks = combine::batches(writes.iter().map(|(k, _, v)| batch_item_bound(k, v.as_deref())));
+    let mut rounds = Vec::with_capacity(chunks.len());
+    let mut body = Vec::with_capacity(256);
+    for chunk in chunks {
+        body.clear();
+        let items = writes[chunk.clone()].iter().map(|(k, s, v)| (*s, k.as_str(), v.as_deref()));
+        encode_batch_body(epoch, items, &mut body);
+        let quorum = Arc::new(AckCount::new(need));
+        let requests = chunk.len() as u64;
+        rounds.push((chunk, Round::send_body(shared, links.clone(), &quorum, &body, deadline, requests)));
     }
-    writes
-        .into_iter()
-        .zip(quorums)
-        .map(|((key, stamp, value), quorum)| {
-            let acked = quorum.acked().count_ones() as usize;
-            if acked >= need {
-                commit_write(shared, &key, stamp, value);
-                Reply::Ok(stamp.seq)
-            } else {
-                shared.repair_queue.lock().insert(key);
-                Reply::Err(ErrorReply::Timeout(format!(
-                    "{acked} of {need} acknowledgements in time; the write is logged at version {} and may still take effect",
-                    stamp.seq
-                )))
-            }
-        })
-        .collect()
+    drop(run);
+    Ok(SentRun { shared: Arc::clone(shared), writes, rounds, need, _inflight: InFlight::new(shared) })
+}
+
+impl SentRun {
+    /// Waits for every `MSET` of the run; the replies, in order.
+    pub fn finish(self) -> Vec<Reply> {
+        let SentRun { shared, writes, rounds, need, _inflight } = self;
+        let mut results = Vec::with_capacity(writes.len());
+        for (chunk, mut round) in rounds {
+            let result = round.wait(&shared);
+            results.extend(chunk.map(|_| result));
+        }
+        if results.iter().all(|r| *r == Replicated::Majority) {
+            // The usual case, under one lock of the index.
+            commit_writes(&shared, writes.iter().map(|(k, s, v)| (k.as_str(), *s, v.clone())));
+            return writes.iter().map(|(_, s, _)| Reply::Ok(s.seq)).collect();
+        }
+        writes
+            .into_iter()
+            .zip(results)
+            .map(|((key, stamp, value), result)| conclude(&shared, result, key, stamp, value, need))
+            .collect()
+    }
 }
 
 pub(super) fn write(
