@@ -61,12 +61,14 @@ impl ClientOut {
             Reply::Err(e) if resp => crate::resp::push_error(&mut answer, &resp_error_text(e)),
             other => other.encode_into(&mut answer),
         }
+        let elapsed = started.elapsed();
+        // The answer first, the counting after: the client need not wait for it.
+        self.send_or_keep(&answer);
         if matches!(reply, Reply::Err(_)) {
             shared.stats.errors.fetch_add(1, Ordering::Relaxed);
         }
         let protocol = if resp { Protocol::Resp } else { Protocol::Line };
-        shared.metrics.observe(kind, protocol, Outcome::of(reply), started.elapsed());
-        self.send_or_keep(&answer);
+        shared.metrics.observe(kind, protocol, Outcome::of(reply), elapsed);
     }
 
     /// Sends `bytes` without blocking; what the socket does not take is kept in `unsent`
