@@ -36,7 +36,8 @@ pub struct ServerFlags {
     #[arg(long, default_value_t = ReadFrom::Master)]
     pub read_from: ReadFrom,
     /// Compact the log in the background when it has grown by this many percent over its size
-    /// after the last compaction (0: whenever it is over --compact-min-bytes).
+    /// after the last compaction and holds this many percent of the keys in superseded
+    /// records (0: whenever it is over --compact-min-bytes).
     #[arg(long, default_value_t = DEFAULT_COMPACT_PERCENT)]
     pub compact_percent: u64,
     /// Never compact a smaller log on its own (`COMPACT` does).
