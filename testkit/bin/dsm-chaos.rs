@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use dsm::logging::{self, Level};
+use dsm::master::ReadFrom;
 use dsm_testkit::nemesis::{self, Config};
 
 /// Runs a dsm cluster (primary, backup, slaves) under concurrent clients while a nemesis kills,
@@ -36,6 +37,10 @@ struct Args {
     /// The backup streams the primary's log over TCP instead of reading its file.
     #[arg(long)]
     tcp_follow: bool,
+    /// Who answers reads, on both masters: `master` (its committed copy, under read leases) or
+    /// `slaves` (a slave in sync, checked by the master, with read repair).
+    #[arg(long, value_name = "master|slaves", default_value_t = ReadFrom::Master)]
+    read_from: ReadFrom,
     /// Keys of 100 bytes written before the faults start (at least 100000 for a store where
     /// kills land during resyncs and compactions); a sample is read back at the end.
     #[arg(long, default_value_t = 0)]
@@ -79,6 +84,7 @@ fn main() -> ExitCode {
             clients: args.clients,
             faults: faults.clone(),
             tcp_follow: args.tcp_follow,
+            read_from: args.read_from,
             bin_dir: args.bin_dir.clone().unwrap_or_else(|| base.bin_dir.clone()),
             // The nodes run in their own directories: their paths must not be relative.
             out: args.out.as_deref().map(std::path::absolute).transpose().unwrap_or(None),
@@ -108,9 +114,10 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "total over {} runs: {} operations, {} writes acknowledged, {} reads answered, {} unknown, \
+        "total over {} runs (reads from {}): {} operations, {} writes acknowledged, {} reads answered, {} unknown, \
          {} faults; {} violations, {} lost writes{}",
         args.runs,
+        args.read_from,
         totals.0,
         totals.1,
         totals.4,

@@ -586,7 +586,7 @@ impl ClusterBuilder {
     }
 
     /// The primary's program and arguments.
-    fn primary_command(&self, dir: &Path, listen: &str, backup: &str) -> (PathBuf, Vec<String>) {
+    pub(crate) fn primary_command(&self, dir: &Path, listen: &str, backup: &str) -> (PathBuf, Vec<String>) {
         let master = self.bin_dir.join("dsm-master");
         let wal = self.wal(dir, "primary").display().to_string();
         let own = strings(["--listen", listen, "--wal", &wal, "--backup", backup]);
@@ -600,7 +600,7 @@ impl ClusterBuilder {
         }
     }
 
-    fn backup_args_for(&self, dir: &Path, listen: &str, primary: &str) -> Vec<String> {
+    pub(crate) fn backup_args_for(&self, dir: &Path, listen: &str, primary: &str) -> Vec<String> {
         let wal = self.wal(dir, "backup").display().to_string();
         let mut args: Vec<String> =
             strings(["--listen", listen, "--primary", primary, "--wal", &wal]).collect();

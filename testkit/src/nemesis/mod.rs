@@ -10,6 +10,8 @@
 //!   stays small enough to check quickly), writing unique values `c<client>-<n>`. Every client
 //!   fails over between both masters; each request has a deadline ([`REQUEST_DEADLINE`]). All
 //!   operations go into one [`History`].
+//!   Both masters run with [`Config::read_from`] (`--read-from`), so either read path, the
+//!   master's committed copy or a slave in sync, can be put under the same faults.
 //! - the calling thread is the nemesis: it follows a [`Schedule`] drawn from the seed — wait,
 //!   hit one node with a fault (SIGKILL, or SIGSTOP), wait, heal it (restart, or SIGCONT) — so
 //!   at most one fault is active at a time and the cluster gets a chance to recover between
@@ -37,8 +39,9 @@ use rand::{Rng, SeedableRng};
 
 pub use history::{Answer, Counts, History, Verdict};
 
-use crate::cluster::{stat, wait_for, Cluster, Follow, Listen, Node, Ready};
+use crate::cluster::{stat, wait_for, Cluster, ClusterBuilder, Follow, Listen, Node, Ready};
 use dsm::client::Client;
+use dsm::master::ReadFrom;
 use dsm::{Error, Result};
 
 /// How long one client request may wait for its answer. Longer than a master's write deadline
@@ -203,6 +206,9 @@ pub struct Config {
     pub fault_length: (Duration, Duration),
     /// The backup streams the primary's log over TCP instead of reading its file.
     pub tcp_follow: bool,
+    /// Who answers reads on both masters (`--read-from`): the master's committed copy, or a
+    /// slave in sync.
+    pub read_from: ReadFrom,
     /// Where the dsm binaries are.
     pub bin_dir: PathBuf,
     /// Where the nodes' logs go (a `run-<seed>` directory is made in it); a temporary
@@ -229,6 +235,7 @@ impl Default for Config {
             fault_gap: (Duration::from_secs(2), Duration::from_secs(5)),
             fault_length: (Duration::from_secs(1), Duration::from_secs(3)),
             tcp_follow: false,
+            read_from: ReadFrom::Master,
             bin_dir: crate::cluster::bin_dir(),
             out: None,
             echo: false,
@@ -242,6 +249,8 @@ impl Default for Config {
 pub struct Report {
     /// The run's seed.
     pub seed: u64,
+    /// Who answered reads (both masters' `--read-from`).
+    pub read_from: ReadFrom,
     /// The operations.
     pub counts: Counts,
     /// Faults applied, by kind.
@@ -272,9 +281,10 @@ impl fmt::Display for Report {
         let faults: Vec<String> = self.faults.iter().map(|(k, n)| format!("{k}={n}")).collect();
         write!(
             f,
-            "seed {}: {} operations ({} writes acknowledged, {} reads answered, {} unknown, {} failed) \
+            "seed {} (reads from {}): {} operations ({} writes acknowledged, {} reads answered, {} unknown, {} failed) \
              on {} keys; {} faults ({}); {} violations, {} lost writes",
             self.seed,
+            self.read_from,
             c.issued,
             c.acked_writes,
             c.answered_reads,
@@ -305,17 +315,25 @@ struct Nodes {
     backup_addr: String,
 }
 
+/// How a run's cluster is started: a primary on a port outside the ephemeral range (so it can
+/// come back on it after a kill), a backup, the slaves, and `--read-from` on both masters.
+fn cluster_builder(config: &Config, dir: &Path) -> ClusterBuilder {
+    let read_from = ["--read-from", config.read_from.name()];
+    Cluster::builder()
+        .primary_listen(Listen::FreePort)
+        .backup(if config.tcp_follow { Follow::Tcp } else { Follow::Wal })
+        .primary_args(read_from)
+        .backup_args(read_from)
+        .slaves(config.slaves)
+        .bin_dir(&config.bin_dir)
+        .dir(dir)
+        .echo(config.echo)
+        .ready(Ready::Started)
+}
+
 impl Nodes {
     fn start(config: &Config, dir: &Path) -> Result<Nodes> {
-        let cluster = Cluster::builder()
-            .primary_listen(Listen::FreePort)
-            .backup(if config.tcp_follow { Follow::Tcp } else { Follow::Wal })
-            .slaves(config.slaves)
-            .bin_dir(&config.bin_dir)
-            .dir(dir)
-            .echo(config.echo)
-            .ready(Ready::Started)
-            .start()?;
+        let cluster = cluster_builder(config, dir).start()?;
         let primary_addr = cluster.primary_addr().to_string();
         let backup_addr = cluster.backup_addr().expect("started with a backup").to_string();
         Ok(Nodes { cluster, primary_addr, backup_addr })
@@ -416,7 +434,15 @@ fn run_in(config: &Config, dir: &Path) -> Result<Report> {
     final_reads(&history, &nodes.primary_addr, &nodes.backup_addr)?;
     let mut verdict = history.judge(FINAL_CLIENT);
     verdict.lost_writes.extend(check_preloaded(&nodes.primary_addr, &nodes.backup_addr, config.preload)?);
-    Ok(Report { seed: config.seed, counts, faults, verdict, timeline, dir: dir.to_path_buf() })
+    Ok(Report {
+        seed: config.seed,
+        read_from: config.read_from,
+        counts,
+        faults,
+        verdict,
+        timeline,
+        dir: dir.to_path_buf(),
+    })
 }
 
 /// Reads every key of `history` once more through a client of both masters, retrying each
@@ -717,6 +743,21 @@ mod tests {
         }
         let c: Vec<Step> = Schedule::new(8, &config).take(100).collect();
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn both_masters_get_the_read_mode() {
+        let dir = Path::new("/d");
+        for read_from in [ReadFrom::Master, ReadFrom::Slaves] {
+            let config = Config { read_from, bin_dir: PathBuf::from("/bin"), ..Config::default() };
+            let b = cluster_builder(&config, dir);
+            let want = ["--read-from".to_string(), read_from.name().to_string()];
+            let (program, primary) = b.primary_command(dir, "P", "B");
+            assert_eq!(program, Path::new("/bin/dsm-master"));
+            assert!(primary.ends_with(&want), "{primary:?}");
+            let backup = b.backup_args_for(dir, "B", "P");
+            assert!(backup.ends_with(&want), "{backup:?}");
+        }
     }
 
     #[test]
