@@ -2,7 +2,15 @@
 #
 #   make plots          redraw every PNG under results/ from the CSVs already there
 #   make results        run the sweeps, the load-distribution run and the failover run, then
-#                       the plots: 13 runs, 5 to 6 minutes on 2 cores plus the release build.
+#                       the plots: 19 runs, about 8 minutes on 2 cores plus the release build.
+#                       The client sweep runs twice, reading from the master (the default,
+#                       into results/) and with --read-from slaves (into
+#                       results/read_from_slaves/, so neither overwrites the other).
+#                       The plots: throughput and read and write latency by slave count and
+#                       by client count (plots_by_slave_count/, plots_by_client_count/, and
+#                       read_from_slaves/plots_by_client_count/), the two read modes on one
+#                       chart by client count (plots_read_from/), the load distribution and
+#                       the failover timeline.
 #                       results/machine.txt records the machine, the date, the load average
 #                       and the commit.
 #   make harness-smoke  a 3-second run against a fresh 3-slave cluster, into target/
@@ -43,6 +51,7 @@ results: harness-build
 	 } > $(RESULTS)/machine.txt
 	$(HARNESS) $(HARNESS_FULL) --sweep-slaves 1,3,5,7,9 --out $(RESULTS)
 	$(HARNESS) $(HARNESS_FULL) --sweep-clients 1,2,5,10,20,50 --out $(RESULTS)
+	$(HARNESS) $(HARNESS_FULL) --sweep-clients 1,2,5,10,20,50 --read-from slaves --out $(RESULTS)/read_from_slaves
 	$(HARNESS) $(HARNESS_FULL) --slaves 5 --out $(RESULTS)/load_distribution
 	$(HARNESS) $(HARNESS_COMMON) --duration $(FAILOVER_DURATION) \
 		--kill-primary-at $(FAILOVER_KILL_AT) --restart-primary-at $(FAILOVER_RESTART_AT) --out $(RESULTS)/failover

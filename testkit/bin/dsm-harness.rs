@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use dsm::master::ReadFrom;
 use dsm_testkit::harness::config::{self, parse_list, RunConfig};
 use dsm_testkit::harness::{self, signal, summary_text, SweepAxis};
 
@@ -50,7 +51,7 @@ enum Command {
     /// Redraw every plot under OUT from the CSVs the runs wrote there.
     Plot {
         /// The results directory (holding by_slave_count.csv, by_client_count.csv,
-        /// load_distribution/ and failover/).
+        /// read_from_slaves/by_client_count.csv, load_distribution/ and failover/).
         #[arg(long, default_value = "results")]
         out: PathBuf,
     },
@@ -127,6 +128,10 @@ struct RunArgs {
     /// --fsync for the master the harness starts (always|everysec|never).
     #[arg(long)]
     fsync: Option<String>,
+    /// --read-from for both masters the harness starts: master (the default: the master's
+    /// committed copy under read leases) or slaves (a slave in sync, with read repair).
+    #[arg(long, value_name = "master|slaves")]
+    read_from: Option<ReadFrom>,
     /// Copy the servers' output to stderr, prefixed by their names.
     #[arg(long)]
     echo_servers: bool,
@@ -174,6 +179,7 @@ impl RunArgs {
             restart_primary_at: self.restart_primary_at,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             fsync: self.fsync.clone(),
+            read_from: self.read_from,
             echo: self.echo_servers,
             keep_logs: self.keep_logs,
         }

@@ -6,7 +6,14 @@
 //! | `load_distribution.png` | `load_distribution/slaves.csv` (requests and keys per slave) |
 //! | `plots_by_slave_count/{throughput_rps,read_latency_us,write_latency_us}_vs_slave_count.png` | `by_slave_count.csv` |
 //! | `plots_by_client_count/{...}_vs_client_count.png` | `by_client_count.csv` |
+//! | `read_from_slaves/plots_by_client_count/{...}_vs_client_count.png` | `read_from_slaves/by_client_count.csv` (the client sweep with `--read-from slaves`) |
+//! | `plots_read_from/{...}_vs_client_count.png` | both client sweeps, one line per read mode |
 //! | `failover_timeline.png` | `failover/metrics.csv` and `failover/events.csv` |
+//!
+//! A sweep's titles name its read mode when its CSV records one (`read_from`). The comparison
+//! of the read modes labels each line with the mode its CSV records, and is drawn only when
+//! both CSVs record one and the modes differ: a sweep measured before `--read-from` existed
+//! is never presented as either mode.
 //!
 //! Text is rendered by plotters' `ab_glyph` backend with DejaVu Sans, bundled in
 //! `assets/fonts/` (its licence beside it), so no system font is needed. A missing cell (a
@@ -148,6 +155,23 @@ const C_READS: RGBColor = RGBColor(44, 160, 44);
 const C_WRITES: RGBColor = RGBColor(148, 103, 189);
 const C_GRID: RGBColor = RGBColor(225, 225, 225);
 
+/// The colour of each sweep in a comparison of read modes, in the order given.
+const MODE_COLORS: [RGBColor; 2] = [C_MEAN, C_KEYS];
+
+/// The directory under a results directory holding the client sweep run with
+/// `--read-from slaves` (`make results` writes it; the master-mode sweep is the top level's).
+pub const READ_FROM_SLAVES_DIR: &str = "read_from_slaves";
+
+/// The directory of the plots comparing the read modes by client count.
+pub const READ_FROM_PLOTS_DIR: &str = "plots_read_from";
+
+/// The read mode a sweep's CSV records (`read_from`), when every row records the same one.
+pub fn read_mode(t: &Table) -> Option<String> {
+    let modes = t.text("read_from").ok()?;
+    let first = modes.first()?.trim().to_string();
+    (!first.is_empty() && modes.iter().all(|m| m.trim() == first)).then_some(first)
+}
+
 fn max_of<'a>(values: impl Iterator<Item = &'a Option<f64>>) -> f64 {
     values.flatten().fold(0.0_f64, |m, v| m.max(*v))
 }
@@ -215,10 +239,16 @@ fn draw_line<X: Ranged<ValueType = f64>>(chart: &mut Chart<X>, s: &Series, radiu
             chart.draw_series(LineSeries::new(seg.clone(), style))?
         };
         if first {
-            let color = s.color;
-            drawn
-                .label(s.label.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3)));
+            let (color, dashed) = (s.color, s.dashed);
+            // A dashed line's legend entry is dashed too, so it can be told from a solid one
+            // of the same colour.
+            drawn.label(s.label.as_str()).legend(move |at| {
+                let (a, b) = if dashed { ((0, 8), (16, 24)) } else { ((0, 12), (12, 24)) };
+                let segment = |(from, to): (i32, i32)| {
+                    PathElement::new(vec![(from, 0), (to, 0)], color.stroke_width(3))
+                };
+                EmptyElement::at(at) + segment(a) + segment(b)
+            });
             first = false;
         }
         chart.draw_series(seg.iter().map(|&(x, y)| Circle::new((x, y), radius, s.color.filled())))?;
@@ -304,14 +334,11 @@ pub fn plot_sweep(csv: &Path, axis: SweepAxis, dir: &Path) -> Result<Vec<PathBuf
     let col = |name: &str| -> Result<Vec<(f64, Option<f64>)>> {
         Ok(xs.iter().copied().zip(t.numbers(name)?).collect())
     };
-    let suffix = match axis {
-        SweepAxis::Slaves => "slave_count",
-        SweepAxis::Clients => "client_count",
-    };
-    let mut written = Vec::new();
-    let mut charts: Vec<(String, String, String, Vec<Series>)> = vec![(
+    let suffix = axis_suffix(axis);
+    let reads_from = read_mode(&t).map_or(String::new(), |m| format!("; reads from {m}"));
+    let mut charts: Vec<ChartSpec> = vec![(
         format!("throughput_rps_vs_{suffix}.png"),
-        format!("Throughput vs {x_name} (successful requests, mean over the run)"),
+        format!("Throughput vs {x_name} (successful requests, mean over the run{reads_from})"),
         "requests per second".to_string(),
         vec![
             Series {
@@ -338,7 +365,7 @@ pub fn plot_sweep(csv: &Path, axis: SweepAxis, dir: &Path) -> Result<Vec<PathBuf
     for (op, title) in [("read", "Read"), ("write", "Write")] {
         charts.push((
             format!("{op}_latency_us_vs_{suffix}.png"),
-            format!("{title} latency vs {x_name} (successful requests)"),
+            format!("{title} latency vs {x_name} (successful requests{reads_from})"),
             "latency (µs)".to_string(),
             vec![
                 Series {
@@ -362,6 +389,30 @@ pub fn plot_sweep(csv: &Path, axis: SweepAxis, dir: &Path) -> Result<Vec<PathBuf
             ],
         ));
     }
+    draw_charts(axis, x_desc, &xs, dir, charts)
+}
+
+/// A chart to draw: its file name, title, y axis description and lines.
+type ChartSpec = (String, String, String, Vec<Series>);
+
+/// The end of a sweep plot's file name: `slave_count` or `client_count`.
+fn axis_suffix(axis: SweepAxis) -> &'static str {
+    match axis {
+        SweepAxis::Slaves => "slave_count",
+        SweepAxis::Clients => "client_count",
+    }
+}
+
+/// Draws `charts` into `dir` over the sweep axis, with `x_desc` under it and a tick at each of
+/// `xs` (the measured points); returns the paths.
+fn draw_charts(
+    axis: SweepAxis,
+    x_desc: &str,
+    xs: &[f64],
+    dir: &Path,
+    charts: Vec<ChartSpec>,
+) -> Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
     let x_min = xs.iter().copied().fold(f64::INFINITY, f64::min);
     let x_max = xs.iter().copied().fold(0.0_f64, f64::max);
     for (file, title, y_desc, series) in charts {
@@ -379,13 +430,88 @@ pub fn plot_sweep(csv: &Path, axis: SweepAxis, dir: &Path) -> Result<Vec<PathBuf
                 let hi = x_max * 1.3;
                 // Ticks exactly at the measured client counts, without a minor grid.
                 let coord: LogCoord<f64> = (lo..hi).log_scale().into();
-                let x = coord.with_key_points(xs.clone());
+                let x = coord.with_key_points(xs.to_vec());
                 line_chart(&path, &title, x_desc, &y_desc, x, &series, xs.len())?;
             }
         }
         written.push(path);
     }
     Ok(written)
+}
+
+/// Draws the comparison of read modes by client count from client sweeps' CSVs (the top
+/// level's `by_client_count.csv` and [`READ_FROM_SLAVES_DIR`]`/by_client_count.csv`) into
+/// `dir`: throughput, read latency and write latency, one colour per sweep, each line labelled
+/// with the read mode its CSV records. Returns the paths. Fails if a CSV does not record one
+/// read mode in every row, or two CSVs record the same one.
+pub fn plot_read_from(csvs: &[&Path], dir: &Path) -> Result<Vec<PathBuf>> {
+    register_font()?;
+    let mut sweeps = Vec::new();
+    for csv in csvs {
+        let t = Table::read(csv)?;
+        if t.is_empty() {
+            return Err(Error::Config(format!("{} has no rows", csv.display())));
+        }
+        let mode = read_mode(&t).ok_or_else(|| {
+            Error::Config(format!("{} does not record one read mode (read_from) in every row", csv.display()))
+        })?;
+        if sweeps.iter().any(|(m, _, _): &(String, _, _)| *m == mode) {
+            return Err(Error::Config(format!("two sweeps record the same read mode, {mode}")));
+        }
+        let xs: Vec<f64> = t.numbers("client_count")?.into_iter().map(|x| x.unwrap_or(0.0)).collect();
+        sweeps.push((mode, xs, t));
+    }
+    std::fs::create_dir_all(dir)?;
+    let col = |xs: &[f64], t: &Table, name: &str| -> Result<Vec<(f64, Option<f64>)>> {
+        Ok(xs.iter().copied().zip(t.numbers(name)?).collect())
+    };
+    let mut throughput = Vec::new();
+    let mut latency: [Vec<Series>; 2] = [Vec::new(), Vec::new()];
+    for (i, (mode, xs, t)) in sweeps.iter().enumerate() {
+        let color = MODE_COLORS[i % MODE_COLORS.len()];
+        let line = |label: String, points, dashed| Series { label, color, points, dashed };
+        throughput.push(line(
+            format!("successes/s, reads from {mode}"),
+            col(xs, t, "throughput_rps")?,
+            false,
+        ));
+        throughput.push(line(
+            format!("reads/s, reads from {mode}"),
+            successes_per_row(t, xs, "read", Some("duration_s"))?,
+            true,
+        ));
+        for (k, op) in ["read", "write"].into_iter().enumerate() {
+            for (p, dashed) in [("p50", false), ("p99", true)] {
+                let points = col(xs, t, &format!("{op}_{p}_us"))?;
+                latency[k].push(line(format!("{p}, reads from {mode}"), points, dashed));
+            }
+        }
+    }
+    let [read_latency, write_latency] = latency;
+    let charts: Vec<ChartSpec> = vec![
+        (
+            "throughput_rps_vs_client_count.png".into(),
+            "Throughput vs client count by read mode (successful requests, mean over the run)".into(),
+            "requests per second".into(),
+            throughput,
+        ),
+        (
+            "read_latency_us_vs_client_count.png".into(),
+            "Read latency vs client count by read mode (successful requests)".into(),
+            "latency (µs)".into(),
+            read_latency,
+        ),
+        (
+            "write_latency_us_vs_client_count.png".into(),
+            "Write latency vs client count by read mode (successful requests)".into(),
+            "latency (µs)".into(),
+            write_latency,
+        ),
+    ];
+    let mut xs: Vec<f64> = sweeps.iter().flat_map(|(_, xs, _)| xs.iter().copied()).collect();
+    xs.sort_by(f64::total_cmp);
+    xs.dedup();
+    draw_charts(SweepAxis::Clients, "client threads (count, log scale)", &xs, dir, charts)
 }
 
 /// Draws `load_distribution.png` from a run's `slaves.csv`: requests served per slave in the
@@ -598,6 +724,25 @@ pub fn plot_all(out: &Path) -> Result<Vec<(PathBuf, String)>> {
             done.push((out.join(dir), format!("skipped: no {}", csv.display())));
         }
     }
+    let by_clients = format!("{}.csv", SweepAxis::Clients.name());
+    let (master_csv, slaves_csv) = (out.join(&by_clients), out.join(READ_FROM_SLAVES_DIR).join(&by_clients));
+    let dir = out.join(READ_FROM_SLAVES_DIR).join("plots_by_client_count");
+    if slaves_csv.exists() {
+        for p in plot_sweep(&slaves_csv, SweepAxis::Clients, &dir)? {
+            done.push((p, format!("drawn from {}", slaves_csv.display())));
+        }
+    } else {
+        done.push((dir, format!("skipped: no {}", slaves_csv.display())));
+    }
+    let dir = out.join(READ_FROM_PLOTS_DIR);
+    match read_from_comparable(&[&master_csv, &slaves_csv])? {
+        None => {
+            for p in plot_read_from(&[&master_csv, &slaves_csv], &dir)? {
+                done.push((p, format!("drawn from {} and {}", master_csv.display(), slaves_csv.display())));
+            }
+        }
+        Some(why) => done.push((dir, format!("skipped: {why}"))),
+    }
     let slaves = out.join("load_distribution").join("slaves.csv");
     let png = out.join("load_distribution.png");
     if slaves.exists() {
@@ -616,6 +761,29 @@ pub fn plot_all(out: &Path) -> Result<Vec<(PathBuf, String)>> {
         done.push((png, format!("skipped: no {}", metrics.display())));
     }
     Ok(done)
+}
+
+/// Why sweeps' CSVs cannot be compared by read mode (one missing, one that does not record
+/// its mode, two of the same mode), or `None` when they can.
+fn read_from_comparable(csvs: &[&Path]) -> Result<Option<String>> {
+    let mut seen: Vec<String> = Vec::new();
+    for csv in csvs {
+        if !csv.exists() {
+            return Ok(Some(format!("no {}", csv.display())));
+        }
+        let Some(mode) = read_mode(&Table::read(csv)?) else {
+            return Ok(Some(format!(
+                "{} does not record its read mode (read_from): measured before --read-from \
+                 existed, or against a cluster the harness did not start",
+                csv.display()
+            )));
+        };
+        if seen.contains(&mode) {
+            return Ok(Some(format!("two sweeps of the same read mode, {mode}")));
+        }
+        seen.push(mode);
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! The harness end to end: against a real cluster it starts itself, against a master that is
-//! not there, across a kill of the primary, and the plots drawn from given CSVs.
+//! The harness end to end: against a real cluster it starts itself (reading from the master or
+//! from the slaves), against a master that is not there, across a kill of the primary, and the
+//! plots drawn from given CSVs.
 //!
 //! Every run binds ephemeral ports and writes into a temporary directory; the harness waits
 //! for the slaves to register (never a fixed sleep) and kills its cluster when it returns.
@@ -9,7 +10,9 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
+use dsm::master::ReadFrom;
 use dsm_testkit::harness::config::RunConfig;
+use dsm_testkit::harness::metrics::Cell;
 use dsm_testkit::harness::metrics::BASE_COLUMNS;
 use dsm_testkit::harness::{self, RUN_FILES};
 use dsm_testkit::plot::{self, Table, PLOT_SIZE};
@@ -43,6 +46,19 @@ fn int(t: &Table, col: &str) -> Vec<u64> {
 fn header(path: &Path) -> Vec<String> {
     let text = fs::read_to_string(path).unwrap();
     text.lines().next().unwrap().split(',').map(str::to_string).collect()
+}
+
+/// The requests the master sent to its slaves in the measured window (`slaves.csv`).
+fn slave_requests(out: &Path) -> u64 {
+    int(&Table::read(&out.join("slaves.csv")).unwrap(), "requests").iter().sum()
+}
+
+/// The most slave requests a run can cause without any read reaching a slave: every write goes
+/// to each of the `slaves` (at most), plus half the reads for the requests the window's edges
+/// cut differently in the clients' counts and the master's. A run that reads from the slaves
+/// sends each read that finds a committed value to one slave, so it is above this.
+fn without_slave_reads(report: &harness::RunReport, slaves: u64) -> u64 {
+    slaves * report.total.writes.count + report.total.reads.count / 2
 }
 
 /// Every row: total = success + error = reads + writes.
@@ -111,6 +127,7 @@ fn a_run_against_a_real_cluster_writes_honest_files() {
     }
     let summary = fs::read_to_string(out.join("summary.json")).unwrap();
     assert!(summary.contains("\"throughput_rps\": "), "{summary}");
+    assert!(summary.contains("\"read_from\": \"master\""), "the default mode, recorded: {summary}");
 
     // Per-slave counts, measured by the master, over the measured window only.
     let s = Table::read(&out.join("slaves.csv")).unwrap();
@@ -122,10 +139,35 @@ fn a_run_against_a_real_cluster_writes_honest_files() {
         .sum();
     assert_eq!(served, per_second, "totals are the sum of the rows");
     assert!(served > 0);
+    // Reads from the master's copy: only the writes reach the slaves.
+    let most = without_slave_reads(&report, 3);
+    assert!(served <= most, "{served} slave requests, at most {most} without reads from slaves");
 
     // A second run into the same directory is refused, not mixed in.
     let err = harness::run(&short_run(&out)).unwrap_err().to_string();
     assert!(err.contains("--overwrite"), "{err}");
+}
+
+#[test]
+fn reads_from_slaves_reach_the_slaves_and_the_mode_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    // Ten keys, all written during the warm-up: a read of a key never written is answered
+    // NOT_FOUND by the master whatever the mode, so few keys make nearly every read a slave's.
+    let cfg =
+        RunConfig { read_from: Some(ReadFrom::Slaves), keys: 10, duration_s: 2, ..short_run(dir.path()) };
+    let report = harness::run(&cfg).unwrap();
+    assert!(matches!(report.get("read_from"), Some(Cell::Text(m)) if m == "slaves"));
+    let summary = fs::read_to_string(dir.path().join("summary.json")).unwrap();
+    assert!(summary.contains("\"read_from\": \"slaves\""), "{summary}");
+    assert!(report.total.reads.success > 0, "the reads were answered");
+    let served = slave_requests(dir.path());
+    let least = without_slave_reads(&report, 3);
+    assert!(
+        served > least,
+        "{served} slave requests for {} reads and {} writes: the reads did not reach the slaves",
+        report.total.reads.count,
+        report.total.writes.count
+    );
 }
 
 #[test]
@@ -145,6 +187,7 @@ fn a_master_that_is_not_there_gives_errors_never_successes() {
     assert!(t.numbers("slave_count").unwrap().iter().all(Option::is_none));
     assert_eq!(report.total.success(), 0);
     assert!(report.slaves.is_empty());
+    assert_eq!(report.get("read_from"), Some(&Cell::Missing), "a given cluster's read mode is not known");
 }
 
 #[test]
@@ -295,6 +338,17 @@ at_s,event
 4.90,primary 127.0.0.1:40000 took back
 ";
 
+/// `csv` with a `read_from` column of `mode` added to every row, as a sweep of this harness
+/// writes it.
+fn with_read_from(csv: &str, mode: &str) -> String {
+    let mut lines = csv.lines();
+    let mut out = format!("{},read_from\n", lines.next().unwrap());
+    for line in lines {
+        out.push_str(&format!("{line},{mode}\n"));
+    }
+    out
+}
+
 /// The width and height in a PNG's IHDR chunk, after checking the signature.
 fn png_size(path: &Path) -> (u32, u32) {
     let bytes = fs::read(path).unwrap();
@@ -334,10 +388,50 @@ fn plots_from_given_csvs_are_valid_pngs() {
 }
 
 #[test]
+fn the_read_modes_are_compared_by_client_count_when_both_sweeps_record_theirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let slaves_dir = d.join(plot::READ_FROM_SLAVES_DIR);
+    fs::create_dir_all(&slaves_dir).unwrap();
+    // A master-mode sweep measured before --read-from existed records no mode: its own plots
+    // are drawn, the comparison is not.
+    fs::write(d.join("by_client_count.csv"), BY_CLIENTS).unwrap();
+    fs::write(slaves_dir.join("by_client_count.csv"), with_read_from(BY_CLIENTS, "slaves")).unwrap();
+    let drawn = plot::plot_all(d).unwrap();
+    let how = |name: &str| {
+        let p = d.join(name);
+        drawn.iter().find(|(q, _)| q == &p).map(|(_, how)| how.clone()).unwrap_or_default()
+    };
+    for m in ["throughput_rps", "read_latency_us", "write_latency_us"] {
+        let name = format!("{}/plots_by_client_count/{m}_vs_client_count.png", plot::READ_FROM_SLAVES_DIR);
+        assert!(how(&name).starts_with("drawn"), "{name}: {drawn:?}");
+        assert_eq!(png_size(&d.join(&name)), PLOT_SIZE, "{name}");
+    }
+    let skipped = how(plot::READ_FROM_PLOTS_DIR);
+    assert!(skipped.starts_with("skipped") && skipped.contains("read_from"), "{drawn:?}");
+    assert!(!d.join(plot::READ_FROM_PLOTS_DIR).exists());
+
+    // Both record their mode: one chart per measure, both modes on it.
+    fs::write(d.join("by_client_count.csv"), with_read_from(BY_CLIENTS, "master")).unwrap();
+    let drawn = plot::plot_all(d).unwrap();
+    for m in ["throughput_rps", "read_latency_us", "write_latency_us"] {
+        let name = format!("{}/{m}_vs_client_count.png", plot::READ_FROM_PLOTS_DIR);
+        let p = d.join(&name);
+        assert!(drawn.iter().any(|(q, how)| q == &p && how.starts_with("drawn")), "{name}: {drawn:?}");
+        assert_eq!(png_size(&p), PLOT_SIZE, "{name}");
+    }
+
+    // Two sweeps of the same mode are not a comparison.
+    let master = d.join("by_client_count.csv");
+    let err = plot::plot_read_from(&[&master, &master], &d.join("same")).unwrap_err().to_string();
+    assert!(err.contains("same read mode"), "{err}");
+}
+
+#[test]
 fn plot_all_skips_what_has_no_data_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let drawn = plot::plot_all(dir.path()).unwrap();
-    assert_eq!(drawn.len(), 4);
+    assert_eq!(drawn.len(), 6, "{drawn:?}");
     assert!(drawn.iter().all(|(_, how)| how.starts_with("skipped")));
 }
 
@@ -349,6 +443,8 @@ fn the_cli_names_a_bad_flag_and_plots_on_request() {
         (vec!["--clients", "0"], "--clients"),
         (vec!["--sweep-slaves", "1,x"], "--sweep-slaves"),
         (vec!["--kill-primary-at", "5", "--master", "127.0.0.1:1"], "--kill-primary-at"),
+        (vec!["--read-from", "slaves", "--master", "127.0.0.1:1"], "--read-from"),
+        (vec!["--read-from", "backup"], "--read-from"),
     ] {
         let out = std::process::Command::new(exe)
             .args(&args)

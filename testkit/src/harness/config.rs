@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use dsm::master::ReadFrom;
 use dsm::{Error, Result};
 
 /// The original harness's client count.
@@ -87,6 +88,10 @@ pub struct RunConfig {
     pub request_timeout: Duration,
     /// `--fsync` for the master we start, if not its default.
     pub fsync: Option<String>,
+    /// `--read-from` for both masters we start; `None` is the masters' default, `master`. An
+    /// existing cluster (`master`) reads as its masters were started, which the harness cannot
+    /// set or see.
+    pub read_from: Option<ReadFrom>,
     /// Copy the servers' output to stderr.
     pub echo: bool,
     /// Copy the servers' output into `OUT/logs/` at the end of the run.
@@ -118,6 +123,7 @@ impl Default for RunConfig {
             restart_primary_at: None,
             request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
             fsync: None,
+            read_from: None,
             echo: false,
             keep_logs: false,
         }
@@ -128,6 +134,12 @@ impl RunConfig {
     /// True when the harness starts (and owns) the cluster.
     pub fn owns_cluster(&self) -> bool {
         self.master.is_none()
+    }
+
+    /// Who answers reads in the cluster the harness starts; `None` for an existing cluster,
+    /// whose mode the harness does not know.
+    pub fn read_mode(&self) -> Option<ReadFrom> {
+        self.owns_cluster().then(|| self.read_from.unwrap_or_default())
     }
 
     /// Rejects what cannot run, with a message naming the flag.
@@ -172,6 +184,9 @@ impl RunConfig {
             if !self.owns_cluster() {
                 return bad("--fsync applies to a cluster the harness starts (not --master)".into());
             }
+        }
+        if self.read_from.is_some() && !self.owns_cluster() {
+            return bad("--read-from applies to a cluster the harness starts (not --master)".into());
         }
         if self.owns_cluster() && self.slaves == 0 {
             return bad("--slaves must be at least 1 (a write needs a quorum of slaves)".into());
@@ -239,6 +254,7 @@ mod tests {
             (5, 3, 10, 1000, 30, 5, 30)
         );
         assert_eq!(c.think, Duration::from_millis(10));
+        assert_eq!(c.read_mode(), Some(ReadFrom::Master), "the masters' default");
         c.validate().unwrap();
     }
 
@@ -259,6 +275,14 @@ mod tests {
                 "--kill-slave-at",
             ),
             (RunConfig { backup: Some("127.0.0.1:1".into()), ..RunConfig::default() }, "--backup"),
+            (
+                RunConfig {
+                    master: Some("127.0.0.1:1".into()),
+                    read_from: Some(ReadFrom::Slaves),
+                    ..RunConfig::default()
+                },
+                "--read-from",
+            ),
         ];
         for (c, flag) in cases {
             let msg = c.validate().unwrap_err().to_string();

@@ -8,7 +8,8 @@
 //!    are refused unless `--overwrite` (which deletes them before the run starts), so one set
 //!    of files always comes from one run.
 //! 2. Start the primary, the backup (when `dsm-backup` is built and not `--no-backup`) and
-//!    the slaves in a temporary directory, and wait until the primary reports every slave
+//!    the slaves in a temporary directory, both masters with `--read-from` (the read mode is
+//!    recorded in `summary.json` as `read_from`), and wait until the primary reports every slave
 //!    registered (`STAT slaves`). Or, with `--master`, use that cluster.
 //! 3. Start `--clients` threads. Each owns `--conns-per-client` connections
 //!    ([`dsm::client::Client`], with failover to the backup) used round-robin, and sends one
@@ -52,7 +53,7 @@ use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::cluster::{Cluster, Follow};
+use crate::cluster::{Cluster, ClusterBuilder, Follow};
 use dsm::client::{is_timeout, Client, CONNECT_TIMEOUT};
 use dsm::protocol::{ErrorReply, Reply};
 use dsm::{Error, Result};
@@ -227,37 +228,45 @@ impl Target {
             });
         }
         let mut dir = WorkDir::create()?;
-        let mut args = Vec::new();
-        let needed = cfg.clients * cfg.conns_per_client + cfg.slaves + CONNECTION_HEADROOM;
-        if needed > dsm::master::DEFAULT_MAX_CONNECTIONS {
-            args.extend(["--max-connections".to_string(), needed.to_string()]);
+        let backup = !cfg.no_backup && Cluster::has_backup_binary();
+        if !cfg.no_backup && !backup {
+            log::warn!(
+                "{} is not built: running without a backup master",
+                crate::cluster::bin_dir().join("dsm-backup").display()
+            );
         }
-        if let Some(f) = &cfg.fsync {
-            args.extend(["--fsync".to_string(), f.clone()]);
-        }
-        let mut builder =
-            Cluster::builder().slaves(cfg.slaves).primary_args(&args).echo(cfg.echo).dir(&dir.path);
-        if !cfg.no_backup {
-            if Cluster::has_backup_binary() {
-                builder = builder.backup(Follow::Wal).backup_args(&args);
-            } else {
-                log::warn!(
-                    "{} is not built: running without a backup master",
-                    crate::cluster::bin_dir().join("dsm-backup").display()
-                );
-            }
-        }
-        let c = builder.start().inspect_err(|_| dir.keep = true)?;
+        let c = cluster_builder(cfg, &dir.path, backup).start().inspect_err(|_| dir.keep = true)?;
         let (master, backup) = (c.primary_addr().to_string(), c.backup_addr().map(str::to_string));
         if !cfg.quiet {
             eprintln!(
-                "dsm-harness: started primary {master}{}, {} slaves (logs in {})",
+                "dsm-harness: started primary {master}{}, {} slaves, reads from {} (logs in {})",
                 backup.as_ref().map_or(" (no backup)".to_string(), |b| format!(", backup {b}")),
                 cfg.slaves,
+                cfg.read_from.unwrap_or_default(),
                 dir.path.display()
             );
         }
         Ok(Target { cluster: Some(c), workdir: Some(dir), master, backup })
+    }
+}
+
+/// How the harness's cluster is started in `dir`: `cfg.slaves` slaves, a backup following the
+/// primary's log if `backup`, and the same server flags on both masters (`--read-from`, any
+/// `--fsync`, and `--max-connections` when the clients need more than the default).
+fn cluster_builder(cfg: &RunConfig, dir: &Path, backup: bool) -> ClusterBuilder {
+    let mut args = vec!["--read-from".to_string(), cfg.read_from.unwrap_or_default().name().to_string()];
+    let needed = cfg.clients * cfg.conns_per_client + cfg.slaves + CONNECTION_HEADROOM;
+    if needed > dsm::master::DEFAULT_MAX_CONNECTIONS {
+        args.extend(["--max-connections".to_string(), needed.to_string()]);
+    }
+    if let Some(f) = &cfg.fsync {
+        args.extend(["--fsync".to_string(), f.clone()]);
+    }
+    let builder = Cluster::builder().slaves(cfg.slaves).primary_args(&args).echo(cfg.echo).dir(dir);
+    if backup {
+        builder.backup(Follow::Wal).backup_args(&args)
+    } else {
+        builder
     }
 }
 
@@ -778,6 +787,7 @@ fn build_report(
         ("write_pct".into(), Cell::Int(u64::from(cfg.write_pct))),
         ("value_size".into(), Cell::Int(cfg.value_size as u64)),
         ("mode".into(), Cell::Text(if cfg.rate.is_some() { "open" } else { "closed" }.into())),
+        ("read_from".into(), cfg.read_mode().map_or(Cell::Missing, |r| Cell::Text(r.name().into()))),
         ("think_ms".into(), Cell::Int(u64::try_from(cfg.think.as_millis()).unwrap_or(u64::MAX))),
         ("rate".into(), cfg.rate.into()),
         ("seed".into(), Cell::Int(seed)),
@@ -889,7 +899,7 @@ pub fn summary_text(r: &RunReport) -> String {
     let _ = writeln!(
         s,
         "dsm-harness: {} s measured after {} s of warm-up; {} clients x {} connections, {} \
-         slaves ({} loop)",
+         slaves ({} loop, {})",
         num("duration_s"),
         num("warmup_s"),
         num("client_count"),
@@ -898,6 +908,10 @@ pub fn summary_text(r: &RunReport) -> String {
         match r.get("mode") {
             Some(Cell::Text(m)) => m.as_str(),
             _ => "?",
+        },
+        match r.get("read_from") {
+            Some(Cell::Text(m)) => format!("reads from {m}"),
+            _ => "read mode of the given cluster not known".to_string(),
         }
     );
     let errors: Vec<String> = ErrorKind::ALL
@@ -1081,6 +1095,28 @@ mod tests {
         // The next ones are due on the same schedule, however late the client is.
         assert_eq!(a.take(), start + ms(40));
         assert_eq!(latency_us(start + ms(5), start), 0, "never negative");
+    }
+
+    #[test]
+    fn both_masters_get_the_read_mode_and_the_server_flags() {
+        let dir = Path::new("/d");
+        let flags = |cfg: &RunConfig| {
+            let b = cluster_builder(cfg, dir, true);
+            (b.primary_command(dir, "P", "B").1, b.backup_args_for(dir, "B", "P"))
+        };
+        let (primary, backup) = flags(&RunConfig::default());
+        let want = ["--read-from", "master"].map(String::from);
+        assert!(primary.ends_with(&want), "the default, passed explicitly: {primary:?}");
+        assert!(backup.ends_with(&want), "{backup:?}");
+        let cfg = RunConfig {
+            read_from: Some(dsm::master::ReadFrom::Slaves),
+            fsync: Some("never".into()),
+            ..RunConfig::default()
+        };
+        let want = ["--read-from", "slaves", "--fsync", "never"].map(String::from);
+        let (primary, backup) = flags(&cfg);
+        assert!(primary.ends_with(&want), "{primary:?}");
+        assert!(backup.ends_with(&want), "{backup:?}");
     }
 
     #[test]
