@@ -33,7 +33,13 @@ fn crash(failpoint: &str, n: u64, seed: u64, compact: bool) {
     if compact {
         wait_acked(&workload, 0, 300, "writes before the compaction");
         let mut primary = Client::new(&c.primary_addr, None);
-        assert!(matches!(primary.request(&Request::Compact), Ok(Reply::Done)));
+        // The compaction thread, woken by the request, may reach the failpoint and end the
+        // process before the connection's thread has written `DONE`: then the request fails
+        // with the connection. Where the primary crashed is checked in its log below.
+        match primary.request(&Request::Compact) {
+            Ok(Reply::Done) | Err(_) => {}
+            Ok(other) => panic!("COMPACT answered {other:?}"),
+        }
     }
     wait_for("the primary to crash at the failpoint", READY, || !c.primary.is_running())
         .unwrap_or_else(|e| panic!("{e}: {:?}", workload.counts()));
