@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use rand::seq::SliceRandom;
@@ -289,13 +289,27 @@ impl Round {
                         }
                         return Replicated::Short(acked);
                     }
-                    outstanding.retain(|&(i, rid, due)| {
-                        let link = &candidates[i];
-                        if due > now || acked & (1 << link.slot) != 0 {
+                    outstanding.retain_mut(|(i, rid, due)| {
+                        let link = &candidates[*i];
+                        if *due > now || acked & (1 << link.slot) != 0 {
                             return true;
                         }
-                        link.forget(rid);
-                        link.kill(&format!("no acknowledgement within {} ms", ack_timeout.as_millis()));
+                        // Behind but alive: it answered something within the ACK timeout (a
+                        // slave growing a table of a million keys stalls for a moment while
+                        // messages queue up behind). It gets until the write's deadline, as
+                        // long as it keeps answering.
+                        let heard_us = link.last_heard_us.load(Ordering::Acquire);
+                        let silent = Duration::from_micros(shared.now_us().saturating_sub(heard_us));
+                        if silent < ack_timeout {
+                            *due = now + (ack_timeout - silent);
+                            return true;
+                        }
+                        link.forget(*rid);
+                        link.kill(&format!(
+                            "no acknowledgement within {} ms, and silent for {} ms",
+                            ack_timeout.as_millis(),
+                            silent.as_millis()
+                        ));
                         false
                     });
                 }
