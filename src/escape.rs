@@ -71,31 +71,31 @@ pub fn unescape(text: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len());
     let mut i = 0;
     while i < text.len() {
-        // A run of bytes that stand for themselves (all of a typical value), copied whole.
-        let run =
-            text[i..].iter().position(|&b| b == b'\\' || b < 0x20 || b == 0x7f).unwrap_or(text.len() - i);
-        out.extend_from_slice(&text[i..i + run]);
-        i += run;
-        match text.get(i) {
-            None => break,
-            Some(b'\\') => {}
-            // A raw control byte.
-            Some(_) => return None,
-        }
-        match *text.get(i + 1)? {
-            b'\\' => out.push(b'\\'),
-            b'n' => out.push(b'\n'),
-            b'r' => out.push(b'\r'),
-            b't' => out.push(b'\t'),
-            b'x' => {
-                let hi = hex_digit(*text.get(i + 2)?)?;
-                let lo = hex_digit(*text.get(i + 3)?)?;
-                out.push(hi << 4 | lo);
+        let b = text[i];
+        match b {
+            b'\\' => {
+                let code = *text.get(i + 1)?;
+                match code {
+                    b'\\' => out.push(b'\\'),
+                    b'n' => out.push(b'\n'),
+                    b'r' => out.push(b'\r'),
+                    b't' => out.push(b'\t'),
+                    b'x' => {
+                        let hi = hex_digit(*text.get(i + 2)?)?;
+                        let lo = hex_digit(*text.get(i + 3)?)?;
+                        out.push(hi << 4 | lo);
+                        i += 2;
+                    }
+                    _ => return None,
+                }
                 i += 2;
             }
-            _ => return None,
+            0..=0x1f | 0x7f => return None,
+            _ => {
+                out.push(b);
+                i += 1;
+            }
         }
-        i += 2;
     }
     Some(out)
 }
