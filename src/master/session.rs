@@ -9,8 +9,10 @@
 //! Pipelining: the writes a client has queued (`WRITE` lines and RESP `SET`s, in any mix) are
 //! executed together, in runs of up to [`MAX_PIPELINED_WRITES`] writes and
 //! [`MAX_PIPELINED_BYTES`] of values: one log append, one message to each slave, and the
-//! replies in order once all are acknowledged, before the next request (so a read that
-//! follows sees them). A RESP `MSET` is split into runs by the same bounds. Replies are
+//! replies in order once acknowledged. The next run is sent while the slaves apply this one
+//! (`MAX_RUNS_IN_FLIGHT`); every run is settled before any other request (so a read that
+//! follows sees them) and before the connection waits for its client. A lone write is left
+//! to the slave reader that completes its quorum (`ops::PendingWrite`). A RESP `MSET` is split into runs by the same bounds. Replies are
 //! buffered while further requests are, and written when the connection would otherwise
 //! wait, or at [`MAX_PENDING_REPLY_BYTES`].
 //!
@@ -48,7 +50,7 @@ pub const REDIS_COMPAT_VERSION: &str = "7.0.0";
 const SETTLE_AFTER: Duration = Duration::from_millis(100);
 
 /// A client connection's read half, holding the connection's pending write
-/// ([`ops::PendingWrite`]): the slave reader that completes the write's quorum answers it
+/// (`ops::PendingWrite`): the slave reader that completes the write's quorum answers it
 /// while this thread already waits for the next request. If the client sends nothing for
 /// [`SETTLE_AFTER`] while the write is pending, it is settled here (answered, if no reader
 /// did), so a write that cannot reach its majority is answered although this thread is

@@ -653,7 +653,7 @@ impl Wal {
     }
 }
 
-/// Appends whose seqs stay unsettled while this lives (see [`Wal::append_many_tracked`]).
+/// Appends whose seqs stay unsettled while this lives (see [`Wal::append_stores_tracked`]).
 pub struct AppendedRun<'a> {
     wal: &'a Wal,
     /// The first record's seq.

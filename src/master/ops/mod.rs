@@ -332,17 +332,3 @@ impl Drop for Round {
         }
     }
 }
-
-/// Sends `command` to every one of `candidates` and collects ACKs until `need` acknowledged,
-/// every candidate failed, or `deadline` passed (see [`Round`]).
-pub(super) fn replicate(
-    shared: &Shared,
-    candidates: Vec<Arc<Link>>,
-    quorum: &Arc<AckCount>,
-    epoch: u64,
-    command: &Command,
-    deadline: Instant,
-    for_client: bool,
-) -> Replicated {
-    Round::send(shared, candidates, quorum, epoch, command, deadline, for_client).wait(shared)
-}

@@ -52,7 +52,9 @@ pub(super) fn repair_timed_out(shared: &Arc<Shared>, links: &[Arc<Link>], need: 
         let command = Command::store(stamp, &key, value.as_deref());
         let deadline = Instant::now() + shared.config.ack_timeout * WRITE_DEADLINE_ACK_TIMEOUTS;
         let quorum = Arc::new(AckCount::new(need));
-        match replicate(shared, links.to_vec(), &quorum, shared.epoch(), &command, deadline, false) {
+        match Round::send(shared, links.to_vec(), &quorum, shared.epoch(), &command, deadline, false)
+            .wait(shared)
+        {
             Replicated::Majority => {
                 if shared.index.lock().commit(&key, stamp, value) {
                     log::info!("repair completed the write of '{key}' at version {}", stamp.seq);

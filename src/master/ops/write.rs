@@ -160,7 +160,7 @@ pub(super) fn write(
     let command = Command::store(stamp, &key, value.as_deref());
     let deadline = Instant::now() + shared.config.ack_timeout * WRITE_DEADLINE_ACK_TIMEOUTS;
     let quorum = Arc::new(AckCount::new(need));
-    let result = replicate(shared, links, &quorum, epoch, &command, deadline, true);
+    let result = Round::send(shared, links, &quorum, epoch, &command, deadline, true).wait(shared);
     drop(appended);
     Answer::Reply(conclude(shared, result, key, stamp, value, need))
 }
@@ -215,7 +215,7 @@ pub fn relog(
     let command = Command::store(stamp, &key, value.as_deref());
     let deadline = Instant::now() + shared.config.ack_timeout * WRITE_DEADLINE_ACK_TIMEOUTS;
     let quorum = Arc::new(AckCount::new(need));
-    match replicate(shared, links.to_vec(), &quorum, epoch, &command, deadline, false) {
+    match Round::send(shared, links.to_vec(), &quorum, epoch, &command, deadline, false).wait(shared) {
         Replicated::Majority => {
             shared.index.lock().commit(&key, stamp, value);
             Ok(stamp.seq)
