@@ -25,7 +25,9 @@ pub fn escape_into(value: &[u8], out: &mut Vec<u8>) {
         if b >= 0x20 && b != 0x7f && b != b'\\' {
             continue;
         }
-        out.extend_from_slice(&value[plain..i]);
+        if i > plain {
+            out.extend_from_slice(&value[plain..i]);
+        }
         plain = i + 1;
         match b {
             b'\\' => out.extend_from_slice(b"\\\\"),
@@ -71,31 +73,37 @@ pub fn unescape(text: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len());
     let mut i = 0;
     while i < text.len() {
-        let b = text[i];
-        match b {
-            b'\\' => {
-                let code = *text.get(i + 1)?;
-                match code {
-                    b'\\' => out.push(b'\\'),
-                    b'n' => out.push(b'\n'),
-                    b'r' => out.push(b'\r'),
-                    b't' => out.push(b'\t'),
-                    b'x' => {
-                        let hi = hex_digit(*text.get(i + 2)?)?;
-                        let lo = hex_digit(*text.get(i + 3)?)?;
-                        out.push(hi << 4 | lo);
-                        i += 2;
-                    }
-                    _ => return None,
-                }
+        // A run of bytes that stand for themselves (all of a typical value) is copied whole. An
+        // index loop rather than an iterator adapter: a debug build (the tests) runs it at a
+        // speed close to the byte-by-byte loop it replaces, not several times slower.
+        let plain = i;
+        while i < text.len() && text[i] >= 0x20 && text[i] != 0x7f && text[i] != b'\\' {
+            i += 1;
+        }
+        if i > plain {
+            out.extend_from_slice(&text[plain..i]);
+        }
+        if i == text.len() {
+            break;
+        }
+        if text[i] != b'\\' {
+            // A raw control byte.
+            return None;
+        }
+        match *text.get(i + 1)? {
+            b'\\' => out.push(b'\\'),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'x' => {
+                let hi = hex_digit(*text.get(i + 2)?)?;
+                let lo = hex_digit(*text.get(i + 3)?)?;
+                out.push(hi << 4 | lo);
                 i += 2;
             }
-            0..=0x1f | 0x7f => return None,
-            _ => {
-                out.push(b);
-                i += 1;
-            }
+            _ => return None,
         }
+        i += 2;
     }
     Some(out)
 }
@@ -122,6 +130,19 @@ mod tests {
     }
 
     #[test]
+    fn round_trips_mixed_runs() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        // Plain runs of every length between escapes, escapes first and last.
+        let pick = [b'a', b' ', 0xc3, b'\\', b'\n', b'\r', b'\t', 0x00, 0x1f, 0x7f, b'x', b'0'];
+        for _ in 0..2_000 {
+            let len = rng.gen_range(0..40);
+            let value: Vec<u8> = (0..len).map(|_| pick[rng.gen_range(0..pick.len())]).collect();
+            assert_eq!(unescape(&escape(&value)).as_deref(), Some(&value[..]), "{value:?}");
+        }
+    }
+
+    #[test]
     fn keeps_spaces_and_utf8_readable() {
         assert_eq!(escape("héllo wörld".as_bytes()), "héllo wörld".as_bytes());
         assert_eq!(escape(b"a\\b\nc"), b"a\\\\b\\nc");
@@ -129,7 +150,7 @@ mod tests {
 
     #[test]
     fn rejects_malformed_escapes() {
-        for bad in [&b"\\"[..], b"\\q", b"\\x1", b"\\xzz", b"a\nb", b"\x01"] {
+        for bad in [&b"\\"[..], b"\\q", b"\\x1", b"\\xzz", b"a\nb", b"\x01", b"ab\\", b"ab\x7f", b"ab\\xa"] {
             assert_eq!(unescape(bad), None, "{bad:?}");
         }
     }
