@@ -14,6 +14,7 @@ pub mod error;
 pub mod escape;
 pub mod failpoint;
 pub mod framing;
+pub mod keymap;
 pub mod limits;
 pub mod logging;
 pub mod master;

@@ -5,6 +5,7 @@
 //! harmless. Deletes are stored as tombstones with their stamp, so an old copy can never come
 //! back through repair.
 
+use crate::keymap::KeyMap;
 use crate::peer::Stamp;
 
 /// One stored entry: a value, or a tombstone (`None`).
@@ -19,10 +20,8 @@ pub struct Entry {
 /// The versioned map.
 #[derive(Debug, Default)]
 pub struct Store {
-    /// Hashed with foldhash, seeded at random per process: SipHash (std's default) was a
-    /// third of a slave's CPU time in a bulk load, and a random seed keeps client-chosen keys
-    /// from being picked to collide.
-    map: foldhash::HashMap<String, Entry>,
+    /// Grows a little at a time (see [`KeyMap`]).
+    map: KeyMap<Entry>,
     max_seq: u64,
     /// Entries holding a value (not tombstones).
     live: usize,

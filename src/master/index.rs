@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use crate::keymap::KeyMap;
 use crate::peer::Stamp;
 
 /// A value, or a tombstone (`None`).
@@ -26,10 +27,8 @@ pub struct KeyState {
 /// Key to state.
 #[derive(Debug, Default)]
 pub struct Index {
-    /// Hashed with foldhash, seeded at random per process: SipHash (std's default) was a
-    /// third of a slave's CPU time in a bulk load, and a random seed keeps client-chosen keys
-    /// from being picked to collide.
-    map: foldhash::HashMap<String, KeyState>,
+    /// Grows a little at a time (see [`KeyMap`]).
+    map: KeyMap<KeyState>,
     /// Keys whose committed write is a value (not a tombstone, not never-committed).
     live: usize,
     /// Writes logged (or replayed) over an older write of the same key: the records a
