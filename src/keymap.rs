@@ -18,6 +18,8 @@
 
 use std::hash::BuildHasher;
 
+use hashbrown::hash_table::{self, HashTable};
+
 /// Tables per map. An insert that grows one moves about `1/SHARDS` of the keys.
 pub const SHARDS: usize = 64;
 
@@ -29,22 +31,55 @@ pub const GROW_FROM_EIGHTHS: usize = 5;
 /// Tables smaller than this grow when they are full, as usual (their growth costs nothing).
 const STAGGER_FROM_CAPACITY: usize = 1024;
 
-type Table<V> = foldhash::HashMap<String, V>;
+/// One key and its value, with the key's hash: a growing table moves entries by the stored
+/// hash, without reading each key from wherever it is on the heap.
+#[derive(Debug)]
+struct Item<V> {
+    hash: u64,
+    key: String,
+    value: V,
+}
 
 /// The map. Hashed with foldhash, seeded at random per process: SipHash (std's default) was a
 /// third of a slave's CPU time in a bulk load, and a random seed keeps client-chosen keys from
-/// being picked to collide.
+/// being picked to collide. One hash per lookup: bits 32-37 pick the table, which itself uses
+/// the low bits (its buckets) and the top 7 (its tags), so a table's keys still spread over
+/// all of its buckets.
 #[derive(Debug)]
 pub struct KeyMap<V> {
-    /// Picks a key's table; seeded apart from the tables' own hashers.
-    pick: foldhash::fast::RandomState,
-    tables: Vec<Table<V>>,
+    hasher: foldhash::fast::RandomState,
+    tables: Vec<HashTable<Item<V>>>,
     len: usize,
+}
+
+/// A key's place in a [`KeyMap`], found with one lookup: [`KeyMap::entry`].
+pub enum Entry<'a, V> {
+    /// The key is present; its value.
+    Occupied(&'a mut V),
+    /// The key is absent.
+    Vacant(Vacant<'a, V>),
+}
+
+/// Where an absent key goes.
+pub struct Vacant<'a, V> {
+    entry: hash_table::VacantEntry<'a, Item<V>>,
+    hash: u64,
+    key: &'a str,
+    len: &'a mut usize,
+}
+
+impl<'a, V> Vacant<'a, V> {
+    /// Stores `value` under the key (copying the key); returns the stored value.
+    pub fn insert(self, value: V) -> &'a mut V {
+        *self.len += 1;
+        let item = Item { hash: self.hash, key: self.key.to_string(), value };
+        &mut self.entry.insert(item).into_mut().value
+    }
 }
 
 impl<V> Default for KeyMap<V> {
     fn default() -> Self {
-        KeyMap { pick: Default::default(), tables: (0..SHARDS).map(|_| Table::default()).collect(), len: 0 }
+        KeyMap { hasher: Default::default(), tables: (0..SHARDS).map(|_| HashTable::new()).collect(), len: 0 }
     }
 }
 
@@ -54,41 +89,70 @@ impl<V> KeyMap<V> {
         KeyMap::default()
     }
 
-    fn shard(&self, key: &str) -> usize {
-        (self.pick.hash_one(key) as usize) % SHARDS
+    fn hash(&self, key: &str) -> (u64, usize) {
+        let hash = self.hasher.hash_one(key);
+        (hash, (hash >> 32) as usize % SHARDS)
     }
 
     /// The value of `key`.
     pub fn get(&self, key: &str) -> Option<&V> {
-        self.tables[self.shard(key)].get(key)
+        let (hash, shard) = self.hash(key);
+        self.tables[shard].find(hash, |item| item.key == key).map(|item| &item.value)
     }
 
     /// The value of `key`, to change in place.
     pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
-        let shard = self.shard(key);
-        self.tables[shard].get_mut(key)
+        let (hash, shard) = self.hash(key);
+        self.tables[shard].find_mut(hash, |item| item.key == key).map(|item| &mut item.value)
+    }
+
+    /// Doubles table `shard` if it is at its own fill ([`grow_at`]) rather than when full,
+    /// with all the others. Called before every insert, even of a key that turns out to be
+    /// present: the table is at its fill either way, and grows once.
+    fn grow_early(&mut self, shard: usize) {
+        let table = &mut self.tables[shard];
+        let capacity = table.capacity();
+        if capacity >= STAGGER_FROM_CAPACITY && table.len() >= grow_at(shard, capacity) {
+            table.reserve(capacity - table.len() + 1, |item| item.hash);
+        }
+    }
+
+    /// The value of `key`, or the place to insert it, with one lookup.
+    pub fn entry<'a>(&'a mut self, key: &'a str) -> Entry<'a, V> {
+        let (hash, shard) = self.hash(key);
+        self.grow_early(shard);
+        match self.tables[shard].entry(hash, |item| item.key == key, |item| item.hash) {
+            hash_table::Entry::Occupied(e) => Entry::Occupied(&mut e.into_mut().value),
+            hash_table::Entry::Vacant(entry) => {
+                Entry::Vacant(Vacant { entry, hash, key, len: &mut self.len })
+            }
+        }
     }
 
     /// Stores `value` under `key`; returns the value it replaces.
-    pub fn insert(&mut self, key: String, value: V) -> Option<V> {
-        let shard = self.shard(&key);
-        let table = &mut self.tables[shard];
-        let capacity = table.capacity();
-        if capacity >= STAGGER_FROM_CAPACITY
-            && table.len() >= grow_at(shard, capacity)
-            && !table.contains_key(&key)
-        {
-            // Double now, at this table's own fill, rather than with all the others when full.
-            table.reserve(capacity - table.len() + 1);
+    pub fn insert(&mut self, key: &str, value: V) -> Option<V> {
+        match self.entry(key) {
+            Entry::Occupied(old) => Some(std::mem::replace(old, value)),
+            Entry::Vacant(slot) => {
+                slot.insert(value);
+                None
+            }
         }
-        let old = table.insert(key, value);
-        self.len += usize::from(old.is_none());
-        old
+    }
+
+    /// Stores `value` under `key`, which must be absent (checked in debug builds only): an
+    /// insert that takes the key's `String` instead of copying it.
+    pub fn insert_new(&mut self, key: String, value: V) {
+        let (hash, shard) = self.hash(&key);
+        self.grow_early(shard);
+        debug_assert!(self.tables[shard].find(hash, |item| item.key == key).is_none(), "{key} is present");
+        self.tables[shard].insert_unique(hash, Item { hash, key, value }, |item| item.hash);
+        self.len += 1;
     }
 
     /// Every key and value, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
-        self.tables.iter().flat_map(|t| t.iter())
+        self.tables.iter().flat_map(|t| t.iter()).map(|item| (&item.key, &item.value))
     }
 
     /// The number of keys.
@@ -117,14 +181,21 @@ mod tests {
         let mut m = KeyMap::new();
         assert!(m.is_empty());
         for i in 0..50_000u32 {
-            assert_eq!(m.insert(format!("k{i}"), i), None);
+            assert_eq!(m.insert(&format!("k{i}"), i), None);
         }
-        assert_eq!(m.insert("k7".to_string(), 70), Some(7));
+        assert_eq!(m.insert("k7", 70), Some(7));
+        m.insert_new("k50001".to_string(), 1);
+        assert_eq!((m.len(), m.get("k50001")), (50_001, Some(&1)));
+        if let Entry::Vacant(slot) = m.entry("k50001x") {
+            *slot.insert(4) += 1;
+        }
+        assert!(matches!(m.entry("k50001x"), Entry::Occupied(&mut 5)));
         *m.get_mut("k8").unwrap() += 1;
-        assert_eq!((m.len(), m.get("k7"), m.get("k8"), m.get("k50000")), (50_000, Some(&70), Some(&9), None));
+        assert_eq!((m.len(), m.get("k7"), m.get("k8"), m.get("k50000")), (50_002, Some(&70), Some(&9), None));
         let mut seen: Vec<(String, u32)> = m.iter().map(|(k, v)| (k.clone(), *v)).collect();
         seen.sort_unstable();
         let mut expected: Vec<(String, u32)> = (0..50_000).map(|i| (format!("k{i}"), i)).collect();
+        expected.extend([("k50001".to_string(), 1), ("k50001x".to_string(), 5)]);
         expected.sort_unstable();
         expected
             .iter_mut()
@@ -143,8 +214,8 @@ mod tests {
         let mut caps: Vec<usize> = m.tables.iter().map(|t| t.capacity()).collect();
         for i in 0..200_000u32 {
             let key = format!("key:{i}");
-            let shard = m.shard(&key);
-            m.insert(key, ());
+            let shard = m.hash(&key).1;
+            m.insert(&key, ());
             let cap = m.tables[shard].capacity();
             if cap != caps[shard] {
                 if caps[shard] >= STAGGER_FROM_CAPACITY {

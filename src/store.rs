@@ -5,7 +5,7 @@
 //! harmless. Deletes are stored as tombstones with their stamp, so an old copy can never come
 //! back through repair.
 
-use crate::keymap::KeyMap;
+use crate::keymap::{self, KeyMap};
 use crate::peer::Stamp;
 
 /// One stored entry: a value, or a tombstone (`None`).
@@ -37,16 +37,16 @@ impl Store {
     /// Returns the stamp stored afterwards.
     pub fn apply(&mut self, key: &str, stamp: Stamp, value: Option<Vec<u8>>) -> Stamp {
         self.max_seq = self.max_seq.max(stamp.seq);
-        match self.map.get_mut(key) {
-            Some(e) if e.stamp >= stamp => e.stamp,
-            Some(e) => {
+        match self.map.entry(key) {
+            keymap::Entry::Occupied(e) if e.stamp >= stamp => e.stamp,
+            keymap::Entry::Occupied(e) => {
                 self.live = self.live + usize::from(value.is_some()) - usize::from(e.value.is_some());
                 *e = Entry { stamp, value };
                 stamp
             }
-            None => {
+            keymap::Entry::Vacant(slot) => {
                 self.live += usize::from(value.is_some());
-                self.map.insert(key.to_string(), Entry { stamp, value });
+                slot.insert(Entry { stamp, value });
                 stamp
             }
         }

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use crate::keymap::KeyMap;
+use crate::keymap::{Entry, KeyMap};
 use crate::peer::Stamp;
 
 /// A value, or a tombstone (`None`).
@@ -54,23 +54,21 @@ impl Index {
                 *s = KeyState { latest: entry.clone(), committed: entry };
                 self.superseded += 1;
             }
-            None => {
-                self.map.insert(key, KeyState { latest: entry.clone(), committed: entry });
-            }
+            None => self.map.insert_new(key, KeyState { latest: entry.clone(), committed: entry }),
         }
     }
 
     /// Records a write that was just logged.
     pub fn logged(&mut self, key: &str, stamp: Stamp, value: Value) {
-        match self.map.get_mut(key) {
-            Some(s) if s.latest.0 < stamp => {
+        match self.map.entry(key) {
+            Entry::Occupied(s) if s.latest.0 < stamp => {
                 s.latest = (stamp, value);
                 self.superseded += 1;
             }
-            Some(_) => {}
-            None => {
+            Entry::Occupied(_) => {}
+            Entry::Vacant(slot) => {
                 let none = (Stamp::default(), None);
-                self.map.insert(key.to_string(), KeyState { latest: (stamp, value), committed: none });
+                slot.insert(KeyState { latest: (stamp, value), committed: none });
             }
         }
     }
