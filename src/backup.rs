@@ -136,9 +136,11 @@ impl Standby {
                 newest.set(0);
                 Ok(())
             };
-            let polled = peek.poll(&mut reset, &mut |_, record| {
-                if let Record::Epoch { epoch } = record {
-                    newest.set(newest.get().max(epoch));
+            let polled = peek.poll(&mut reset, &mut |records| {
+                for (_, record) in records.drain(..) {
+                    if let Record::Epoch { epoch } = record {
+                        newest.set(newest.get().max(epoch));
+                    }
                 }
                 Ok(())
             });
@@ -163,8 +165,7 @@ impl Standby {
             self.follower = Some(Follower::new(path));
         }
         if let Some(f) = self.follower.as_mut() {
-            let polled =
-                f.poll(&mut || shared.reset_state(), &mut |seq, record| shared.apply_record(seq, record));
+            let polled = f.poll(&mut || shared.reset_state(), &mut |records| shared.apply_records(records));
             match polled {
                 Ok(_) => {
                     *shared.following.lock() = Some(Following {
@@ -224,8 +225,7 @@ impl Standby {
         );
         if let (Some(f), Source::File(path)) = (self.follower.as_mut(), &config.source) {
             // Read the followed log to its end: every write the primary logged.
-            if let Err(e) =
-                f.poll(&mut || shared.reset_state(), &mut |seq, record| shared.apply_record(seq, record))
+            if let Err(e) = f.poll(&mut || shared.reset_state(), &mut |records| shared.apply_records(records))
             {
                 log::error!("cannot finish reading {}: {e}", path.display());
             }

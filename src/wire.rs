@@ -51,8 +51,8 @@ pub fn number(field: &[u8]) -> Result<u64, String> {
 /// Checks a key: 1..=MAX_KEY bytes of UTF-8, no whitespace or control bytes.
 pub fn parse_key(key: &[u8]) -> Result<String, String> {
     check_key(key)?;
-    // check_key has seen valid UTF-8.
-    Ok(String::from_utf8_lossy(key).into_owned())
+    // check_key has seen valid UTF-8; this checks again, without the lossy path's iterator.
+    String::from_utf8(key.to_vec()).map_err(|_| "the key is not UTF-8".to_string())
 }
 
 /// [`parse_key`] without making a `String` of the key.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::format::check_line;
 use super::lines::read_lines;
-use super::{io_error, Record};
+use super::{io_error, Record, FOLLOW_BATCH};
 use crate::Result;
 
 /// Follows a log file written by another process (the backup master polls the primary's file).
@@ -30,6 +30,18 @@ pub struct Follower {
     /// The file's length as of the last poll.
     len: u64,
     buf: Vec<u8>,
+}
+
+/// Applies a batch of records (seq, record), in order, leaving the vector empty.
+pub type ApplyBatch<'a> = dyn FnMut(&mut Vec<(u64, Record)>) -> Result<()> + 'a;
+
+/// How far a follower has read, or applied: the positions a failed batch rolls back to.
+#[derive(Debug, Clone, Copy)]
+struct Applied {
+    consumed: u64,
+    lines: u64,
+    seq: u64,
+    prev: Option<u64>,
 }
 
 /// What one [`Follower::poll`] did.
@@ -91,7 +103,7 @@ impl Follower {
     pub fn poll(
         &mut self,
         reset: &mut dyn FnMut() -> Result<()>,
-        apply: &mut dyn FnMut(u64, Record) -> Result<()>,
+        apply: &mut ApplyBatch<'_>,
     ) -> Result<Poll> {
         let meta = match fs::metadata(&self.path) {
             Ok(meta) => meta,
@@ -151,8 +163,10 @@ impl Follower {
         }
     }
 
-    /// Reads from `consumed` to the end of the file and applies each complete line.
-    fn read_new(&mut self, len: u64, apply: &mut dyn FnMut(u64, Record) -> Result<()>) -> Result<usize> {
+    /// Reads from `consumed` to the end of the file and applies the complete lines, in batches
+    /// of up to [`FOLLOW_BATCH`]. `consumed`, `lines` and `applied_seq` move past a batch only
+    /// once it is applied; a batch that fails is read again by the next poll.
+    fn read_new(&mut self, len: u64, apply: &mut ApplyBatch<'_>) -> Result<usize> {
         let Follower { path, file, consumed, lines, prev_seq, applied_seq, skip_through, len: seen_len, buf } =
             self;
         let Some((file, _)) = file.as_ref() else {
@@ -161,6 +175,11 @@ impl Follower {
         let mut pos = *consumed;
         let mut applied = 0;
         let lines_before = *lines;
+        // Read but not applied: the records, and where their last line ends.
+        let mut batch = Vec::new();
+        let mut read = Applied { consumed: *consumed, lines: *lines, seq: *applied_seq, prev: *prev_seq };
+        let mut done = read;
+        let mut failed = false;
         let result = read_lines(
             buf,
             |chunk| loop {
@@ -176,19 +195,40 @@ impl Follower {
             *consumed,
             |line, number, offset| {
                 let number = lines_before + number;
-                let (seq, record) = check_line(path, line, number, offset, prev_seq)?;
+                let (seq, record) = check_line(path, line, number, offset, &mut read.prev)?;
                 if seq > *skip_through {
-                    apply(seq, record)?;
-                    *applied_seq = seq;
-                    applied += 1;
+                    batch.push((seq, record));
+                    read.seq = seq;
                 }
-                *consumed = offset + line.len() as u64 + 1;
-                *lines = number;
+                read.consumed = offset + line.len() as u64 + 1;
+                read.lines = number;
+                if batch.len() >= FOLLOW_BATCH {
+                    let n = batch.len();
+                    let result = apply(&mut batch);
+                    batch.clear();
+                    failed = result.is_err();
+                    result?;
+                    applied += n;
+                    done = read;
+                }
                 Ok(())
             },
         );
+        // What was read before the end, or before a bad line, is applied too.
+        let mut flushed = Ok(());
+        if !failed {
+            let n = batch.len();
+            if n > 0 {
+                flushed = apply(&mut batch);
+            }
+            if flushed.is_ok() {
+                applied += n;
+                done = read;
+            }
+        }
+        Applied { consumed: *consumed, lines: *lines, seq: *applied_seq, prev: *prev_seq } = done;
         *seen_len = len.max(pos);
-        result.map(|_| applied)
+        result.and(flushed).map(|_| applied)
     }
 
     /// The seq of the last record applied; 0 before any.

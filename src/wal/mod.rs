@@ -184,6 +184,11 @@ use lines::{read_lines, read_retrying};
 /// failing, so the limit is on syscall size, not on line length.
 pub const READ_BUFFER: usize = 1 << 20;
 
+/// Most records a follower (of the file, or of the stream) copies in one batch: one append to
+/// its own log and one hold of its state's locks. Bounds the records held in memory between
+/// reading and applying them.
+pub const FOLLOW_BATCH: usize = 1024;
+
 /// How often, at most, the `everysec` background thread calls `fdatasync`: the most an operating
 /// system crash can lose. It syncs only if something was appended since the last sync.
 pub const FSYNC_INTERVAL: Duration = Duration::from_secs(1);
@@ -391,7 +396,7 @@ impl Wal {
     /// A key or slave id that could not be read back is refused with [`Error::Protocol`] before
     /// a seq is taken. An I/O error is returned to every append of the failed batch.
     pub fn append(&self, record: &Record) -> Result<u64> {
-        self.append_inner(record, None, false)
+        self.append_inner(record, false)
     }
 
     /// Like [`append`](Wal::append), and the seq stays *unsettled* until the returned guard is
@@ -399,7 +404,7 @@ impl Wal {
     /// holds the guard until it has handed the write to every slave link, so that a sync
     /// position it gives a slave never runs ahead of a write still on its way.
     pub fn append_tracked(&self, record: &Record) -> Result<Appended<'_>> {
-        let seq = self.append_inner(record, None, true)?;
+        let seq = self.append_inner(record, true)?;
         Ok(Appended { wal: self, seq })
     }
 
@@ -449,30 +454,63 @@ impl Wal {
     /// Appends a record copied from another master's log with the seq it has there, which must
     /// be above every seq of this log ([`Error::Corrupt`] otherwise).
     pub fn append_at(&self, seq: u64, record: &Record) -> Result<()> {
-        self.append_inner(record, Some(seq), false).map(drop)
+        self.append_copied(std::iter::once((seq, record)))
     }
 
-    fn append_inner(&self, record: &Record, at: Option<u64>, track: bool) -> Result<u64> {
+    /// Appends records copied from another master's log, with the seqs they have there
+    /// (increasing, and above every seq of this log: [`Error::Corrupt`] otherwise), in one batch
+    /// (one `write(2)`, as [`append_stores_tracked`](Wal::append_stores_tracked)): a backup
+    /// copying a bulk load made one system call per record, 40% of its CPU time. All or none
+    /// are written.
+    pub fn append_copied<'a, I>(&self, records: I) -> Result<()>
+    where
+        I: Iterator<Item = (u64, &'a Record)> + Clone,
+    {
+        for (_, record) in records.clone() {
+            validate(record)?;
+        }
+        let shared = &*self.shared;
+        let mut st = shared.state.lock();
+        if let Some(why) = &st.broken {
+            return Err(broken_error(why));
+        }
+        let mut last = st.last_record;
+        for (seq, _) in records.clone() {
+            if seq <= last {
+                return Err(Error::Corrupt(format!(
+                    "a copied record's sequence number {seq} does not follow this log's {last}"
+                )));
+            }
+            last = seq;
+        }
+        if last == st.last_record {
+            return Ok(());
+        }
+        for (seq, record) in records {
+            encode(seq, record, &mut st.pending);
+            st.stats.appends += 1;
+        }
+        st.last_seq = st.last_seq.max(last);
+        st.pending_count += 1;
+        let result = self.finish_batch(&mut st);
+        if result.is_ok() {
+            st.last_record = st.last_record.max(last);
+        }
+        result
+    }
+
+    fn append_inner(&self, record: &Record, track: bool) -> Result<u64> {
         validate(record)?;
         let shared = &*self.shared;
         let mut st = shared.state.lock();
         if let Some(why) = &st.broken {
             return Err(broken_error(why));
         }
-        let seq = match at {
-            Some(seq) if seq <= st.last_record => {
-                return Err(Error::Corrupt(format!(
-                    "a copied record's sequence number {seq} does not follow this log's {}",
-                    st.last_record
-                )))
-            }
-            Some(seq) => seq,
-            None => st
-                .last_seq
-                .checked_add(1)
-                .ok_or_else(|| Error::Unavailable("the log's sequence numbers are exhausted".to_string()))?,
-        };
-        st.last_seq = st.last_seq.max(seq);
+        let seq = st
+            .last_seq
+            .checked_add(1)
+            .ok_or_else(|| Error::Unavailable("the log's sequence numbers are exhausted".to_string()))?;
+        st.last_seq = seq;
         if track {
             st.unsettled.insert(seq);
         }
@@ -1328,11 +1366,21 @@ mod tests {
         follower: Follower,
         records: Vec<(u64, Record)>,
         resets: usize,
+        /// Sizes of the batches applied.
+        batches: Vec<usize>,
+        /// A batch holding this seq fails, and applies nothing.
+        fail_at: Option<u64>,
     }
 
     impl Watch {
         fn new(path: &Path) -> Watch {
-            Watch { follower: Follower::new(path), records: Vec::new(), resets: 0 }
+            Watch {
+                follower: Follower::new(path),
+                records: Vec::new(),
+                resets: 0,
+                batches: Vec::new(),
+                fail_at: None,
+            }
         }
 
         fn poll(&mut self) -> Result<Poll> {
@@ -1346,8 +1394,12 @@ mod tests {
                     records.borrow_mut().clear();
                     Ok(())
                 },
-                &mut |seq, record| {
-                    records.borrow_mut().push((seq, record));
+                &mut |batch| {
+                    if batch.iter().any(|(seq, _)| Some(*seq) == self.fail_at) {
+                        return Err(Error::Unavailable("apply failed".into()));
+                    }
+                    self.batches.push(batch.len());
+                    records.borrow_mut().append(batch);
                     Ok(())
                 },
             );
@@ -1542,6 +1594,64 @@ mod tests {
         wal.reset().expect("reset");
         assert_eq!((wal.last_seq(), wal.bytes()), (0, 0));
         wal.append_at(1, &set("f", b"6")).expect("append_at after reset");
+    }
+
+    #[test]
+    fn copied_records_are_appended_in_one_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal");
+        let wal = open_empty(&path, Fsync::Never);
+        wal.append_at(3, &set("a", b"1")).expect("append_at");
+        let writes = wal.stats().writes;
+        let copied = [(5, set("b", b"2")), (9, Record::Del { key: "a".into() }), (10, set("c", b"3"))];
+        wal.append_copied(copied.iter().map(|(seq, r)| (*seq, r))).expect("append_copied");
+        assert_eq!((wal.stats().writes, wal.last_seq(), wal.last_record()), (writes + 1, 10, 10));
+        // Not above the log, or not increasing within the batch: refused, nothing written.
+        let bytes = wal.bytes();
+        for bad in [vec![(10, set("d", b"4"))], vec![(11, set("d", b"4")), (11, set("e", b"5"))]] {
+            let refused = wal.append_copied(bad.iter().map(|(seq, r)| (*seq, r)));
+            assert!(matches!(refused, Err(Error::Corrupt(_))), "{bad:?}: {refused:?}");
+        }
+        // An unreadable key refuses the batch before anything is written.
+        let unreadable = [(11, set("d", b"4")), (12, set("bad key", b"5"))];
+        assert!(matches!(
+            wal.append_copied(unreadable.iter().map(|(s, r)| (*s, r))),
+            Err(Error::Protocol(_))
+        ));
+        wal.append_copied(std::iter::empty()).expect("nothing to copy");
+        assert_eq!((wal.bytes(), wal.last_record()), (bytes, 10));
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text, "3 SET a 1\n5 SET b 2\n9 DEL a\n10 SET c 3\n");
+    }
+
+    #[test]
+    fn follower_applies_in_batches_and_reads_a_failed_batch_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal");
+        let n = FOLLOW_BATCH as u64 * 2 + 10;
+        let text: String = (1..=n).map(|seq| format!("{seq} SET k{seq} {seq}\n")).collect();
+        append_bytes(&path, text.as_bytes());
+        let mut watch = Watch::new(&path);
+        // The second batch fails: the first stays applied, the follower stops before the second.
+        watch.fail_at = Some(FOLLOW_BATCH as u64 + 5);
+        assert!(watch.poll().is_err());
+        assert_eq!((watch.records.len(), watch.follower.last_seq()), (FOLLOW_BATCH, FOLLOW_BATCH as u64));
+        assert_eq!(
+            watch.follower.lag_bytes(),
+            text.len() as u64 - text.lines().take(FOLLOW_BATCH).map(|l| l.len() as u64 + 1).sum::<u64>()
+        );
+        // The next poll reads the failed batch again (no "does not increase" on its first line).
+        watch.fail_at = None;
+        assert_eq!(watch.poll().expect("poll"), Poll::Applied(FOLLOW_BATCH + 10));
+        assert_eq!(watch.batches, vec![FOLLOW_BATCH, FOLLOW_BATCH, 10]);
+        let seqs: Vec<u64> = watch.records.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
+        assert_eq!(watch.follower.lag_bytes(), 0);
+        // A bad line: the records before it are applied, the poll stops in front of it.
+        append_bytes(&path, format!("{} SET a 1\n{} SET b 2\nnot a record\n", n + 1, n + 2).as_bytes());
+        assert!(matches!(watch.poll(), Err(Error::Corrupt(_))));
+        assert_eq!(watch.follower.last_seq(), n + 2);
+        assert_eq!(watch.follower.lag_bytes(), "not a record\n".len() as u64);
     }
 
     #[test]

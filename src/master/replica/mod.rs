@@ -41,6 +41,10 @@ pub use takeover::{next_epoch, takeover, TakeoverError, SCAN_TIMEOUT};
 
 use std::time::Duration;
 
+/// A log stream's sender writes what it has encoded once it holds this much, without waiting
+/// for the end of the poll: a whole log sent after `RESET` is never held in memory at once.
+pub const STREAM_SEND_BYTES: usize = 1 << 20;
+
 /// How often a log stream's sender polls its log file for new records.
 pub const STREAM_POLL: Duration = Duration::from_millis(5);
 

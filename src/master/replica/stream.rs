@@ -16,25 +16,35 @@ use crate::wire::{fields, number, split_word};
 use crate::{Error, Result};
 
 impl Shared {
-    /// Applies one record copied from the other master's log: to this master's own log (with
-    /// the same seq, so the two logs agree) and to its state. Both under the state's locks, so
-    /// a compaction's snapshot never sees the record in the log but not in the state.
-    pub fn apply_record(&self, seq: u64, record: Record) -> Result<()> {
+    /// Applies records copied from the other master's log, in their order: to this master's
+    /// own log (with the same seqs, so the two logs agree; one batch, one `write(2)`) and to its
+    /// state. Both under the state's locks, so a compaction's snapshot never sees a record in
+    /// the log but not in the state. `records` is left empty.
+    pub fn apply_records(&self, records: &mut Vec<(u64, Record)>) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
         let mut members = self.members.lock();
         let mut index = self.index.lock();
         let mut history = self.history.lock();
-        self.wal.append_at(seq, &record)?;
-        let epoch = match &record {
-            Record::Epoch { epoch } => Some(*epoch),
-            _ => None,
-        };
-        crate::master::apply_record(&mut index, &mut members, &mut history, seq, record)?;
+        let logged = self.wal.append_copied(records.iter().map(|(seq, record)| (*seq, record)));
+        let mut result = logged;
+        let mut epoch = None;
+        for (seq, record) in records.drain(..) {
+            if result.is_err() {
+                continue;
+            }
+            if let Record::Epoch { epoch: e } = record {
+                epoch = Some(e);
+            }
+            result = crate::master::apply_record(&mut index, &mut members, &mut history, seq, record);
+        }
         drop((history, index, members));
         if let Some(epoch) = epoch {
             self.state.follow_epoch(epoch);
         }
         self.state.mark_copy();
-        Ok(())
+        result
     }
 
     /// Forgets the copied state and empties this master's log: a fresh copy follows.
@@ -134,8 +144,16 @@ pub fn serve_stream(shared: &Arc<Shared>, stream: TcpStream, held: Option<Held>)
                 out.borrow_mut().extend_from_slice(b"RESET\n");
                 Ok(())
             };
-            follower.poll(&mut reset, &mut |seq, record| {
-                wal::encode(seq, &record, &mut out.borrow_mut());
+            follower.poll(&mut reset, &mut |records| {
+                let mut out = out.borrow_mut();
+                for (seq, record) in records.drain(..) {
+                    wal::encode(seq, &record, &mut out);
+                }
+                // A long log (a whole one after RESET) is sent as it is read, not held whole.
+                if out.len() >= STREAM_SEND_BYTES {
+                    (&stream).write_all(&out)?;
+                    out.clear();
+                }
                 Ok(())
             })
         };
@@ -209,13 +227,27 @@ pub fn follow_stream(shared: &Shared, addr: &str, mut keep_going: impl FnMut(At)
         shared.config.secret.as_ref(),
     )?;
     stream.set_read_timeout(Some(STREAM_SILENCE))?;
+    // Records read but not applied yet: applied together when no further line is buffered, at
+    // `FOLLOW_BATCH`, and before any other line.
+    let mut batch = Vec::new();
     loop {
+        if !batch.is_empty() && (batch.len() >= wal::FOLLOW_BATCH || !reader.has_buffered_line()) {
+            shared.apply_records(&mut batch)?;
+        }
         let line = match reader.read_line() {
             Ok(Some(line)) => line,
-            Ok(None) => return Err(Error::Unavailable(format!("{addr} closed the log stream"))),
+            Ok(None) => {
+                shared.apply_records(&mut batch)?;
+                return Err(Error::Unavailable(format!("{addr} closed the log stream")));
+            }
             Err(LineError::TooLong) => return Err(Error::Protocol("log stream line too long".into())),
             Err(LineError::Io(e)) => return Err(Error::Io(e)),
         };
+        if line.first().is_some_and(u8::is_ascii_digit) {
+            batch.push(wal::decode(line).map_err(|e| Error::Protocol(format!("log stream: {e}")))?);
+            continue;
+        }
+        shared.apply_records(&mut batch)?;
         if line == b"RESET" {
             shared.reset_state()?;
         } else if let Some(rest) = line.strip_prefix(b"AT ") {
@@ -228,8 +260,10 @@ pub fn follow_stream(shared: &Shared, addr: &str, mut keep_going: impl FnMut(At)
         } else if line.starts_with(b"ERR ") {
             return Err(Error::Unavailable(String::from_utf8_lossy(line).into_owned()));
         } else {
-            let (seq, record) = wal::decode(line).map_err(|e| Error::Protocol(format!("log stream: {e}")))?;
-            shared.apply_record(seq, record)?;
+            return Err(Error::Protocol(format!(
+                "log stream: unexpected line '{}'",
+                truncate_for_display(line)
+            )));
         }
     }
 }
