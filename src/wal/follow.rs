@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::format::check_line;
 use super::lines::read_lines;
-use super::{io_error, Record, FOLLOW_BATCH};
+use super::{io_error, Record, FOLLOW_BATCH, FOLLOW_BATCH_BYTES};
 use crate::Result;
 
 /// Follows a log file written by another process (the backup master polls the primary's file).
@@ -164,7 +164,7 @@ impl Follower {
     }
 
     /// Reads from `consumed` to the end of the file and applies the complete lines, in batches
-    /// of up to [`FOLLOW_BATCH`]. `consumed`, `lines` and `applied_seq` move past a batch only
+    /// of up to [`FOLLOW_BATCH`] records or [`FOLLOW_BATCH_BYTES`]. `consumed`, `lines` and `applied_seq` move past a batch only
     /// once it is applied; a batch that fails is read again by the next poll.
     fn read_new(&mut self, len: u64, apply: &mut ApplyBatch<'_>) -> Result<usize> {
         let Follower { path, file, consumed, lines, prev_seq, applied_seq, skip_through, len: seen_len, buf } =
@@ -177,6 +177,7 @@ impl Follower {
         let lines_before = *lines;
         // Read but not applied: the records, and where their last line ends.
         let mut batch = Vec::new();
+        let mut batch_bytes = 0;
         let mut read = Applied { consumed: *consumed, lines: *lines, seq: *applied_seq, prev: *prev_seq };
         let mut done = read;
         let mut failed = false;
@@ -198,14 +199,16 @@ impl Follower {
                 let (seq, record) = check_line(path, line, number, offset, &mut read.prev)?;
                 if seq > *skip_through {
                     batch.push((seq, record));
+                    batch_bytes += line.len();
                     read.seq = seq;
                 }
                 read.consumed = offset + line.len() as u64 + 1;
                 read.lines = number;
-                if batch.len() >= FOLLOW_BATCH {
+                if batch.len() >= FOLLOW_BATCH || batch_bytes >= FOLLOW_BATCH_BYTES {
                     let n = batch.len();
                     let result = apply(&mut batch);
                     batch.clear();
+                    batch_bytes = 0;
                     failed = result.is_err();
                     result?;
                     applied += n;

@@ -3,7 +3,8 @@
 //! The master appends a [`Record`] to its log with [`Wal::append`] before it answers the client,
 //! and rebuilds its state at start-up by replaying the file with [`Wal::open`]. The backup
 //! master reads the primary's file as it grows with a [`Follower`] and copies each record into
-//! its own log with the same seq ([`Wal::append_at`]), so the two logs agree record for record.
+//! its own log with the same seq, in batches ([`Wal::append_copied`]), so the two logs agree record
+//! for record.
 //! [`Wal::compact`] replaces the file with a shorter one while appends go on. This module owns
 //! the file and its format; what a record *means* is the caller's business (one function of
 //! the master, `master::apply_record`, decides it for replay and following alike).
@@ -185,9 +186,13 @@ use lines::{read_lines, read_retrying};
 pub const READ_BUFFER: usize = 1 << 20;
 
 /// Most records a follower (of the file, or of the stream) copies in one batch: one append to
-/// its own log and one hold of its state's locks. Bounds the records held in memory between
-/// reading and applying them.
+/// its own log and one hold of its state's locks.
 pub const FOLLOW_BATCH: usize = 1024;
+
+/// A follower's batch is applied once its lines hold this many bytes, even if it has fewer than
+/// [`FOLLOW_BATCH`] records: what is held in memory between reading and applying stays bounded
+/// with values of any size.
+pub const FOLLOW_BATCH_BYTES: usize = 1 << 20;
 
 /// How often, at most, the `everysec` background thread calls `fdatasync`: the most an operating
 /// system crash can lose. It syncs only if something was appended since the last sync.
@@ -1652,6 +1657,18 @@ mod tests {
         assert!(matches!(watch.poll(), Err(Error::Corrupt(_))));
         assert_eq!(watch.follower.last_seq(), n + 2);
         assert_eq!(watch.follower.lag_bytes(), "not a record\n".len() as u64);
+    }
+
+    #[test]
+    fn a_follower_batch_is_bounded_in_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal");
+        let value = "v".repeat(FOLLOW_BATCH_BYTES * 3 / 5);
+        let text: String = (1..=3).map(|seq| format!("{seq} SET k{seq} {value}\n")).collect();
+        append_bytes(&path, text.as_bytes());
+        let mut watch = Watch::new(&path);
+        assert_eq!(watch.poll().expect("poll"), Poll::Applied(3));
+        assert_eq!(watch.batches, vec![2, 1]);
     }
 
     #[test]

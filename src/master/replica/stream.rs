@@ -228,11 +228,14 @@ pub fn follow_stream(shared: &Shared, addr: &str, mut keep_going: impl FnMut(At)
     )?;
     stream.set_read_timeout(Some(STREAM_SILENCE))?;
     // Records read but not applied yet: applied together when no further line is buffered, at
-    // `FOLLOW_BATCH`, and before any other line.
+    // `FOLLOW_BATCH` records or `FOLLOW_BATCH_BYTES`, and before any other line.
     let mut batch = Vec::new();
+    let mut batch_bytes = 0;
     loop {
-        if !batch.is_empty() && (batch.len() >= wal::FOLLOW_BATCH || !reader.has_buffered_line()) {
+        let full = batch.len() >= wal::FOLLOW_BATCH || batch_bytes >= wal::FOLLOW_BATCH_BYTES;
+        if !batch.is_empty() && (full || !reader.has_buffered_line()) {
             shared.apply_records(&mut batch)?;
+            batch_bytes = 0;
         }
         let line = match reader.read_line() {
             Ok(Some(line)) => line,
@@ -244,10 +247,12 @@ pub fn follow_stream(shared: &Shared, addr: &str, mut keep_going: impl FnMut(At)
             Err(LineError::Io(e)) => return Err(Error::Io(e)),
         };
         if line.first().is_some_and(u8::is_ascii_digit) {
+            batch_bytes += line.len();
             batch.push(wal::decode(line).map_err(|e| Error::Protocol(format!("log stream: {e}")))?);
             continue;
         }
         shared.apply_records(&mut batch)?;
+        batch_bytes = 0;
         if line == b"RESET" {
             shared.reset_state()?;
         } else if let Some(rest) = line.strip_prefix(b"AT ") {
