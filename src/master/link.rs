@@ -31,7 +31,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::escape::push_u64;
-use crate::peer::{encode_body, Command, Outcome};
+use crate::peer::{encode_body, Command, Outcome, Stamp};
 
 /// A [`Link`]'s state: connected, being resynced (it takes writes but serves no reads).
 const SYNCING: u8 = 0;
@@ -339,19 +339,70 @@ impl Link {
         self.enqueue(rid, Some(waiter), |out| out.extend_from_slice(body))
     }
 
+    /// Sends stores (a resync's keys: `(rid, stamp, key, value)`, a `None` value being a
+    /// deletion) with as few `write(2)`s as one request: each reply reaches `reply_to`. One
+    /// system call per key bounded a resync's rate (85% of the master's resync thread).
+    pub fn send_stores<'a, I>(&self, epoch: u64, stores: I, reply_to: &Sender<Ack>) -> bool
+    where
+        I: Iterator<Item = (u64, Stamp, &'a str, Option<&'a [u8]>)> + Clone,
+    {
+        let rids: Vec<u64> = stores.clone().map(|(rid, ..)| rid).collect();
+        self.enqueue_all(
+            &rids,
+            || Some(Waiter::new(reply_to, None)),
+            |out| {
+                for (rid, stamp, key, value) in stores {
+                    push_u64(out, rid);
+                    out.push(b' ');
+                    crate::peer::encode_store_body(epoch, stamp, key, value, out);
+                }
+            },
+        )
+    }
+
     /// Registers the requester, appends `<rid> ` and the body written by `encode` to the
     /// outbox, and writes the outbox out unless another thread is already doing so.
     fn enqueue(&self, rid: u64, waiter: Option<Waiter>, encode: impl FnOnce(&mut Vec<u8>)) -> bool {
+        let rids: &[u64] = if waiter.is_some() { &[rid] } else { &[] };
+        let mut waiter = waiter;
+        self.enqueue_all(
+            rids,
+            || waiter.take(),
+            |out| {
+                push_u64(out, rid);
+                out.push(b' ');
+                encode(out);
+            },
+        )
+    }
+
+    /// Registers a waiter made by `waiter` for each of `rids`, appends the requests `encode`
+    /// writes (each `<rid> <body>`) to the outbox, and writes the outbox out unless another
+    /// thread is already doing so.
+    fn enqueue_all(
+        &self,
+        rids: &[u64],
+        mut waiter: impl FnMut() -> Option<Waiter>,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> bool {
         if !self.is_alive() {
             return false;
         }
-        if let Some(waiter) = waiter {
-            self.pending.lock().insert(rid, waiter);
-            // A kill that ran between the check above and the insert did not see this entry.
-            if !self.is_alive() {
-                self.forget(rid);
-                return false;
+        if !rids.is_empty() {
+            let mut pending = self.pending.lock();
+            for &rid in rids {
+                if let Some(w) = waiter() {
+                    pending.insert(rid, w);
+                }
             }
+        }
+        // A kill that ran between the check above and the inserts did not see these entries.
+        if !rids.is_empty() && !self.is_alive() {
+            let mut pending = self.pending.lock();
+            for rid in rids {
+                pending.remove(rid);
+            }
+            return false;
         }
         let mut outbox = self.outbox.lock();
         while outbox.writing && outbox.queued.len() >= OUTBOX_LIMIT {
@@ -360,11 +411,9 @@ impl Link {
             }
             self.drained.wait(&mut outbox);
         }
-        push_u64(&mut outbox.queued, rid);
-        outbox.queued.push(b' ');
         encode(&mut outbox.queued);
         if outbox.writing {
-            // The writer at work takes this request with its next batch.
+            // The writer at work takes these requests with its next batch.
             return true;
         }
         outbox.writing = true;

@@ -168,6 +168,9 @@ fn read_replies(shared: &Shared, link: &Link, reader: &mut LineReader<TcpStream>
 /// and the slave busy (they are combined into large sends and answered in large batches).
 pub const RESYNC_WINDOW: usize = 4096;
 
+/// Keys a resync sends with one `write(2)` (each still its own request and acknowledgement).
+pub const RESYNC_SEND_BATCH: usize = 256;
+
 /// Starts sending `link` what it lacks, on a thread of its own (once per connection).
 pub fn start_resync(shared: &Arc<Shared>, link: &Arc<Link>) {
     if !link.claim_resync() {
@@ -207,17 +210,22 @@ fn resync(shared: &Arc<Shared>, link: &Arc<Link>) {
     let mut sent = 0u64;
     loop {
         while in_flight.len() < RESYNC_WINDOW {
-            let Some((key, state)) = iter.next() else {
+            // Up to RESYNC_SEND_BATCH keys in one send.
+            let room = (RESYNC_WINDOW - in_flight.len()).min(RESYNC_SEND_BATCH);
+            let chunk: Vec<(u64, String, crate::master::index::KeyState)> =
+                iter.by_ref().take(room).map(|(key, state)| (shared.rid(), key, state)).collect();
+            if chunk.is_empty() {
                 break;
-            };
-            let (stamp, value) = state.latest;
-            let command = Command::store(stamp, &key, value.as_deref());
-            let rid = shared.rid();
-            if !link.send(rid, epoch, &command, Some(&tx)) {
+            }
+            let stores =
+                chunk.iter().map(|(rid, key, s)| (*rid, s.latest.0, key.as_str(), s.latest.1.as_deref()));
+            if !link.send_stores(epoch, stores, &tx) {
                 return;
             }
-            in_flight.insert(rid, (key, stamp));
-            sent += 1;
+            sent += chunk.len() as u64;
+            for (rid, key, state) in chunk {
+                in_flight.insert(rid, (key, state.latest.0));
+            }
             link.resync_keys.store(sent, Ordering::Relaxed);
         }
         if in_flight.is_empty() {
