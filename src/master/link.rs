@@ -231,6 +231,10 @@ pub struct Link {
     pub requests: AtomicU64,
     /// What the slave said it held when it registered (see [`crate::peer::Registration::held`]).
     pub held: crate::peer::Stamp,
+    /// The slave registered storing nothing (its highest seq 0): no key it holds can be newer
+    /// than the log's, so its resync may send `MSET`s, whose one acknowledgement reports no
+    /// key's stamp.
+    pub stores_nothing: bool,
     /// The keys the slave said it holds in its last answer to a heartbeat.
     pub keys: AtomicU64,
     /// The last sync position this connection's heartbeats told the slave (`PING <seq>`): it
@@ -262,6 +266,7 @@ impl Link {
             lease_until_us: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             held: crate::peer::Stamp::default(),
+            stores_nothing: false,
             keys: AtomicU64::new(0),
             resync_keys: AtomicU64::new(0),
             synced_seq: AtomicU64::new(0),
@@ -270,9 +275,10 @@ impl Link {
         }
     }
 
-    /// The link of a slave that holds `held`.
-    pub fn holding(mut self, held: crate::peer::Stamp) -> Link {
+    /// The link of a slave that holds `held`, and stores nothing at all if `stores_nothing`.
+    pub fn holding(mut self, held: crate::peer::Stamp, stores_nothing: bool) -> Link {
         self.held = held;
+        self.stores_nothing = stores_nothing;
         self
     }
 

@@ -21,7 +21,10 @@ use crossbeam_channel::unbounded;
 use super::link::Link;
 use super::{Role, Shared, HEARTBEAT_MISSES};
 use crate::framing::{LineError, LineReader};
-use crate::peer::{Command, Outcome, Registration, Response};
+use crate::master::index::KeyState;
+use crate::peer::{
+    batch_item_bound, encode_batch_body, Command, Outcome, Registration, Response, Stamp, MAX_BATCH_BYTES,
+};
 use crate::wal::Record;
 
 /// Registers a slave and then reads its replies until the connection ends. Runs on the
@@ -91,7 +94,8 @@ pub fn serve_slave(
         // that is not a failure, so its silence is counted from after that wait.
         let grace = crate::peer::LEASE.as_micros() as u64;
         let link = Arc::new(
-            Link::new(hello.id.clone(), slot, write_half, shared.now_us() + grace).holding(hello.held),
+            Link::new(hello.id.clone(), slot, write_half, shared.now_us() + grace)
+                .holding(hello.held, hello.max_seq == 0),
         );
         // A slave that holds writes the log lost (an OS crash with --fsync never) must never
         // see their versions reused.
@@ -168,8 +172,14 @@ fn read_replies(shared: &Shared, link: &Link, reader: &mut LineReader<TcpStream>
 /// and the slave busy (they are combined into large sends and answered in large batches).
 pub const RESYNC_WINDOW: usize = 4096;
 
-/// Keys a resync sends with one `write(2)` (each still its own request and acknowledgement).
+/// Keys a resync sends with one `write(2)`: one `MSET` to a slave that registered empty, else
+/// that many requests (each with its own acknowledgement).
 pub const RESYNC_SEND_BATCH: usize = 256;
+
+/// What a key takes in an `MSET` ([`batch_item_bound`]).
+fn batch_size(key: &str, state: &KeyState) -> usize {
+    batch_item_bound(key, state.latest.1.as_deref())
+}
 
 /// Starts sending `link` what it lacks, on a thread of its own (once per connection).
 pub fn start_resync(shared: &Arc<Shared>, link: &Arc<Link>) {
@@ -197,35 +207,65 @@ fn resync(shared: &Arc<Shared>, link: &Arc<Link>) {
     // to the link by its writer.
     let keys = shared.index.lock().select(|s| s.latest.0.seq > from);
     log::info!(
-        "resyncing slave {}: {} keys above seq {from} (it holds epoch {}'s log up to seq {})",
+        "resyncing slave {}: {} keys above seq {from} (it holds epoch {}'s log up to seq {}{})",
         link.id,
         keys.len(),
         link.held.epoch,
-        link.held.seq
+        link.held.seq,
+        if link.stores_nothing { "; it stores nothing: keys go as MSETs" } else { "" }
     );
     let (tx, rx) = unbounded();
-    let mut in_flight = std::collections::HashMap::new();
-    let mut iter = keys.into_iter();
+    // Request id -> the keys it carries (one, or an MSET's), with their stamps.
+    let mut in_flight: std::collections::HashMap<u64, Vec<(String, Stamp)>> = Default::default();
+    let mut in_flight_keys = 0;
+    let mut iter = keys.into_iter().peekable();
     let stall = shared.config.ack_timeout * super::WRITE_DEADLINE_ACK_TIMEOUTS;
     let mut sent = 0u64;
+    let mut body = Vec::new();
     loop {
-        while in_flight.len() < RESYNC_WINDOW {
-            // Up to RESYNC_SEND_BATCH keys in one send.
-            let room = (RESYNC_WINDOW - in_flight.len()).min(RESYNC_SEND_BATCH);
-            let chunk: Vec<(u64, String, crate::master::index::KeyState)> =
-                iter.by_ref().take(room).map(|(key, state)| (shared.rid(), key, state)).collect();
-            if chunk.is_empty() {
-                break;
-            }
-            let stores =
-                chunk.iter().map(|(rid, key, s)| (*rid, s.latest.0, key.as_str(), s.latest.1.as_deref()));
-            if !link.send_stores(epoch, stores, &tx) {
+        while in_flight_keys < RESYNC_WINDOW && iter.peek().is_some() {
+            let room = (RESYNC_WINDOW - in_flight_keys).min(RESYNC_SEND_BATCH);
+            let (ok, n) = if link.stores_nothing {
+                // An empty slave cannot hold a newer copy of any key: the keys go as MSETs,
+                // one request and one acknowledgement for each.
+                let mut chunk = Vec::new();
+                let mut bytes = 0;
+                while let Some((key, state)) =
+                    iter.next_if(|(k, s)| chunk.is_empty() || bytes + batch_size(k, s) <= MAX_BATCH_BYTES)
+                {
+                    bytes += batch_size(&key, &state);
+                    chunk.push((key, state.latest));
+                    if chunk.len() == room {
+                        break;
+                    }
+                }
+                let rid = shared.rid();
+                body.clear();
+                let writes =
+                    chunk.iter().map(|(key, (stamp, value))| (*stamp, key.as_str(), value.as_deref()));
+                encode_batch_body(epoch, writes, &mut body);
+                let ok = link.send_body(rid, &body, Some(&tx));
+                let n = chunk.len();
+                in_flight.insert(rid, chunk.into_iter().map(|(key, (stamp, _))| (key, stamp)).collect());
+                (ok, n)
+            } else {
+                // Each key its own request, so a key the slave holds newer is reported.
+                let chunk: Vec<(u64, String, KeyState)> =
+                    iter.by_ref().take(room).map(|(key, state)| (shared.rid(), key, state)).collect();
+                let stores =
+                    chunk.iter().map(|(rid, key, s)| (*rid, s.latest.0, key.as_str(), s.latest.1.as_deref()));
+                let ok = link.send_stores(epoch, stores, &tx);
+                let n = chunk.len();
+                for (rid, key, state) in chunk {
+                    in_flight.insert(rid, vec![(key, state.latest.0)]);
+                }
+                (ok, n)
+            };
+            if !ok {
                 return;
             }
-            sent += chunk.len() as u64;
-            for (rid, key, state) in chunk {
-                in_flight.insert(rid, (key, state.latest.0));
-            }
+            in_flight_keys += n;
+            sent += n as u64;
             link.resync_keys.store(sent, Ordering::Relaxed);
         }
         if in_flight.is_empty() {
@@ -233,12 +273,14 @@ fn resync(shared: &Arc<Shared>, link: &Arc<Link>) {
         }
         match rx.recv_timeout(stall) {
             Ok(ack) => {
-                let Some((key, stamp)) = in_flight.remove(&ack.rid) else { continue };
+                let Some(keys) = in_flight.remove(&ack.rid) else { continue };
+                in_flight_keys -= keys.len();
                 match ack.outcome {
-                    Outcome::Ok(kept) if kept > stamp => {
+                    Outcome::Ok(kept) if keys.len() == 1 && kept > keys[0].1 => {
                         // A write this log never had, left by a master that was deposed before
                         // it was acknowledged: the slave keeps it over ours. Writing the key
                         // again in this epoch replaces it everywhere.
+                        let (key, stamp) = keys.into_iter().next().expect("one key");
                         log::warn!(
                             "slave {} holds a newer '{key}' ({kept}) than the log ({stamp}); rewriting it",
                             link.id
@@ -246,12 +288,18 @@ fn resync(shared: &Arc<Shared>, link: &Arc<Link>) {
                         shared.stale_keys.lock().insert(key);
                     }
                     Outcome::Ok(_) => {}
+                    Outcome::Applied(n) if n == keys.len() as u64 => {}
                     Outcome::Fenced(newer) => return shared.step_down(newer),
                     Outcome::Err(why) => {
-                        // The slave could not take this one record (it cannot happen with
+                        // The slave could not take these records (it cannot happen with
                         // agreeing limits; see crate::limits). Killing the link would only
-                        // send it again after the reconnect, for ever: skip it.
-                        log::error!("slave {} refused {key} in its resync, skipped: {why}", link.id);
+                        // send them again after the reconnect, for ever: skip them.
+                        let first = &keys[0].0;
+                        log::error!(
+                            "slave {} refused {} key(s) from '{first}' in its resync, skipped: {why}",
+                            link.id,
+                            keys.len()
+                        );
                     }
                     other => {
                         link.kill(&format!("resync write failed: {other:?}"));
