@@ -12,9 +12,9 @@
 //! replies in order once acknowledged. The next run is sent while the slaves apply this one
 //! (`MAX_RUNS_IN_FLIGHT`); every run is settled before any other request (so a read that
 //! follows sees them) and before the connection waits for its client. A lone write is left
-//! to the slave reader that completes its quorum (`ops::PendingWrite`). A RESP `MSET` is split into runs by the same bounds. Replies are
-//! buffered while further requests are, and written when the connection would otherwise
-//! wait, or at [`MAX_PENDING_REPLY_BYTES`].
+//! to the slave reader that completes its quorum (`ops::PendingWrite`). A RESP `MSET` is
+//! split into runs by the same bounds. Replies are buffered while further requests are, and
+//! written when the connection would otherwise wait, or at [`MAX_PENDING_REPLY_BYTES`].
 //!
 //! Errors in RESP: dsm's refusals carry the codes Redis clients act on. A standby answers
 //! `-READONLY ... the primary is <addr>` (Redis's reply from a replica: Sentinel-aware clients

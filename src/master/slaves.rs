@@ -215,8 +215,8 @@ fn resync(shared: &Arc<Shared>, link: &Arc<Link>) {
         if link.stores_nothing { "; it stores nothing: keys go as MSETs" } else { "" }
     );
     let (tx, rx) = unbounded();
-    // Request id -> the keys it carries (one, or an MSET's), with their stamps.
-    let mut in_flight: std::collections::HashMap<u64, Vec<(String, Stamp)>> = Default::default();
+    // Request id -> the key it carries (the first of an MSET's), its stamp, and how many keys.
+    let mut in_flight: std::collections::HashMap<u64, (String, Stamp, usize)> = Default::default();
     let mut in_flight_keys = 0;
     let mut iter = keys.into_iter().peekable();
     let stall = shared.config.ack_timeout * super::WRITE_DEADLINE_ACK_TIMEOUTS;
@@ -230,6 +230,7 @@ fn resync(shared: &Arc<Shared>, link: &Arc<Link>) {
                 // one request and one acknowledgement for each.
                 let mut chunk = Vec::new();
                 let mut bytes = 0;
+                // (`chunk` is never empty after this: the first key always goes.)
                 while let Some((key, state)) =
                     iter.next_if(|(k, s)| chunk.is_empty() || bytes + batch_size(k, s) <= MAX_BATCH_BYTES)
                 {
@@ -246,7 +247,8 @@ fn resync(shared: &Arc<Shared>, link: &Arc<Link>) {
                 encode_batch_body(epoch, writes, &mut body);
                 let ok = link.send_body(rid, &body, Some(&tx));
                 let n = chunk.len();
-                in_flight.insert(rid, chunk.into_iter().map(|(key, (stamp, _))| (key, stamp)).collect());
+                let (first, (stamp, _)) = chunk.swap_remove(0);
+                in_flight.insert(rid, (first, stamp, n));
                 (ok, n)
             } else {
                 // Each key its own request, so a key the slave holds newer is reported.
@@ -257,7 +259,7 @@ fn resync(shared: &Arc<Shared>, link: &Arc<Link>) {
                 let ok = link.send_stores(epoch, stores, &tx);
                 let n = chunk.len();
                 for (rid, key, state) in chunk {
-                    in_flight.insert(rid, vec![(key, state.latest.0)]);
+                    in_flight.insert(rid, (key, state.latest.0, 1));
                 }
                 (ok, n)
             };
@@ -273,14 +275,13 @@ fn resync(shared: &Arc<Shared>, link: &Arc<Link>) {
         }
         match rx.recv_timeout(stall) {
             Ok(ack) => {
-                let Some(keys) = in_flight.remove(&ack.rid) else { continue };
-                in_flight_keys -= keys.len();
+                let Some((key, stamp, n)) = in_flight.remove(&ack.rid) else { continue };
+                in_flight_keys -= n;
                 match ack.outcome {
-                    Outcome::Ok(kept) if keys.len() == 1 && kept > keys[0].1 => {
+                    Outcome::Ok(kept) if kept > stamp => {
                         // A write this log never had, left by a master that was deposed before
                         // it was acknowledged: the slave keeps it over ours. Writing the key
                         // again in this epoch replaces it everywhere.
-                        let (key, stamp) = keys.into_iter().next().expect("one key");
                         log::warn!(
                             "slave {} holds a newer '{key}' ({kept}) than the log ({stamp}); rewriting it",
                             link.id
@@ -288,17 +289,15 @@ fn resync(shared: &Arc<Shared>, link: &Arc<Link>) {
                         shared.stale_keys.lock().insert(key);
                     }
                     Outcome::Ok(_) => {}
-                    Outcome::Applied(n) if n == keys.len() as u64 => {}
+                    Outcome::Applied(applied) if applied == n as u64 => {}
                     Outcome::Fenced(newer) => return shared.step_down(newer),
                     Outcome::Err(why) => {
                         // The slave could not take these records (it cannot happen with
                         // agreeing limits; see crate::limits). Killing the link would only
                         // send them again after the reconnect, for ever: skip them.
-                        let first = &keys[0].0;
                         log::error!(
-                            "slave {} refused {} key(s) from '{first}' in its resync, skipped: {why}",
-                            link.id,
-                            keys.len()
+                            "slave {} refused {n} key(s) from '{key}' in its resync, skipped: {why}",
+                            link.id
                         );
                     }
                     other => {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::format::check_line;
 use super::lines::read_lines;
-use super::{io_error, Record, FOLLOW_BATCH, FOLLOW_BATCH_BYTES};
+use super::{follow_batch_full, io_error, Record};
 use crate::Result;
 
 /// Follows a log file written by another process (the backup master polls the primary's file).
@@ -164,7 +164,7 @@ impl Follower {
     }
 
     /// Reads from `consumed` to the end of the file and applies the complete lines, in batches
-    /// of up to [`FOLLOW_BATCH`] records or [`FOLLOW_BATCH_BYTES`]. `consumed`, `lines` and `applied_seq` move past a batch only
+    /// ([`follow_batch_full`]). `consumed`, `lines` and `applied_seq` move past a batch only
     /// once it is applied; a batch that fails is read again by the next poll.
     fn read_new(&mut self, len: u64, apply: &mut ApplyBatch<'_>) -> Result<usize> {
         let Follower { path, file, consumed, lines, prev_seq, applied_seq, skip_through, len: seen_len, buf } =
@@ -204,7 +204,7 @@ impl Follower {
                 }
                 read.consumed = offset + line.len() as u64 + 1;
                 read.lines = number;
-                if batch.len() >= FOLLOW_BATCH || batch_bytes >= FOLLOW_BATCH_BYTES {
+                if follow_batch_full(batch.len(), batch_bytes) {
                     let n = batch.len();
                     let result = apply(&mut batch);
                     batch.clear();

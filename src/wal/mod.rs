@@ -194,6 +194,11 @@ pub const FOLLOW_BATCH: usize = 1024;
 /// with values of any size.
 pub const FOLLOW_BATCH_BYTES: usize = 1 << 20;
 
+/// Whether a follower's batch of `records` read from `bytes` of lines is to be applied now.
+pub fn follow_batch_full(records: usize, bytes: usize) -> bool {
+    records >= FOLLOW_BATCH || bytes >= FOLLOW_BATCH_BYTES
+}
+
 /// How often, at most, the `everysec` background thread calls `fdatasync`: the most an operating
 /// system crash can lose. It syncs only if something was appended since the last sync.
 pub const FSYNC_INTERVAL: Duration = Duration::from_secs(1);

@@ -3,9 +3,10 @@
 //!
 //! A master that is not serving (a backup, or a primary catching up after a failure) keeps its
 //! log and index a copy of another master's log: it copies records in batches with their seqs
-//! ([`Shared::apply_records`](crate::master::Shared::apply_records)) and starts over when told the log is another history
-//! ([`Shared::reset_state`](crate::master::Shared::reset_state)). Records come from a file it polls ([`crate::wal::Follower`]) or
-//! over TCP from the other master ([`serve_stream`] / [`follow_stream`]):
+//! ([`Shared::apply_records`](crate::master::Shared::apply_records)) and starts over when told
+//! the log is another history ([`Shared::reset_state`](crate::master::Shared::reset_state)).
+//! Records come from a file it polls ([`crate::wal::Follower`]) or over TCP from the other
+//! master ([`serve_stream`] / [`follow_stream`]):
 //!
 //! ```text
 //! -> STREAM [<epoch> <epoch-seq> <last-seq>]

@@ -227,12 +227,12 @@ pub fn follow_stream(shared: &Shared, addr: &str, mut keep_going: impl FnMut(At)
         shared.config.secret.as_ref(),
     )?;
     stream.set_read_timeout(Some(STREAM_SILENCE))?;
-    // Records read but not applied yet: applied together when no further line is buffered, at
-    // `FOLLOW_BATCH` records or `FOLLOW_BATCH_BYTES`, and before any other line.
+    // Records read but not applied yet: applied together when no further line is buffered, when
+    // the batch is full (`wal::follow_batch_full`), and before any other line.
     let mut batch = Vec::new();
     let mut batch_bytes = 0;
     loop {
-        let full = batch.len() >= wal::FOLLOW_BATCH || batch_bytes >= wal::FOLLOW_BATCH_BYTES;
+        let full = wal::follow_batch_full(batch.len(), batch_bytes);
         if !batch.is_empty() && (full || !reader.has_buffered_line()) {
             shared.apply_records(&mut batch)?;
             batch_bytes = 0;
