@@ -7,6 +7,17 @@
 //! the workspace's other crate, `dsm-testkit` (`testkit/`). A master serves its counters,
 //! latency histograms and state to Prometheus with `--metrics-listen` ([`metrics`]).
 
+/// Every program linking dsm allocates with mimalloc (built without transparent huge pages).
+/// The servers allocate per key (the key, the value, the table entries) and a bulk load keeps
+/// touching fresh memory. Measured 2026-12-07, 1,000,000-key load (16 connections, 100 writes
+/// per send; master, backup, 3 slaves), six alternating pairs against glibc's malloc: mimalloc
+/// won five, median 253,000 against 224,000 keys/s, CPU per million keys 7.5 s against 8.4 s.
+/// jemalloc was no faster than glibc here, and huge pages (jemalloc `thp:always`, mimalloc's
+/// default, glibc `malloc.hugetlb`) made the load slower and the master 40% bigger: a first
+/// touch of memory costs this VM about the same per byte whatever the page size.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod auth;
 pub mod backup;
 pub mod client;
