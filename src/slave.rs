@@ -323,7 +323,8 @@ impl Node {
         }
         let mut sent = 0;
         for (key, entry) in self.store.iter().filter(|(_, e)| scan_wants(e.stamp, log.0, log.1, log.2)) {
-            let outcome = Outcome::Item { stamp: entry.stamp, key: key.clone(), value: entry.value.clone() };
+            let outcome =
+                Outcome::Item { stamp: entry.stamp, key: key.to_string(), value: entry.value.clone() };
             Response { rid, outcome }.encode_into(out);
             sent += 1;
         }

@@ -104,7 +104,7 @@ impl Index {
 
     /// Keys for which `pred` holds, with their state (for a resync).
     pub fn select(&self, mut pred: impl FnMut(&KeyState) -> bool) -> Vec<(String, KeyState)> {
-        self.map.iter().filter(|(_, s)| pred(s)).map(|(k, s)| (k.clone(), s.clone())).collect()
+        self.map.iter().filter(|(_, s)| pred(s)).map(|(k, s)| (k.to_string(), s.clone())).collect()
     }
 
     /// Whether a write stamped `stamp` is newer than everything logged for `key` (a write a
@@ -121,7 +121,7 @@ impl Index {
             .map
             .iter()
             .filter(|(_, s)| s.latest.0.seq <= upto)
-            .map(|(k, s)| (s.latest.0.seq, k.clone(), s.latest.1.clone()))
+            .map(|(k, s)| (s.latest.0.seq, k.to_string(), s.latest.1.clone()))
             .collect();
         all.sort_unstable_by_key(|e| e.0);
         all
