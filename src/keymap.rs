@@ -81,7 +81,7 @@ fn table_hash(short: u32) -> u64 {
 /// third of a slave's CPU time in a bulk load, and a random seed keeps client-chosen keys from
 /// being picked to collide.
 ///
-/// Keys and values are kept apart from the tables, in chunks of [`CHUNK`] items filled in
+/// Keys and values are kept apart from the tables, in chunks of 4,096 items (`CHUNK`) filled in
 /// insertion order (a key is never removed: deletes are kept as tombstones by the users of the
 /// map); a table slot is the item's index and 32 bits of its hash. A new key is written where
 /// the last one was (not at a random place in a big table), a table that grows moves 8 bytes
