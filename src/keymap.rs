@@ -222,16 +222,6 @@ impl<V> KeyMap<V> {
         }
     }
 
-    /// Stores `value` under `key`, which must be absent (checked in debug builds only): an
-    /// insert without a lookup first.
-    pub fn insert_new(&mut self, key: String, value: V) {
-        let h = self.hash(&key);
-        self.grow_early(h.shard);
-        debug_assert!(self.find(&key).is_none(), "{key} is present");
-        let index = push(&mut self.items, Item { key: CompactString::from(key), value });
-        self.tables[h.shard].insert_unique(h.table(), Slot { index, hash: h.short }, |s| table_hash(s.hash));
-    }
-
     /// Every key and value, in the order the keys were first inserted.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
         self.items.iter().flatten().map(|item| (item.key.as_str(), &item.value))
@@ -270,7 +260,7 @@ mod tests {
             assert_eq!(m.get(&format!("k{i}")), Some(&i));
         }
         assert_eq!(m.insert("k7", 70), Some(7));
-        m.insert_new("k50001".to_string(), 1);
+        assert_eq!(m.insert("k50001", 1), None);
         assert_eq!((m.len(), m.get("k50001")), (50_001, Some(&1)));
         if let Entry::Vacant(slot) = m.entry("k50001x") {
             *slot.insert(4) += 1;

@@ -47,14 +47,17 @@ impl Index {
     pub fn replay(&mut self, key: String, stamp: Stamp, value: Value) {
         self.live += usize::from(value.is_some());
         let entry = (stamp, value);
-        match self.map.get_mut(&key) {
-            // Most records of a long log overwrite a key already known: no allocation then.
-            Some(s) => {
+        // One lookup whether the key is known or new (a key of up to 24 bytes is stored
+        // without an allocation either way).
+        match self.map.entry(&key) {
+            Entry::Occupied(s) => {
                 self.live -= usize::from(s.committed.1.is_some());
                 *s = KeyState { latest: entry.clone(), committed: entry };
                 self.superseded += 1;
             }
-            None => self.map.insert_new(key, KeyState { latest: entry.clone(), committed: entry }),
+            Entry::Vacant(slot) => {
+                slot.insert(KeyState { latest: entry.clone(), committed: entry });
+            }
         }
     }
 
