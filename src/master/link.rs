@@ -147,8 +147,13 @@ impl AckCount {
         self.finish.lock().take()
     }
 
-    /// True once a reader has run the finish (the writer waits for this before it goes on,
-    /// since the finish may leave part of the answer for it to send).
+    /// True once the acknowledgements make the quorum: the reader whose acknowledgement did
+    /// runs the finish, unless the writer took it first.
+    pub fn reached(&self) -> bool {
+        self.acked().count_ones() as usize >= self.need
+    }
+
+    /// True once a reader has run the finish.
     pub fn finished(&self) -> bool {
         self.finished.load(Ordering::Acquire)
     }

@@ -59,27 +59,61 @@ const SETTLE_AFTER: Duration = Duration::from_millis(100);
 pub(super) struct SessionStream {
     stream: TcpStream,
     pending: Option<ops::PendingWrite>,
+    /// Rounds this connection combined for others and still owes (see `ops::OwedRounds`).
+    owed: Option<ops::OwedRounds>,
     /// Whether the socket's read timeout is set.
     polling: bool,
 }
 
 impl SessionStream {
     fn new(stream: TcpStream) -> SessionStream {
-        SessionStream { stream, pending: None, polling: false }
+        SessionStream { stream, pending: None, owed: None, polling: false }
     }
 
-    /// Settles the pending write, if any: returns once it is answered.
+    /// Settles the pending write, if any: returns once it is answered. Rounds owed for others
+    /// are settled if they are due.
     fn settle(&mut self) {
         if let Some(pending) = self.pending.take() {
-            pending.settle();
+            let owed = pending.settle();
+            match &mut self.owed {
+                Some(all) => all.absorb(owed),
+                None => self.owed = Some(owed),
+            }
         }
+        if let Some(owed) = &mut self.owed {
+            owed.settle(false);
+            if owed.is_empty() {
+                self.owed = None;
+            }
+        }
+    }
+
+    /// Settles the pending write and every owed round: before the connection ends.
+    fn settle_all(&mut self) {
+        self.settle();
+        if let Some(mut owed) = self.owed.take() {
+            owed.settle(true);
+        }
+    }
+
+    /// Whether something waits to be settled by this thread.
+    fn owes(&self) -> bool {
+        self.pending.is_some() || self.owed.is_some()
+    }
+}
+
+impl Drop for SessionStream {
+    /// However the connection ends, the writes it answers for (its own, and those of the
+    /// rounds it owes) are answered.
+    fn drop(&mut self) {
+        self.settle_all();
     }
 }
 
 impl Read for SessionStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            if self.pending.is_some() && !self.polling {
+            if self.owes() && !self.polling {
                 self.stream.set_read_timeout(Some(SETTLE_AFTER))?;
                 self.polling = true;
             }
@@ -88,7 +122,7 @@ impl Read for SessionStream {
                     if self.polling
                         && matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
                 {
-                    if self.pending.is_some() {
+                    if self.owes() {
                         self.settle();
                     } else {
                         // Idle: sleep until the client sends something.
@@ -235,7 +269,7 @@ impl<'a> Session<'a> {
             // Whatever came, the last write is answered before anything else.
             self.reader.get_mut().settle();
         }
-        self.reader.get_mut().settle();
+        self.reader.get_mut().settle_all();
         let _ = self.client.stream().write_all(&self.out);
     }
 
@@ -523,7 +557,7 @@ impl<'a> Session<'a> {
                         ops::Answer::Reply(Reply::Ok(_)) => deleted += 1,
                         ops::Answer::Reply(Reply::NotFound) => {}
                         // Not without a connection to answer on.
-                        ops::Answer::Pending(pending) => pending.settle(),
+                        ops::Answer::Pending(pending) => pending.settle().settle(true),
                         ops::Answer::Reply(other) => {
                             self.resp_reply_error(other);
                             return None;
@@ -636,7 +670,7 @@ impl<'a> Session<'a> {
             ops::Answer::Reply(reply) => reply,
             // Only writes are answered by another thread, and only given the connection.
             ops::Answer::Pending(pending) => {
-                pending.settle();
+                pending.settle().settle(true);
                 Reply::invalid("unexpected answer to a read")
             }
         }

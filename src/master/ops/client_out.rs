@@ -52,8 +52,19 @@ impl ClientOut {
     /// Sends the answer to a write that a connection did not wait for (see
     /// [`super::PendingWrite`]), in its request's framing, without blocking (see
     /// [`ClientOut::send_or_keep`]); counts it in the statistics and metrics as the
-    /// connection would have.
-    pub(super) fn answer_write(&self, shared: &Shared, kind: CommandKind, reply: &Reply, started: Instant) {
+    /// connection would have. `answered` runs under the lock of what is kept unsent, just
+    /// before the answer leaves: the connection's thread, once it sees the write answered,
+    /// takes that lock to send what was kept ([`ClientOut::flush_unsent`]), so it never sends a
+    /// later answer first; and it sees the write answered before its client can have the
+    /// answer and send its next request.
+    pub(super) fn answer_write(
+        &self,
+        shared: &Shared,
+        kind: CommandKind,
+        reply: &Reply,
+        started: Instant,
+        answered: impl FnOnce(),
+    ) {
         let resp = self.resp.load(Ordering::Relaxed);
         let mut answer = Vec::with_capacity(32);
         match reply {
@@ -63,7 +74,7 @@ impl ClientOut {
         }
         let elapsed = started.elapsed();
         // The answer first, the counting after: the client need not wait for it.
-        self.send_or_keep(&answer);
+        self.send_or_keep(&answer, answered);
         if matches!(reply, Reply::Err(_)) {
             shared.stats.errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -72,9 +83,11 @@ impl ClientOut {
     }
 
     /// Sends `bytes` without blocking; what the socket does not take is kept in `unsent`
-    /// (behind anything kept before, so answers stay in order).
-    pub(super) fn send_or_keep(&self, bytes: &[u8]) {
+    /// (behind anything kept before, so answers stay in order). `first` runs under the lock
+    /// of `unsent`, before the bytes go.
+    fn send_or_keep(&self, bytes: &[u8], first: impl FnOnce()) {
         let mut unsent = self.unsent.lock();
+        first();
         if !unsent.is_empty() {
             unsent.extend_from_slice(bytes);
             return;
@@ -113,11 +126,11 @@ mod tests {
         // Far more than the socket buffers hold: a blocking send would never return, since the
         // client never reads.
         let answer = vec![b'x'; 64 << 20];
-        out.send_or_keep(&answer);
+        out.send_or_keep(&answer, || {});
         let kept = out.unsent.lock().len();
         assert!(kept > 0 && kept < answer.len(), "kept {kept} of {} bytes", answer.len());
         // Nothing overtakes what was kept: the connection's thread sends it all later, in order.
-        out.send_or_keep(b"more");
+        out.send_or_keep(b"more", || {});
         assert_eq!(out.unsent.lock().len(), kept + 4);
         assert!(out.unsent.lock().ends_with(b"xmore"));
     }

@@ -28,7 +28,7 @@ mod repair;
 mod write;
 
 pub use client_out::ClientOut;
-pub use combine::{Combiner, PendingWrite};
+pub use combine::{Combiner, OwedRounds, PendingWrite};
 pub use info::info;
 pub use repair::repair_loop;
 pub use write::{execute_writes, relog, start_writes, SentRun};
@@ -225,6 +225,12 @@ impl Round {
     /// The count the round's ACKs go to.
     pub(super) fn quorum(&self) -> &Arc<AckCount> {
         &self.quorum
+    }
+
+    /// The first moment [`Round::wait`] would act on without an ACK: the earliest ACK due, or
+    /// the deadline.
+    pub(super) fn due(&self) -> Instant {
+        self.outstanding.iter().map(|o| o.2).min().unwrap_or(self.deadline).min(self.deadline)
     }
 
     /// Collects ACKs until a majority acknowledged, every candidate failed, or the deadline
