@@ -153,7 +153,8 @@ impl AckCount {
         self.acked().count_ones() as usize >= self.need
     }
 
-    /// True once a reader has run the finish.
+    /// True once a reader has run the finish (the tests' view: nothing else waits for it).
+    #[cfg(test)]
     pub fn finished(&self) -> bool {
         self.finished.load(Ordering::Acquire)
     }

@@ -115,9 +115,8 @@ impl PendingWrite {
     pub fn settle(self) -> OwedRounds {
         let PendingWrite { client, answered, rounds, own, shared } = self;
         let mut owed = OwedRounds { rounds: Vec::new(), shared: Arc::clone(&shared) };
-        for (i, mut round) in rounds.into_iter().enumerate() {
-            let quorum = Arc::clone(round.quorum());
-            if quorum.reached() {
+        for (i, round) in rounds.into_iter().enumerate() {
+            if round.quorum().reached() {
                 // The reader whose acknowledgement completed it answers every write of it.
                 continue;
             }
@@ -125,12 +124,7 @@ impl PendingWrite {
                 owed.rounds.push(round);
                 continue;
             }
-            let result = round.wait(&shared);
-            drop(round);
-            // `None`: a reader completed the round meanwhile; it answers its writes.
-            if let Some(finish) = quorum.take_finish() {
-                finish(result);
-            }
+            settle_round(&shared, round);
         }
         // The combiner settles the round of this write within its deadline and `SETTLE_AFTER`;
         // the limit only keeps a bug from hanging the connection.
@@ -181,14 +175,20 @@ impl OwedRounds {
                 i += 1;
                 continue;
             }
-            let mut round = self.rounds.swap_remove(i);
-            let quorum = Arc::clone(round.quorum());
-            let result = round.wait(&self.shared);
-            drop(round);
-            if let Some(finish) = quorum.take_finish() {
-                finish(result);
-            }
+            settle_round(&self.shared, self.rounds.swap_remove(i));
         }
+    }
+}
+
+/// Waits for a round no reader has completed yet, as a blocking write does, and runs its
+/// finish with how it ended, unless a reader completed it meanwhile (then the reader answers
+/// its writes).
+fn settle_round(shared: &Shared, mut round: Round) {
+    let quorum = Arc::clone(round.quorum());
+    let result = round.wait(shared);
+    drop(round);
+    if let Some(finish) = quorum.take_finish() {
+        finish(result);
     }
 }
 
