@@ -351,3 +351,86 @@ fn combined_writes_without_a_majority_are_all_answered_with_an_error() {
     wait_for("writes to resume", READY, || matches!(client.write("after", b"4"), Ok(Reply::Ok(_)))).unwrap();
     assert_eq!(must_read(&mut client, "before"), Some("1".into()));
 }
+
+/// A master's statistic `name`, a number.
+fn stat_number(addr: &str, name: &str) -> u64 {
+    let value = stat(addr, name).unwrap_or_else(|| panic!("no statistic {name}"));
+    value.parse().unwrap_or_else(|e| panic!("{name} = {value:?}: {e}"))
+}
+
+/// Flags that keep paused slaves from being marked down while a test holds a round in flight:
+/// heartbeats 1 s apart (silent for 10 s to be marked down), and the ACK timeout `ack_ms`.
+fn patient(ack_ms: &str) -> [&str; 4] {
+    ["--heartbeat-ms", "1000", "--ack-timeout-ms", ack_ms]
+}
+
+/// Starts one write on its own connection and thread.
+fn write_in_background(c: &TestCluster, key: &str) -> std::thread::JoinHandle<Reply> {
+    let (mut client, key) = (c.client(), key.to_string());
+    std::thread::spawn(move || client.write(&key, b"1").expect("a reply"))
+}
+
+/// With slaves s1 and s2 paused, sends a write whose round only s3 can acknowledge, then
+/// `writers` more writes, which queue behind that round; returns them all (the first one
+/// first) once they wait in the queue, with `write_batches` before the first.
+fn queue_behind_a_round(c: &TestCluster, writers: usize) -> (Vec<std::thread::JoinHandle<Reply>>, u64) {
+    let addr = c.addr();
+    let before = stat_number(&addr, "write_batches");
+    c.slaves[0].pause().unwrap();
+    c.slaves[1].pause().unwrap();
+    let mut handles = vec![write_in_background(c, "first")];
+    wait_for("the first write's round", READY, || stat_number(&addr, "write_batches") == before + 1).unwrap();
+    handles.extend((0..writers).map(|t| write_in_background(c, &format!("queued{t}"))));
+    wait_for("the writes queued behind it", READY, || stat_number(&addr, "write_queue") == writers as u64)
+        .unwrap();
+    (handles, before)
+}
+
+#[test]
+fn writes_queued_behind_a_round_in_flight_go_out_as_one_batch_when_it_ends() {
+    const WRITERS: usize = 6;
+    let c = TestCluster::start_with(3, &patient("60000"));
+    let (handles, before) = queue_behind_a_round(&c, WRITERS);
+    // One combined round in flight at a time: nothing more was sent meanwhile.
+    assert_eq!(stat_number(&c.addr(), "write_batches"), before + 1);
+    // s1's acknowledgement completes the first round (with s3's); the reader that counted it
+    // sends the queued writes, which s1 and s3 acknowledge.
+    c.slaves[0].resume().unwrap();
+    for h in handles {
+        let reply = h.join().unwrap();
+        assert!(matches!(reply, Reply::Ok(_)), "{reply:?}");
+    }
+    assert_eq!(stat_number(&c.addr(), "write_batches"), before + 2, "the queued writes went as one batch");
+    c.slaves[1].resume().unwrap();
+    let mut client = c.client();
+    for t in 0..WRITERS {
+        assert_eq!(must_read(&mut client, &format!("queued{t}")), Some("1".into()));
+    }
+}
+
+#[test]
+fn a_batch_sent_for_no_connection_without_a_majority_is_answered_with_errors() {
+    const WRITERS: usize = 4;
+    let c = TestCluster::start_with(3, &patient("3000"));
+    let addr = c.addr();
+    let (mut handles, before) = queue_behind_a_round(&c, WRITERS);
+    // s3 has acknowledged the first round once it awaits nothing (heartbeats come and go);
+    // paused too, it acknowledges nothing more.
+    wait_for("s3's acknowledgement", READY, || stat_number(&addr, "slave.s3.awaiting") == 0).unwrap();
+    c.slaves[2].pause().unwrap();
+    // s1 completes the first round; its reader sends the queued writes, which only s1 then
+    // acknowledges: no connection sent that round, and one of those waiting settles it.
+    c.slaves[0].resume().unwrap();
+    let first = handles.remove(0).join().unwrap();
+    assert!(matches!(first, Reply::Ok(_)), "{first:?}");
+    for h in handles {
+        let reply = h.join().unwrap();
+        assert!(matches!(reply, Reply::Err(ErrorReply::Timeout(_))), "expected a timeout, got {reply:?}");
+    }
+    assert_eq!(stat_number(&addr, "write_batches"), before + 2, "the queued writes went as one batch");
+    c.slaves[1].resume().unwrap();
+    c.slaves[2].resume().unwrap();
+    let mut client = c.client();
+    wait_for("writes to resume", READY, || matches!(client.write("after", b"2"), Ok(Reply::Ok(_)))).unwrap();
+    assert_eq!(must_read(&mut client, "first"), Some("1".into()));
+}

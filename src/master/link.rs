@@ -465,6 +465,17 @@ impl Link {
         }
     }
 
+    /// Whether `bytes` more can be queued without filling half of the outbox, so a sender
+    /// that must not wait long can see it would not ([`OUTBOX_LIMIT`]).
+    pub fn has_room(&self, bytes: usize) -> bool {
+        self.outbox.lock().queued.len() + bytes <= OUTBOX_LIMIT / 2
+    }
+
+    /// How many requests sent to the slave wait for its answer.
+    pub fn awaiting(&self) -> usize {
+        self.pending.lock().len()
+    }
+
     /// Forgets a request whose answer is no longer wanted.
     pub fn forget(&self, rid: u64) {
         self.pending.lock().remove(&rid);

@@ -39,6 +39,7 @@ pub(super) fn stats(shared: &Arc<Shared>) -> Reply {
         ("seq", seq.to_string()),
         ("writes", s.writes.load(Ordering::Relaxed).to_string()),
         ("write_batches", s.write_batches.load(Ordering::Relaxed).to_string()),
+        ("write_queue", shared.combiner.queued().to_string()),
         ("reads", s.reads.load(Ordering::Relaxed).to_string()),
         ("errors", s.errors.load(Ordering::Relaxed).to_string()),
         ("wal_bytes", shared.wal.bytes().to_string()),
@@ -68,6 +69,8 @@ pub(super) fn stats(shared: &Arc<Shared>) -> Reply {
         let requests = link.map_or(0, |l| l.requests.load(Ordering::Relaxed));
         rows.push((format!("slave.{}.state", m.id), member_state(m).to_string()));
         rows.push((format!("slave.{}.requests", m.id), requests.to_string()));
+        // Sent and not answered yet: writes, reads and heartbeats.
+        rows.push((format!("slave.{}.awaiting", m.id), link.map_or(0, |l| l.awaiting()).to_string()));
         // As the slave said in its last answer to a heartbeat.
         rows.push((
             format!("slave.{}.keys", m.id),

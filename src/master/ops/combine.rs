@@ -3,28 +3,32 @@
 //!
 //! A connection whose write may be answered by another thread (nothing else waits on it, see
 //! `Session::early`) queues the write in the [`Combiner`] and goes back to reading its client.
-//! If no connection is combining, it becomes the combiner: it takes every queued write (its own
+//! One combined round is in flight at a time ([`ROUNDS_IN_FLIGHT`]). If none is and no thread
+//! is combining, the connection becomes the combiner: it takes every queued write (its own
 //! among them), appends them to the log in one batch, records them in the index, and sends them
 //! to every connected slave as one `MSET` (a few, for a batch too big for one line), each with
-//! one [`AckCount`]; then it takes what was queued meanwhile, until the queue is empty (flat
-//! combining, as the log's group commit and the links' sends do). The slave reader whose
-//! acknowledgement completes a message's majority runs its [`Finish`]: it commits every write
-//! of the message in the index, then answers each write's client (without blocking, see
-//! [`ClientOut::send_or_keep`]) — so under load a write costs its connection's thread one
-//! queue push, and the log, the slaves and the readers one step per batch, not per write.
+//! one [`AckCount`]. The slave reader whose acknowledgement completes a message's majority runs
+//! its [`Finish`]: it commits every write of the message in the index, answers each write's
+//! client (without blocking, see [`ClientOut::send_or_keep`]), and then sends everything that
+//! queued up meanwhile as the next batch — so under load a write costs its connection's thread
+//! one queue push, and the log, the slaves and the readers one step per batch, and the batches
+//! grow with the load instead of going out one write at a time as their writes arrive.
 //!
 //! A round that no reader completes (no majority in time, a slave that joined a newer epoch) is
-//! settled by the combiner's connection, which waited for nothing so far: it waits for such a
+//! settled by the thread that sent it, or, for a round a reader sent ("loose", see
+//! [`Combiner::loose`]), by any connection waiting for a combined write: it waits for such a
 //! round as a blocking write does (marking silent slaves down, up to the write deadline) and,
 //! where no reader took the finish meanwhile, runs it with how the round ended: every write of
-//! the message is answered `TIMEOUT` and queued for repair. The rounds of the batch that
-//! carried its own write it settles before it serves its next request, or when its client has
-//! been silent for `SETTLE_AFTER`; the later batches it sent for others it owes
+//! the message is answered `TIMEOUT` and queued for repair. A connection settles the rounds of
+//! the batch that carried its own write before it serves its next request, or when its client
+//! has been silent for `SETTLE_AFTER`; the later batches it sent for others it owes
 //! ([`OwedRounds`]) and settles once one is due, so that it does not sleep until a reader
 //! completes them. Every connection, the combiner's too, waits until its own write was
 //! answered, so its replies stay in order and a request that follows a write sees it. A reader
 //! marks a write answered just before its answer leaves (see `ClientOut::answer_write`), so a
-//! connection whose client already has the answer goes on without sleeping.
+//! connection whose client already has the answer goes on without sleeping. A reader never
+//! waits for room in a slave's outbox: when one is over half full, the connection of the first
+//! queued write is asked to send the batch instead.
 //!
 //! Measured (2026-12-07, a master and 3 slaves, 10 connections writing one key at a time,
 //! `perf stat`): before, a connection settling its write often found the reader still
@@ -39,23 +43,130 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Sender;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::*;
 use crate::metrics::CommandKind;
 use crate::peer::{batch_item_bound, encode_batch_body, MAX_BATCH, MAX_BATCH_BYTES};
 
+/// How many combined rounds may be in flight at once. While one is, the writes that arrive
+/// queue up, and the thread that ends it (usually the slave reader whose ACK completed it)
+/// sends them all as the next batch (see the module documentation).
+const ROUNDS_IN_FLIGHT: usize = 1;
+
 /// The writes queued for the next combined batch.
-#[derive(Default)]
 pub struct Combiner {
     queue: Mutex<Queue>,
+    /// Rounds sent by the thread that ended the round before them, which no connection owns: a
+    /// connection waiting for a combined write settles those that fall due.
+    loose: Mutex<Vec<Round>>,
+    /// Where the replies to loose rounds go: nowhere (its receiver is gone). Their ACKs are
+    /// counted in their quorums all the same; a failure reply is not seen, so a loose round
+    /// without a majority ends at its slaves' ACK deadlines.
+    nowhere: Sender<Ack>,
+}
+
+impl Default for Combiner {
+    fn default() -> Combiner {
+        let (nowhere, _) = crossbeam_channel::bounded(0);
+        Combiner { queue: Mutex::default(), loose: Mutex::default(), nowhere }
+    }
+}
+
+impl Combiner {
+    /// How many writes wait for the round in flight to end (the `write_queue` statistic).
+    pub fn queued(&self) -> usize {
+        self.queue.lock().writes.len()
+    }
 }
 
 #[derive(Default)]
 struct Queue {
     writes: Vec<Queued>,
-    /// A connection's thread is combining: it takes every write queued before it stops.
+    /// The bytes `writes` will take in `MSET`s ([`batch_item_bound`]).
+    bytes: usize,
+    /// A thread is combining: it sends what is queued before it stops.
     busy: bool,
+    /// Combined rounds sent whose finish has not run yet.
+    rounds: usize,
+}
+
+/// A combined round's place in flight, given up when its finish has run: the thread that
+/// ran it sends what was queued meanwhile ([`InFlightRound::end`]). A finish dropped unrun
+/// (never, unless a round is dropped unsettled) only gives the place up, since it may be
+/// dropped under a link's lock: the writes queued then go with the next write, or when a
+/// connection waiting for one of them looks again (see [`Answered::wait`]).
+struct InFlightRound(Option<Arc<Shared>>);
+
+impl InFlightRound {
+    fn new(shared: &Arc<Shared>) -> InFlightRound {
+        shared.combiner.queue.lock().rounds += 1;
+        InFlightRound(Some(Arc::clone(shared)))
+    }
+
+    /// Gives the place up and sends the writes queued meanwhile, unless another thread is
+    /// combining.
+    fn end(mut self) {
+        let Some(shared) = self.0.take() else { return };
+        let mut queue = shared.combiner.queue.lock();
+        queue.rounds -= 1;
+        if queue.busy || queue.writes.is_empty() {
+            return;
+        }
+        // A slave reader must not block on a link's full outbox (two readers, each waiting for
+        // the other's slave to read, would wait for ever): past half of it, the connection of
+        // the first write queued sends the batch instead.
+        let room = queue.bytes;
+        if shared.members.lock().live_links().iter().any(|link| !link.has_room(room)) {
+            queue.writes[0].answered.poke();
+            return;
+        }
+        combine_loose(&shared, queue);
+    }
+}
+
+impl Drop for InFlightRound {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.take() {
+            shared.combiner.queue.lock().rounds -= 1;
+        }
+    }
+}
+
+/// As the combiner: sends the queued writes, batch after batch, while fewer than
+/// [`ROUNDS_IN_FLIGHT`] rounds are in flight; `sent` is told how many rounds each batch took.
+/// `loose`: the rounds are sent for no connection (see [`Combiner::loose`]).
+fn combine(
+    shared: &Arc<Shared>,
+    queue: &mut MutexGuard<'_, Queue>,
+    rounds: &mut Vec<Round>,
+    loose: bool,
+    mut sent: impl FnMut(usize),
+) {
+    queue.busy = true;
+    while queue.rounds < ROUNDS_IN_FLIGHT && !queue.writes.is_empty() {
+        let batch = std::mem::take(&mut queue.writes);
+        queue.bytes = 0;
+        let before = rounds.len();
+        MutexGuard::unlocked(queue, || send_batch(shared, batch, rounds, loose));
+        sent(rounds.len() - before);
+    }
+    queue.busy = false;
+}
+
+/// Sends what is queued as loose rounds, unless a thread is combining or the rounds in flight
+/// leave no room.
+fn combine_loose(shared: &Arc<Shared>, mut queue: MutexGuard<'_, Queue>) {
+    if queue.busy || queue.rounds >= ROUNDS_IN_FLIGHT || queue.writes.is_empty() {
+        return;
+    }
+    let mut rounds = Vec::new();
+    combine(shared, &mut queue, &mut rounds, true, |_| {});
+    drop(queue);
+    if !rounds.is_empty() {
+        shared.combiner.loose.lock().extend(rounds);
+    }
 }
 
 /// A write waiting for its batch, and then for its majority.
@@ -72,27 +183,77 @@ struct Queued {
 /// Whether a combined write has been answered (its bytes handed to its [`ClientOut`]).
 #[derive(Default)]
 struct Answered {
-    done: Mutex<bool>,
+    state: Mutex<AnsweredState>,
     cond: Condvar,
+}
+
+#[derive(Default)]
+struct AnsweredState {
+    done: bool,
+    /// The connection is asked to send the queued writes (see [`InFlightRound`]).
+    poked: bool,
 }
 
 impl Answered {
     fn set(&self) {
-        *self.done.lock() = true;
+        self.state.lock().done = true;
         self.cond.notify_all();
     }
 
-    /// Waits until answered, or `limit` passed (false).
-    fn wait(&self, limit: Duration) -> bool {
+    fn poke(&self) {
+        self.state.lock().poked = true;
+        self.cond.notify_all();
+    }
+
+    /// Waits until answered, or `limit` passed (false). Meanwhile it settles the loose rounds
+    /// that fall due (the write may be in one of them), and sends the queued writes when asked.
+    fn wait(&self, shared: &Arc<Shared>, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
-        let mut done = self.done.lock();
-        while !*done {
-            if self.cond.wait_until(&mut done, deadline).timed_out() {
-                return *done;
+        loop {
+            // A loose round sent after this look is seen at the next, an ACK timeout later at
+            // most: before it is due.
+            let next = settle_loose(shared).min(Instant::now() + shared.config.ack_timeout);
+            let wake = deadline.min(next);
+            let mut state = self.state.lock();
+            while !state.done && !state.poked {
+                if self.cond.wait_until(&mut state, wake).timed_out() {
+                    break;
+                }
+            }
+            if state.done {
+                return true;
+            }
+            let poked = std::mem::take(&mut state.poked);
+            drop(state);
+            // Asked to, or a look at writes that nobody sends (see `InFlightRound`).
+            combine_loose(shared, shared.combiner.queue.lock());
+            if !poked && Instant::now() >= deadline {
+                return false;
             }
         }
-        true
     }
+}
+
+/// Settles the loose rounds that are due and drops those a reader completed; returns when the
+/// next of the others falls due.
+fn settle_loose(shared: &Shared) -> Instant {
+    let now = Instant::now();
+    let mut next = now + Duration::from_secs(3600);
+    let due: Vec<Round> = {
+        let mut loose = shared.combiner.loose.lock();
+        if loose.is_empty() {
+            return next;
+        }
+        loose.retain(|round| !round.quorum().reached());
+        let (due, waiting) = std::mem::take(&mut *loose).into_iter().partition(|round| round.due() <= now);
+        *loose = waiting;
+        next = loose.iter().map(Round::due).fold(next, Instant::min);
+        due
+    };
+    for round in due {
+        settle_round(shared, round);
+    }
+    next
 }
 
 /// A write left to be answered by another thread, which its connection settles before it
@@ -129,7 +290,7 @@ impl PendingWrite {
         // The combiner settles the round of this write within its deadline and `SETTLE_AFTER`;
         // the limit only keeps a bug from hanging the connection.
         let limit = shared.config.ack_timeout * (WRITE_DEADLINE_ACK_TIMEOUTS + 2) + Duration::from_secs(1);
-        if !answered.wait(limit) {
+        if !answered.wait(&shared, limit) {
             log::error!("a combined write was not answered within {} ms", limit.as_millis());
         }
         client.flush_unsent();
@@ -208,23 +369,17 @@ pub(super) fn write(shared: &Arc<Shared>, key: String, value: Value, client: &Ar
         _inflight: InFlight::new(shared),
     };
     let mut queue = shared.combiner.queue.lock();
+    queue.bytes += batch_item_bound(&queued.key, queued.value.as_deref());
     queue.writes.push(queued);
     let mut rounds = Vec::new();
     let mut own = 0;
     if !queue.busy {
-        queue.busy = true;
-        loop {
-            let batch = std::mem::take(&mut queue.writes);
-            if batch.is_empty() {
-                queue.busy = false;
-                break;
-            }
-            MutexGuard::unlocked(&mut queue, || send_batch(shared, batch, &mut rounds));
+        combine(shared, &mut queue, &mut rounds, false, |n| {
             if own == 0 {
                 // The first batch holds this connection's write.
-                own = rounds.len().max(1);
+                own = n.max(1);
             }
-        }
+        });
     }
     drop(queue);
     let (shared, client) = (Arc::clone(shared), Arc::clone(client));
@@ -233,7 +388,7 @@ pub(super) fn write(shared: &Arc<Shared>, key: String, value: Value, client: &Ar
 
 /// Logs `batch` and sends it to every connected slave, adding its rounds to `rounds`; a batch
 /// refused before it was sent is answered here.
-fn send_batch(shared: &Arc<Shared>, batch: Vec<Queued>, rounds: &mut Vec<Round>) {
+fn send_batch(shared: &Arc<Shared>, batch: Vec<Queued>, rounds: &mut Vec<Round>, loose: bool) {
     // Refused before anything is logged when a majority is not even connected.
     if let Err(why) = quorum_links(shared) {
         return answer_all(shared, batch, |_| Reply::Err(ErrorReply::Unavailable(why.clone())));
@@ -278,10 +433,18 @@ fn send_batch(shared: &Arc<Shared>, batch: Vec<Queued>, rounds: &mut Vec<Round>)
         encode_batch_body(epoch, items, &mut body);
         let count = message.len() as u64;
         let finish_shared = Arc::clone(shared);
-        let finish: Finish =
-            Box::new(move |result| conclude_all(&finish_shared, message, result, need, None));
+        let in_flight = InFlightRound::new(shared);
+        let finish: Finish = Box::new(move |result| {
+            conclude_all(&finish_shared, message, result, need, None);
+            in_flight.end();
+        });
         let quorum = Arc::new(AckCount::with_finish(need, Some(finish)));
-        rounds.push(Round::send_body(shared, links.clone(), &quorum, &body, deadline, count));
+        rounds.push(if loose {
+            let nowhere = &shared.combiner.nowhere;
+            Round::send_replying(shared, links.clone(), &quorum, &body, deadline, count, nowhere)
+        } else {
+            Round::send_body(shared, links.clone(), &quorum, &body, deadline, count)
+        });
     }
     drop(run);
 }

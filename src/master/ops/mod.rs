@@ -208,17 +208,29 @@ impl Round {
         deadline: Instant,
         requests: u64,
     ) -> Round {
+        REPLIES.with(|(tx, _)| Round::send_replying(shared, candidates, quorum, body, deadline, requests, tx))
+    }
+
+    /// [`Round::send_body`] whose replies go to `tx`, for a round that no reply will be
+    /// waited for on this thread.
+    pub(super) fn send_replying(
+        shared: &Shared,
+        candidates: Vec<Arc<Link>>,
+        quorum: &Arc<AckCount>,
+        body: &[u8],
+        deadline: Instant,
+        requests: u64,
+        tx: &Sender<Ack>,
+    ) -> Round {
         let ack_timeout = shared.config.ack_timeout;
         let mut outstanding = Vec::with_capacity(candidates.len());
-        REPLIES.with(|(tx, _)| {
-            for (i, link) in candidates.iter().enumerate() {
-                let rid = shared.rid();
-                if link.send_counted(rid, body, tx, quorum) {
-                    link.requests.fetch_add(requests, Ordering::Relaxed);
-                    outstanding.push((i, rid, Instant::now() + ack_timeout));
-                }
+        for (i, link) in candidates.iter().enumerate() {
+            let rid = shared.rid();
+            if link.send_counted(rid, body, tx, quorum) {
+                link.requests.fetch_add(requests, Ordering::Relaxed);
+                outstanding.push((i, rid, Instant::now() + ack_timeout));
             }
-        });
+        }
         Round { candidates, quorum: Arc::clone(quorum), outstanding, deadline }
     }
 
