@@ -39,7 +39,7 @@
 //! slave's ACK deadline as a shortfall instead: its writes are answered `TIMEOUT` and repaired
 //! either way.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,11 @@ const ROUNDS_IN_FLIGHT: usize = 1;
 /// The writes queued for the next combined batch.
 pub struct Combiner {
     queue: Mutex<Queue>,
+    /// Combined rounds sent whose finish has not run yet. Given up without a lock (see
+    /// [`InFlightRound`]); a thread that gives one up looks at the queue after, and one that
+    /// queues a write looks at this after, both under the queue's lock, so no write is left
+    /// behind.
+    rounds: AtomicUsize,
     /// Rounds sent by the thread that ended the round before them, which no connection owns: a
     /// connection waiting for a combined write settles those that fall due.
     loose: Mutex<Vec<Round>>,
@@ -70,7 +75,7 @@ pub struct Combiner {
 impl Default for Combiner {
     fn default() -> Combiner {
         let (nowhere, _) = crossbeam_channel::bounded(0);
-        Combiner { queue: Mutex::default(), loose: Mutex::default(), nowhere }
+        Combiner { queue: Mutex::default(), rounds: AtomicUsize::new(0), loose: Mutex::default(), nowhere }
     }
 }
 
@@ -88,20 +93,19 @@ struct Queue {
     bytes: usize,
     /// A thread is combining: it sends what is queued before it stops.
     busy: bool,
-    /// Combined rounds sent whose finish has not run yet.
-    rounds: usize,
 }
 
 /// A combined round's place in flight, given up when its finish has run: the thread that
 /// ran it sends what was queued meanwhile ([`InFlightRound::end`]). A finish dropped unrun
-/// (never, unless a round is dropped unsettled) only gives the place up, since it may be
-/// dropped under a link's lock: the writes queued then go with the next write, or when a
-/// connection waiting for one of them looks again (see [`Answered::wait`]).
+/// (never, unless a round is dropped unsettled) only gives the place up, without a lock, since
+/// it may be dropped under a link's or the members' lock: the writes queued then go with the
+/// next write, or when a connection waiting for one of them looks again (see
+/// [`Answered::wait`]).
 struct InFlightRound(Option<Arc<Shared>>);
 
 impl InFlightRound {
     fn new(shared: &Arc<Shared>) -> InFlightRound {
-        shared.combiner.queue.lock().rounds += 1;
+        shared.combiner.rounds.fetch_add(1, Ordering::AcqRel);
         InFlightRound(Some(Arc::clone(shared)))
     }
 
@@ -109,8 +113,8 @@ impl InFlightRound {
     /// combining.
     fn end(mut self) {
         let Some(shared) = self.0.take() else { return };
-        let mut queue = shared.combiner.queue.lock();
-        queue.rounds -= 1;
+        shared.combiner.rounds.fetch_sub(1, Ordering::AcqRel);
+        let queue = shared.combiner.queue.lock();
         if queue.busy || queue.writes.is_empty() {
             return;
         }
@@ -129,7 +133,7 @@ impl InFlightRound {
 impl Drop for InFlightRound {
     fn drop(&mut self) {
         if let Some(shared) = self.0.take() {
-            shared.combiner.queue.lock().rounds -= 1;
+            shared.combiner.rounds.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -145,7 +149,7 @@ fn combine(
     mut sent: impl FnMut(usize),
 ) {
     queue.busy = true;
-    while queue.rounds < ROUNDS_IN_FLIGHT && !queue.writes.is_empty() {
+    while room_for_a_round(shared) && !queue.writes.is_empty() {
         let batch = std::mem::take(&mut queue.writes);
         queue.bytes = 0;
         let before = rounds.len();
@@ -155,10 +159,15 @@ fn combine(
     queue.busy = false;
 }
 
+/// Whether fewer than [`ROUNDS_IN_FLIGHT`] combined rounds are in flight.
+fn room_for_a_round(shared: &Shared) -> bool {
+    shared.combiner.rounds.load(Ordering::Acquire) < ROUNDS_IN_FLIGHT
+}
+
 /// Sends what is queued as loose rounds, unless a thread is combining or the rounds in flight
 /// leave no room.
 fn combine_loose(shared: &Arc<Shared>, mut queue: MutexGuard<'_, Queue>) {
-    if queue.busy || queue.rounds >= ROUNDS_IN_FLIGHT || queue.writes.is_empty() {
+    if queue.busy || !room_for_a_round(shared) || queue.writes.is_empty() {
         return;
     }
     let mut rounds = Vec::new();
