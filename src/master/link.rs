@@ -328,13 +328,13 @@ impl Link {
     /// there. Returns false if the link is dead or the send failed (the link is then killed).
     pub fn send(&self, rid: u64, epoch: u64, command: &Command, reply_to: Option<&Sender<Ack>>) -> bool {
         let waiter = reply_to.map(|tx| Waiter::new(tx, None));
-        self.enqueue(rid, waiter, |out| encode_body(epoch, command, out))
+        self.enqueue(rid, waiter, |out| encode_body(epoch, command, out), None)
     }
 
     /// Sends a request whose body (everything after `<rid> `) is already encoded.
     pub fn send_body(&self, rid: u64, body: &[u8], reply_to: Option<&Sender<Ack>>) -> bool {
         let waiter = reply_to.map(|tx| Waiter::new(tx, None));
-        self.enqueue(rid, waiter, |out| out.extend_from_slice(body))
+        self.enqueue(rid, waiter, |out| out.extend_from_slice(body), None)
     }
 
     /// Sends a write whose body is already encoded, counting its acknowledgement in `quorum`:
@@ -348,7 +348,23 @@ impl Link {
         quorum: &Arc<AckCount>,
     ) -> bool {
         let waiter = Waiter::new(reply_to, Some(quorum));
-        self.enqueue(rid, Some(waiter), |out| out.extend_from_slice(body))
+        self.enqueue(rid, Some(waiter), |out| out.extend_from_slice(body), None)
+    }
+
+    /// [`Link::send_counted`] for a thread that must never wait for the slave's socket (a
+    /// slave reader: waiting for one slave to read would stop it reading its own slave's
+    /// acknowledgements, which another may wait for). It does not wait for room in the outbox,
+    /// and as the writer it sends only what the socket takes at once: the rest is left to a
+    /// thread started to send it.
+    pub fn send_counted_nowait(
+        self: &Arc<Self>,
+        rid: u64,
+        body: &[u8],
+        reply_to: &Sender<Ack>,
+        quorum: &Arc<AckCount>,
+    ) -> bool {
+        let waiter = Waiter::new(reply_to, Some(quorum));
+        self.enqueue(rid, Some(waiter), |out| out.extend_from_slice(body), Some(self))
     }
 
     /// Sends stores (a resync's keys: `(rid, stamp, key, value)`, a `None` value being a
@@ -369,12 +385,20 @@ impl Link {
                     crate::peer::encode_store_body(epoch, stamp, key, value, out);
                 }
             },
+            None,
         )
     }
 
     /// Registers the requester, appends `<rid> ` and the body written by `encode` to the
-    /// outbox, and writes the outbox out unless another thread is already doing so.
-    fn enqueue(&self, rid: u64, waiter: Option<Waiter>, encode: impl FnOnce(&mut Vec<u8>)) -> bool {
+    /// outbox, and writes the outbox out unless another thread is already doing so (never
+    /// waiting for the socket with `nowait`, see [`Link::send_counted_nowait`]).
+    fn enqueue(
+        &self,
+        rid: u64,
+        waiter: Option<Waiter>,
+        encode: impl FnOnce(&mut Vec<u8>),
+        nowait: Option<&Arc<Link>>,
+    ) -> bool {
         let rids: &[u64] = if waiter.is_some() { &[rid] } else { &[] };
         let mut waiter = waiter;
         self.enqueue_all(
@@ -385,17 +409,20 @@ impl Link {
                 out.push(b' ');
                 encode(out);
             },
+            nowait,
         )
     }
 
     /// Registers a waiter made by `waiter` for each of `rids`, appends the requests `encode`
     /// writes (each `<rid> <body>`) to the outbox, and writes the outbox out unless another
-    /// thread is already doing so.
+    /// thread is already doing so. With `nowait` (this link), it neither waits for room in the
+    /// outbox nor for the socket (see [`Link::send_counted_nowait`]).
     fn enqueue_all(
         &self,
         rids: &[u64],
         mut waiter: impl FnMut() -> Option<Waiter>,
         encode: impl FnOnce(&mut Vec<u8>),
+        nowait: Option<&Arc<Link>>,
     ) -> bool {
         if !self.is_alive() {
             return false;
@@ -417,7 +444,7 @@ impl Link {
             return false;
         }
         let mut outbox = self.outbox.lock();
-        while outbox.writing && outbox.queued.len() >= OUTBOX_LIMIT {
+        while nowait.is_none() && outbox.writing && outbox.queued.len() >= OUTBOX_LIMIT {
             if !self.is_alive() {
                 return false;
             }
@@ -429,7 +456,11 @@ impl Link {
             return true;
         }
         outbox.writing = true;
-        match self.write_out(&mut outbox) {
+        let written = match nowait {
+            Some(this) => self.write_out_nowait(&mut outbox, this),
+            None => self.write_out(&mut outbox),
+        };
+        match written {
             Ok(()) => true,
             Err(e) => {
                 drop(outbox);
@@ -465,15 +496,58 @@ impl Link {
         }
     }
 
-    /// Whether `bytes` more can be queued without filling half of the outbox, so a sender
-    /// that must not wait long can see it would not ([`OUTBOX_LIMIT`]).
-    pub fn has_room(&self, bytes: usize) -> bool {
-        self.outbox.lock().queued.len() + bytes <= OUTBOX_LIMIT / 2
-    }
-
     /// How many requests sent to the slave wait for its answer.
     pub fn awaiting(&self) -> usize {
         self.pending.lock().len()
+    }
+
+    /// [`Link::write_out`] without waiting for the socket: when it takes only part of a batch,
+    /// the rest is put back before what was queued meanwhile, and a thread started for it
+    /// goes on writing (as the writer: `writing` stays set).
+    fn write_out_nowait(&self, outbox: &mut MutexGuard<'_, Outbox>, this: &Arc<Link>) -> std::io::Result<()> {
+        loop {
+            let spare = std::mem::take(&mut outbox.spare);
+            let mut batch = std::mem::replace(&mut outbox.queued, spare);
+            let sent = MutexGuard::unlocked(outbox, || send_nowait(&self.stream, &batch));
+            self.drained.notify_all();
+            let sent = match sent {
+                Ok(sent) => sent,
+                Err(e) => {
+                    outbox.queued.clear();
+                    outbox.writing = false;
+                    return Err(e);
+                }
+            };
+            if sent < batch.len() {
+                batch.drain(..sent);
+                batch.extend_from_slice(&outbox.queued);
+                outbox.queued = batch;
+                let link = Arc::clone(this);
+                let spawned = thread::Builder::new().name("dsm-link-send".into()).spawn(move || {
+                    let mut outbox = link.outbox.lock();
+                    if let Err(e) = link.write_out(&mut outbox) {
+                        drop(outbox);
+                        link.kill(&format!("send failed: {e}"));
+                    }
+                });
+                return match spawned {
+                    Ok(_) => Ok(()),
+                    Err(e) => {
+                        outbox.queued.clear();
+                        outbox.writing = false;
+                        Err(e)
+                    }
+                };
+            }
+            batch.clear();
+            if batch.capacity() <= OUTBOX_SPARE_LIMIT {
+                outbox.spare = batch;
+            }
+            if outbox.queued.is_empty() {
+                outbox.writing = false;
+                return Ok(());
+            }
+        }
     }
 
     /// Forgets a request whose answer is no longer wanted.
@@ -517,6 +591,22 @@ impl Link {
             waiter.tell(Ack { slot: self.slot, rid, outcome: Outcome::Err(format!("slave down: {why}")) });
         }
     }
+}
+
+/// Sends what of `bytes` the socket takes without waiting; how much that was.
+fn send_nowait(stream: &TcpStream, bytes: &[u8]) -> std::io::Result<usize> {
+    let socket = socket2::SockRef::from(stream);
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match socket.send_with_flags(&bytes[sent..], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(sent)
 }
 
 #[cfg(test)]
@@ -675,5 +765,30 @@ mod tests {
             s.join().unwrap();
         }
         assert!(link.outbox.lock().queued.len() <= OUTBOX_LIMIT + body.len());
+    }
+
+    #[test]
+    fn a_nowait_sender_returns_at_once_and_a_started_thread_sends_the_rest_in_order() {
+        let (link, slave_end) = pair(5);
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let quorum = Arc::new(AckCount::new(1));
+        // Far more than the socket buffers take: a blocking send would not return before the
+        // slave reads, and the slave reads only after every send returned.
+        let mut big = vec![b'y'; 32 << 20];
+        big.push(b'\n');
+        assert!(link.send_counted_nowait(7, b"first\n", &tx, &quorum));
+        assert!(link.send_counted_nowait(8, &big, &tx, &quorum));
+        assert!(link.send_counted_nowait(9, b"last\n", &tx, &quorum));
+        assert!(link.outbox.lock().writing, "the rest is left to a thread");
+        let mut reader = LineReader::with_limit(slave_end, 64 << 20);
+        assert_eq!(reader.read_line().unwrap().unwrap(), b"7 first");
+        assert_eq!(reader.read_line().unwrap().unwrap().len(), "8 ".len() + big.len() - 1);
+        assert_eq!(reader.read_line().unwrap().unwrap(), b"9 last");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while link.outbox.lock().writing {
+            assert!(std::time::Instant::now() < deadline, "the sending thread never finished");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(link.is_alive());
     }
 }

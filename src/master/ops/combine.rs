@@ -26,9 +26,9 @@
 //! completes them. Every connection, the combiner's too, waits until its own write was
 //! answered, so its replies stay in order and a request that follows a write sees it. A reader
 //! marks a write answered just before its answer leaves (see `ClientOut::answer_write`), so a
-//! connection whose client already has the answer goes on without sleeping. A reader never
-//! waits for room in a slave's outbox: when one is over half full, the connection of the first
-//! queued write is asked to send the batch instead.
+//! connection whose client already has the answer goes on without sleeping. A loose round is
+//! sent without waiting for any slave's socket (`Link::send_counted_nowait`): a reader that
+//! waited for one slave to read would stop reading its own slave's acknowledgements.
 //!
 //! Measured (2026-12-07, a master and 3 slaves, 10 connections writing one key at a time,
 //! `perf stat`): before, a connection settling its write often found the reader still
@@ -89,8 +89,6 @@ impl Combiner {
 #[derive(Default)]
 struct Queue {
     writes: Vec<Queued>,
-    /// The bytes `writes` will take in `MSET`s ([`batch_item_bound`]).
-    bytes: usize,
     /// A thread is combining: it sends what is queued before it stops.
     busy: bool,
 }
@@ -114,19 +112,7 @@ impl InFlightRound {
     fn end(mut self) {
         let Some(shared) = self.0.take() else { return };
         shared.combiner.rounds.fetch_sub(1, Ordering::AcqRel);
-        let queue = shared.combiner.queue.lock();
-        if queue.busy || queue.writes.is_empty() {
-            return;
-        }
-        // A slave reader must not block on a link's full outbox (two readers, each waiting for
-        // the other's slave to read, would wait for ever): past half of it, the connection of
-        // the first write queued sends the batch instead.
-        let room = queue.bytes;
-        if shared.members.lock().live_links().iter().any(|link| !link.has_room(room)) {
-            queue.writes[0].answered.poke();
-            return;
-        }
-        combine_loose(&shared, queue);
+        combine_loose(&shared, shared.combiner.queue.lock());
     }
 }
 
@@ -151,7 +137,6 @@ fn combine(
     queue.busy = true;
     while room_for_a_round(shared) && !queue.writes.is_empty() {
         let batch = std::mem::take(&mut queue.writes);
-        queue.bytes = 0;
         let before = rounds.len();
         MutexGuard::unlocked(queue, || send_batch(shared, batch, rounds, loose));
         sent(rounds.len() - before);
@@ -192,51 +177,41 @@ struct Queued {
 /// Whether a combined write has been answered (its bytes handed to its [`ClientOut`]).
 #[derive(Default)]
 struct Answered {
-    state: Mutex<AnsweredState>,
+    done: Mutex<bool>,
     cond: Condvar,
-}
-
-#[derive(Default)]
-struct AnsweredState {
-    done: bool,
-    /// The connection is asked to send the queued writes (see [`InFlightRound`]).
-    poked: bool,
 }
 
 impl Answered {
     fn set(&self) {
-        self.state.lock().done = true;
-        self.cond.notify_all();
-    }
-
-    fn poke(&self) {
-        self.state.lock().poked = true;
+        *self.done.lock() = true;
         self.cond.notify_all();
     }
 
     /// Waits until answered, or `limit` passed (false). Meanwhile it settles the loose rounds
-    /// that fall due (the write may be in one of them), and sends the queued writes when asked.
+    /// that fall due (the write may be in one of them).
     fn wait(&self, shared: &Arc<Shared>, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         loop {
+            if *self.done.lock() {
+                return true;
+            }
             // A loose round sent after this look is seen at the next, an ACK timeout later at
             // most: before it is due.
             let next = settle_loose(shared).min(Instant::now() + shared.config.ack_timeout);
             let wake = deadline.min(next);
-            let mut state = self.state.lock();
-            while !state.done && !state.poked {
-                if self.cond.wait_until(&mut state, wake).timed_out() {
+            let mut done = self.done.lock();
+            while !*done {
+                if self.cond.wait_until(&mut done, wake).timed_out() {
                     break;
                 }
             }
-            if state.done {
+            if *done {
                 return true;
             }
-            let poked = std::mem::take(&mut state.poked);
-            drop(state);
-            // Asked to, or a look at writes that nobody sends (see `InFlightRound`).
+            drop(done);
+            // Writes that nobody sends (see `InFlightRound`) go now.
             combine_loose(shared, shared.combiner.queue.lock());
-            if !poked && Instant::now() >= deadline {
+            if Instant::now() >= deadline {
                 return false;
             }
         }
@@ -296,9 +271,11 @@ impl PendingWrite {
             }
             settle_round(&shared, round);
         }
-        // The combiner settles the round of this write within its deadline and `SETTLE_AFTER`;
-        // the limit only keeps a bug from hanging the connection.
-        let limit = shared.config.ack_timeout * (WRITE_DEADLINE_ACK_TIMEOUTS + 2) + Duration::from_secs(1);
+        // The round of this write is settled within its deadline and `SETTLE_AFTER`, after the
+        // round in flight when it was queued (as long again, at most); the limit only keeps a
+        // bug from hanging the connection.
+        let limit =
+            shared.config.ack_timeout * (2 * WRITE_DEADLINE_ACK_TIMEOUTS + 2) + Duration::from_secs(1);
         if !answered.wait(&shared, limit) {
             log::error!("a combined write was not answered within {} ms", limit.as_millis());
         }
@@ -378,7 +355,6 @@ pub(super) fn write(shared: &Arc<Shared>, key: String, value: Value, client: &Ar
         _inflight: InFlight::new(shared),
     };
     let mut queue = shared.combiner.queue.lock();
-    queue.bytes += batch_item_bound(&queued.key, queued.value.as_deref());
     queue.writes.push(queued);
     let mut rounds = Vec::new();
     let mut own = 0;
@@ -450,7 +426,7 @@ fn send_batch(shared: &Arc<Shared>, batch: Vec<Queued>, rounds: &mut Vec<Round>,
         let quorum = Arc::new(AckCount::with_finish(need, Some(finish)));
         rounds.push(if loose {
             let nowhere = &shared.combiner.nowhere;
-            Round::send_replying(shared, links.clone(), &quorum, &body, deadline, count, nowhere)
+            Round::send_loose(shared, links.clone(), &quorum, &body, deadline, count, nowhere)
         } else {
             Round::send_body(shared, links.clone(), &quorum, &body, deadline, count)
         });

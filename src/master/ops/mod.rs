@@ -208,12 +208,14 @@ impl Round {
         deadline: Instant,
         requests: u64,
     ) -> Round {
-        REPLIES.with(|(tx, _)| Round::send_replying(shared, candidates, quorum, body, deadline, requests, tx))
+        REPLIES
+            .with(|(tx, _)| Round::send_to(shared, candidates, quorum, body, deadline, requests, tx, false))
     }
 
-    /// [`Round::send_body`] whose replies go to `tx`, for a round that no reply will be
-    /// waited for on this thread.
-    pub(super) fn send_replying(
+    /// [`Round::send_body`] for a round sent for no connection (see `combine`): its replies
+    /// go to `tx`, and the sending thread never waits for a slave's socket
+    /// ([`Link::send_counted_nowait`]).
+    pub(super) fn send_loose(
         shared: &Shared,
         candidates: Vec<Arc<Link>>,
         quorum: &Arc<AckCount>,
@@ -222,11 +224,30 @@ impl Round {
         requests: u64,
         tx: &Sender<Ack>,
     ) -> Round {
+        Round::send_to(shared, candidates, quorum, body, deadline, requests, tx, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_to(
+        shared: &Shared,
+        candidates: Vec<Arc<Link>>,
+        quorum: &Arc<AckCount>,
+        body: &[u8],
+        deadline: Instant,
+        requests: u64,
+        tx: &Sender<Ack>,
+        nowait: bool,
+    ) -> Round {
         let ack_timeout = shared.config.ack_timeout;
         let mut outstanding = Vec::with_capacity(candidates.len());
         for (i, link) in candidates.iter().enumerate() {
             let rid = shared.rid();
-            if link.send_counted(rid, body, tx, quorum) {
+            let sent = if nowait {
+                link.send_counted_nowait(rid, body, tx, quorum)
+            } else {
+                link.send_counted(rid, body, tx, quorum)
+            };
+            if sent {
                 link.requests.fetch_add(requests, Ordering::Relaxed);
                 outstanding.push((i, rid, Instant::now() + ack_timeout));
             }
@@ -240,8 +261,12 @@ impl Round {
     }
 
     /// The first moment [`Round::wait`] would act on without an ACK: the earliest ACK due, or
-    /// the deadline.
+    /// the deadline; now, if it could no longer reach its majority.
     pub(super) fn due(&self) -> Instant {
+        // Those still to answer cannot make up the majority: it ends as soon as it is waited for.
+        if self.quorum.acked().count_ones() as usize + self.outstanding.len() < self.quorum.need() {
+            return Instant::now();
+        }
         self.outstanding.iter().map(|o| o.2).min().unwrap_or(self.deadline).min(self.deadline)
     }
 
