@@ -68,7 +68,8 @@ pub struct Combiner {
     loose: Mutex<Vec<Round>>,
     /// Where the replies to loose rounds go: nowhere (its receiver is gone). Their ACKs are
     /// counted in their quorums all the same; a failure reply is not seen, so a loose round
-    /// without a majority ends at its slaves' ACK deadlines.
+    /// without a majority ends at its slaves' ACK deadlines (a `FENCED` reply still makes the
+    /// master step down: the slave reader acts on it whatever it answers).
     nowhere: Sender<Ack>,
 }
 
