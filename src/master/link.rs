@@ -340,31 +340,22 @@ impl Link {
     /// Sends a write whose body is already encoded, counting its acknowledgement in `quorum`:
     /// an `OK` reaches `reply_to` only if it completes the quorum; any other outcome always
     /// does.
-    pub fn send_counted(
-        &self,
-        rid: u64,
-        body: &[u8],
-        reply_to: &Sender<Ack>,
-        quorum: &Arc<AckCount>,
-    ) -> bool {
-        let waiter = Waiter::new(reply_to, Some(quorum));
-        self.enqueue(rid, Some(waiter), |out| out.extend_from_slice(body), None)
-    }
-
-    /// [`Link::send_counted`] for a thread that must never wait for the slave's socket (a
-    /// slave reader: waiting for one slave to read would stop it reading its own slave's
-    /// acknowledgements, which another may wait for). It does not wait for room in the outbox,
+    ///
+    /// With `nowait`, for a thread that must never wait for the slave's socket (a slave
+    /// reader: waiting for one slave to read would stop it reading its own slave's
+    /// acknowledgements, which another may wait for), it does not wait for room in the outbox,
     /// and as the writer it sends only what the socket takes at once: the rest is left to a
     /// thread started to send it.
-    pub fn send_counted_nowait(
+    pub fn send_counted(
         self: &Arc<Self>,
         rid: u64,
         body: &[u8],
         reply_to: &Sender<Ack>,
         quorum: &Arc<AckCount>,
+        nowait: bool,
     ) -> bool {
         let waiter = Waiter::new(reply_to, Some(quorum));
-        self.enqueue(rid, Some(waiter), |out| out.extend_from_slice(body), Some(self))
+        self.enqueue(rid, Some(waiter), |out| out.extend_from_slice(body), nowait.then_some(self))
     }
 
     /// Sends stores (a resync's keys: `(rid, stamp, key, value)`, a `None` value being a
@@ -391,7 +382,7 @@ impl Link {
 
     /// Registers the requester, appends `<rid> ` and the body written by `encode` to the
     /// outbox, and writes the outbox out unless another thread is already doing so (never
-    /// waiting for the socket with `nowait`, see [`Link::send_counted_nowait`]).
+    /// waiting for the socket with `nowait`, see [`Link::send_counted`]).
     fn enqueue(
         &self,
         rid: u64,
@@ -416,7 +407,7 @@ impl Link {
     /// Registers a waiter made by `waiter` for each of `rids`, appends the requests `encode`
     /// writes (each `<rid> <body>`) to the outbox, and writes the outbox out unless another
     /// thread is already doing so. With `nowait` (this link), it neither waits for room in the
-    /// outbox nor for the socket (see [`Link::send_counted_nowait`]).
+    /// outbox nor for the socket (see [`Link::send_counted`]).
     fn enqueue_all(
         &self,
         rids: &[u64],
@@ -704,7 +695,7 @@ mod tests {
         let (tx, rx) = unbounded();
         let quorum = Arc::new(AckCount::new(2));
         for (rid, link) in [(1, &a), (2, &b), (3, &c)] {
-            assert!(link.send_counted(rid, b"1 PING\n", &tx, &quorum));
+            assert!(link.send_counted(rid, b"1 PING\n", &tx, &quorum, false));
         }
         let ok = Outcome::Ok(Stamp::new(1, 1));
         a.deliver(1, ok.clone());
@@ -776,9 +767,9 @@ mod tests {
         // slave reads, and the slave reads only after every send returned.
         let mut big = vec![b'y'; 32 << 20];
         big.push(b'\n');
-        assert!(link.send_counted_nowait(7, b"first\n", &tx, &quorum));
-        assert!(link.send_counted_nowait(8, &big, &tx, &quorum));
-        assert!(link.send_counted_nowait(9, b"last\n", &tx, &quorum));
+        assert!(link.send_counted(7, b"first\n", &tx, &quorum, true));
+        assert!(link.send_counted(8, &big, &tx, &quorum, true));
+        assert!(link.send_counted(9, b"last\n", &tx, &quorum, true));
         assert!(link.outbox.lock().writing, "the rest is left to a thread");
         let mut reader = LineReader::with_limit(slave_end, 64 << 20);
         assert_eq!(reader.read_line().unwrap().unwrap(), b"7 first");

@@ -27,7 +27,7 @@
 //! answered, so its replies stay in order and a request that follows a write sees it. A reader
 //! marks a write answered just before its answer leaves (see `ClientOut::answer_write`), so a
 //! connection whose client already has the answer goes on without sleeping. A loose round is
-//! sent without waiting for any slave's socket (`Link::send_counted_nowait`): a reader that
+//! sent without waiting for any slave's socket (`Link::send_counted`): a reader that
 //! waited for one slave to read would stop reading its own slave's acknowledgements.
 //!
 //! Measured (2026-12-07, a master and 3 slaves, 10 connections writing one key at a time,
@@ -425,12 +425,8 @@ fn send_batch(shared: &Arc<Shared>, batch: Vec<Queued>, rounds: &mut Vec<Round>,
             in_flight.end();
         });
         let quorum = Arc::new(AckCount::with_finish(need, Some(finish)));
-        rounds.push(if loose {
-            let nowhere = &shared.combiner.nowhere;
-            Round::send_loose(shared, links.clone(), &quorum, &body, deadline, count, nowhere)
-        } else {
-            Round::send_body(shared, links.clone(), &quorum, &body, deadline, count)
-        });
+        let replies = if loose { Replies::Loose(&shared.combiner.nowhere) } else { Replies::ThisThread };
+        rounds.push(Round::send_body(shared, links.clone(), &quorum, &body, deadline, count, replies));
     }
     drop(run);
 }

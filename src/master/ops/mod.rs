@@ -166,6 +166,15 @@ pub fn drain_replies() {
     STASHED.with(|s| s.borrow_mut().clear());
 }
 
+/// Where a round's replies go.
+pub(super) enum Replies<'a> {
+    /// This thread's channel: only this thread may [`Round::wait`] for the round.
+    ThisThread,
+    /// `tx`, for a round sent for no connection (see `combine`), by a thread that never waits
+    /// for a slave's socket (see [`Link::send_counted`]).
+    Loose(&'a Sender<Ack>),
+}
+
 /// A write sent to its links, whose acknowledgements are still coming in: what
 /// [`Round::wait`] needs to collect them, whichever thread does it and whenever.
 pub(super) struct Round {
@@ -193,13 +202,21 @@ impl Round {
         let mut body = Vec::with_capacity(64);
         encode_body(epoch, command, &mut body);
         drain_replies();
-        Round::send_body(shared, candidates, quorum, &body, deadline, u64::from(for_client))
+        Round::send_body(
+            shared,
+            candidates,
+            quorum,
+            &body,
+            deadline,
+            u64::from(for_client),
+            Replies::ThisThread,
+        )
     }
 
     /// [`Round::send`] of a message already encoded (everything after `<rid> `), which counts
-    /// as `requests` client requests to each slave. The caller has emptied this thread's
-    /// channel ([`drain_replies`]) before its first round; the replies of rounds it sent since,
-    /// and still waits for, stay in it.
+    /// as `requests` client requests to each slave. With [`Replies::ThisThread`], the caller
+    /// has emptied this thread's channel ([`drain_replies`]) before its first round; the
+    /// replies of rounds it sent since, and still waits for, stay in it.
     pub(super) fn send_body(
         shared: &Shared,
         candidates: Vec<Arc<Link>>,
@@ -207,51 +224,25 @@ impl Round {
         body: &[u8],
         deadline: Instant,
         requests: u64,
+        replies: Replies<'_>,
     ) -> Round {
-        REPLIES
-            .with(|(tx, _)| Round::send_to(shared, candidates, quorum, body, deadline, requests, tx, false))
-    }
-
-    /// [`Round::send_body`] for a round sent for no connection (see `combine`): its replies
-    /// go to `tx`, and the sending thread never waits for a slave's socket
-    /// ([`Link::send_counted_nowait`]).
-    pub(super) fn send_loose(
-        shared: &Shared,
-        candidates: Vec<Arc<Link>>,
-        quorum: &Arc<AckCount>,
-        body: &[u8],
-        deadline: Instant,
-        requests: u64,
-        tx: &Sender<Ack>,
-    ) -> Round {
-        Round::send_to(shared, candidates, quorum, body, deadline, requests, tx, true)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn send_to(
-        shared: &Shared,
-        candidates: Vec<Arc<Link>>,
-        quorum: &Arc<AckCount>,
-        body: &[u8],
-        deadline: Instant,
-        requests: u64,
-        tx: &Sender<Ack>,
-        nowait: bool,
-    ) -> Round {
-        let ack_timeout = shared.config.ack_timeout;
-        let mut outstanding = Vec::with_capacity(candidates.len());
-        for (i, link) in candidates.iter().enumerate() {
-            let rid = shared.rid();
-            let sent = if nowait {
-                link.send_counted_nowait(rid, body, tx, quorum)
-            } else {
-                link.send_counted(rid, body, tx, quorum)
-            };
-            if sent {
-                link.requests.fetch_add(requests, Ordering::Relaxed);
-                outstanding.push((i, rid, Instant::now() + ack_timeout));
+        let nowait = matches!(replies, Replies::Loose(_));
+        let send = |tx: &Sender<Ack>| {
+            let ack_timeout = shared.config.ack_timeout;
+            let mut outstanding = Vec::with_capacity(candidates.len());
+            for (i, link) in candidates.iter().enumerate() {
+                let rid = shared.rid();
+                if link.send_counted(rid, body, tx, quorum, nowait) {
+                    link.requests.fetch_add(requests, Ordering::Relaxed);
+                    outstanding.push((i, rid, Instant::now() + ack_timeout));
+                }
             }
-        }
+            outstanding
+        };
+        let outstanding = match replies {
+            Replies::ThisThread => REPLIES.with(|(tx, _)| send(tx)),
+            Replies::Loose(tx) => send(tx),
+        };
         Round { candidates, quorum: Arc::clone(quorum), outstanding, deadline }
     }
 

@@ -90,7 +90,10 @@ fn send_run(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) -> Result<Sent
         encode_batch_body(epoch, items, &mut body);
         let quorum = Arc::new(AckCount::new(need));
         let requests = chunk.len() as u64;
-        rounds.push((chunk, Round::send_body(shared, links.clone(), &quorum, &body, deadline, requests)));
+        rounds.push((
+            chunk,
+            Round::send_body(shared, links.clone(), &quorum, &body, deadline, requests, Replies::ThisThread),
+        ));
     }
     drop(run);
     Ok(SentRun { shared: Arc::clone(shared), writes, rounds, need, _inflight: InFlight::new(shared) })
