@@ -359,9 +359,9 @@ fn stat_number(addr: &str, name: &str) -> u64 {
 }
 
 /// Flags that keep paused slaves from being marked down while a test holds a round in flight:
-/// heartbeats 1 s apart (silent for 10 s to be marked down), and the ACK timeout `ack_ms`.
+/// heartbeats 2 s apart (silent for 20 s to be marked down), and the ACK timeout `ack_ms`.
 fn patient(ack_ms: &str) -> [&str; 4] {
-    ["--heartbeat-ms", "1000", "--ack-timeout-ms", ack_ms]
+    ["--heartbeat-ms", "2000", "--ack-timeout-ms", ack_ms]
 }
 
 /// Starts one write on its own connection and thread.
@@ -411,7 +411,9 @@ fn writes_queued_behind_a_round_in_flight_go_out_as_one_batch_when_it_ends() {
 #[test]
 fn a_batch_sent_for_no_connection_without_a_majority_is_answered_with_errors() {
     const WRITERS: usize = 4;
-    let c = TestCluster::start_with(3, &patient("3000"));
+    // The first round must end by s1's acknowledgement, not by its ACK timeout: 6 s for the
+    // steps below, which take well under a second.
+    let c = TestCluster::start_with(3, &patient("6000"));
     let addr = c.addr();
     let (mut handles, before) = queue_behind_a_round(&c, WRITERS);
     // s3 has acknowledged the first round once it awaits nothing (heartbeats come and go);

@@ -524,6 +524,9 @@ impl Link {
                 return match spawned {
                     Ok(_) => Ok(()),
                     Err(e) => {
+                        // Half a request is on the wire: no other sender may write after it
+                        // before the kill that follows marks the link dead.
+                        let _ = self.stream.shutdown(Shutdown::Both);
                         outbox.queued.clear();
                         outbox.writing = false;
                         Err(e)

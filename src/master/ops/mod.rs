@@ -183,7 +183,13 @@ pub(super) struct Round {
     /// (link index, rid, when its ACK is due) of each send not yet acknowledged.
     outstanding: Vec<(usize, u64, Instant)>,
     deadline: Instant,
+    /// Sent for no connection ([`Replies::Loose`]): no reply wakes the thread that waits for
+    /// it, which looks at its quorum every [`LOOSE_POLL`] instead.
+    loose: bool,
 }
+
+/// How often a thread waiting for a loose round looks at its quorum (see [`Round::wait`]).
+const LOOSE_POLL: Duration = Duration::from_millis(10);
 
 impl Round {
     /// Sends `command` to every one of `candidates`, counting their ACKs in `quorum`, and
@@ -243,7 +249,7 @@ impl Round {
             Replies::ThisThread => REPLIES.with(|(tx, _)| send(tx)),
             Replies::Loose(tx) => send(tx),
         };
-        Round { candidates, quorum: Arc::clone(quorum), outstanding, deadline }
+        Round { candidates, quorum: Arc::clone(quorum), outstanding, deadline, loose: nowait }
     }
 
     /// The count the round's ACKs go to.
@@ -255,7 +261,12 @@ impl Round {
     /// the deadline; now, if it could no longer reach its majority.
     pub(super) fn due(&self) -> Instant {
         // Those still to answer cannot make up the majority: it ends as soon as it is waited for.
-        if self.quorum.acked().count_ones() as usize + self.outstanding.len() < self.quorum.need() {
+        let acked = self.quorum.acked();
+        let live = self.outstanding.iter().filter(|o| {
+            let link = &self.candidates[o.0];
+            acked & (1 << link.slot) == 0 && link.is_alive()
+        });
+        if acked.count_ones() as usize + live.count() < self.quorum.need() {
             return Instant::now();
         }
         self.outstanding.iter().map(|o| o.2).min().unwrap_or(self.deadline).min(self.deadline)
@@ -271,13 +282,16 @@ impl Round {
     pub(super) fn wait(&mut self, shared: &Shared) -> Replicated {
         let need = self.quorum.need();
         let ack_timeout = shared.config.ack_timeout;
-        let Round { candidates, quorum, outstanding, deadline } = self;
+        let Round { candidates, quorum, outstanding, deadline, loose } = self;
         let deadline = *deadline;
         // Not `with_replies`: the replies waiting in the channel are this round's.
         REPLIES.with(|(_, rx)| loop {
             // ACKs that did not complete the quorum arrive as bits, without a message.
             let acked = quorum.acked();
-            outstanding.retain(|o| acked & (1 << candidates[o.0].slot) == 0);
+            // A loose round's thread hears of no failure: a dead link will not answer.
+            outstanding.retain(|o| {
+                acked & (1 << candidates[o.0].slot) == 0 && (!*loose || candidates[o.0].is_alive())
+            });
             if acked.count_ones() as usize >= need {
                 return Replicated::Majority;
             }
@@ -291,7 +305,9 @@ impl Round {
                 let pos = s.iter().position(|a| outstanding.iter().any(|o| o.1 == a.rid));
                 pos.map(|pos| s.swap_remove(pos))
             });
-            match stashed.map_or_else(|| recv_parked(rx, due), Ok) {
+            // No reply wakes this thread for a loose round: it looks again every `LOOSE_POLL`.
+            let wake = if *loose { due.min(Instant::now() + LOOSE_POLL) } else { due };
+            match stashed.map_or_else(|| recv_parked(rx, wake), Ok) {
                 Ok(ack) => {
                     let Some(pos) = outstanding.iter().position(|o| o.1 == ack.rid) else {
                         // Another round's, or late.
