@@ -38,6 +38,13 @@
 //! channel before it waits (a slave's failure, a newer epoch) makes that round end at the
 //! slave's ACK deadline as a shortfall instead: its writes are answered `TIMEOUT` and repaired
 //! either way.
+//!
+//! One round in flight (2026-12-07, the same load, 3 alternating pairs against the code before
+//! it): 4.1–4.6 writes per batch instead of 1.48, 37.6–40.9 against 51.0–54.6 µs of master CPU
+//! and 1.81–1.87 against 2.06–2.10 context switches per write, 22,064–24,175 against
+//! 19,403–20,773 writes/s; at 50 connections 1.7× the writes per second. Waiting in the
+//! combiner's thread for the round in flight instead (tried first) made the batches as big but
+//! no more writes per second: that thread's extra sleep ate the gain.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
