@@ -40,6 +40,7 @@ pub(super) fn stats(shared: &Arc<Shared>) -> Reply {
         ("writes", s.writes.load(Ordering::Relaxed).to_string()),
         ("write_batches", s.write_batches.load(Ordering::Relaxed).to_string()),
         ("write_queue", shared.combiner.queued().to_string()),
+        ("loose_rounds", shared.combiner.loose().to_string()),
         ("reads", s.reads.load(Ordering::Relaxed).to_string()),
         ("errors", s.errors.load(Ordering::Relaxed).to_string()),
         ("wal_bytes", shared.wal.bytes().to_string()),

@@ -92,6 +92,12 @@ impl Combiner {
     pub fn queued(&self) -> usize {
         self.queue.lock().writes.len()
     }
+
+    /// How many loose rounds are kept (the `loose_rounds` statistic): those not known to be
+    /// complete, and those completed since the last look.
+    pub fn loose(&self) -> usize {
+        self.loose.lock().len()
+    }
 }
 
 #[derive(Default)]
@@ -167,7 +173,11 @@ fn combine_loose(shared: &Arc<Shared>, mut queue: MutexGuard<'_, Queue>) {
     combine(shared, &mut queue, &mut rounds, true, |_| {});
     drop(queue);
     if !rounds.is_empty() {
-        shared.combiner.loose.lock().extend(rounds);
+        let mut loose = shared.combiner.loose.lock();
+        // Those a reader completed go here: a connection whose write was answered before it
+        // settled never looks at this list, so under load nothing else would drop them.
+        loose.retain(|round| !round.quorum().reached());
+        loose.extend(rounds);
     }
 }
 
