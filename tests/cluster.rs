@@ -440,3 +440,26 @@ fn a_batch_sent_for_no_connection_without_a_majority_is_answered_with_errors() {
     wait_for("writes to resume", READY, || matches!(client.write("after", b"2"), Ok(Reply::Ok(_)))).unwrap();
     assert_eq!(must_read(&mut client, "first"), Some("1".into()));
 }
+
+#[test]
+fn a_batch_sent_for_no_connection_whose_slaves_die_is_answered_at_once() {
+    const WRITERS: usize = 4;
+    let mut c = TestCluster::start_with(3, &patient("6000"));
+    let addr = c.addr();
+    let (mut handles, _) = queue_behind_a_round(&c, WRITERS);
+    wait_for("s3's acknowledgement", READY, || stat_number(&addr, "slave.s3.awaiting") == 0).unwrap();
+    c.slaves[2].pause().unwrap();
+    // s1 completes the first round; its reader sends the queued writes, which s1 acknowledges.
+    c.slaves[0].resume().unwrap();
+    let first = handles.remove(0).join().unwrap();
+    assert!(matches!(first, Reply::Ok(_)), "{first:?}");
+    // The other two die: the batch can no longer reach its majority, and a connection waiting
+    // for it settles it then, not at the ACK deadline (nor never: a round out of reach used to
+    // be due at a moment always just after the waiting connection's look).
+    c.slaves[1].kill();
+    c.slaves[2].kill();
+    for h in handles {
+        let reply = h.join().unwrap();
+        assert!(matches!(reply, Reply::Err(ErrorReply::Timeout(_))), "expected a timeout, got {reply:?}");
+    }
+}

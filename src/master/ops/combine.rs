@@ -247,9 +247,9 @@ fn settle_loose(shared: &Shared) -> Instant {
             return next;
         }
         loose.retain(|round| !round.quorum().reached());
-        let (due, waiting) = std::mem::take(&mut *loose).into_iter().partition(|round| round.due() <= now);
+        let (due, waiting) = std::mem::take(&mut *loose).into_iter().partition(|round| round.due(now) <= now);
         *loose = waiting;
-        next = loose.iter().map(Round::due).fold(next, Instant::min);
+        next = loose.iter().map(|round| round.due(now)).fold(next, Instant::min);
         due
     };
     for round in due {
@@ -336,7 +336,7 @@ impl OwedRounds {
                 self.rounds.swap_remove(i);
                 continue;
             }
-            if !all && round.due() > now {
+            if !all && round.due(now) > now {
                 i += 1;
                 continue;
             }

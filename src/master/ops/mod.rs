@@ -258,8 +258,11 @@ impl Round {
     }
 
     /// The first moment [`Round::wait`] would act on without an ACK: the earliest ACK due, or
-    /// the deadline; now, if it could no longer reach its majority.
-    pub(super) fn due(&self) -> Instant {
+    /// the deadline; `now` (the caller's, to compare with), if it could no longer reach its
+    /// majority. (Returning a fresh `Instant::now()` there made a round never due to a caller
+    /// comparing with its own earlier `now`: connections waiting for loose rounds spun on the
+    /// list's lock and combined writes stopped, in `make chaos`.)
+    pub(super) fn due(&self, now: Instant) -> Instant {
         // Those still to answer cannot make up the majority: it ends as soon as it is waited for.
         let acked = self.quorum.acked();
         let live = self.outstanding.iter().filter(|o| {
@@ -267,7 +270,7 @@ impl Round {
             acked & (1 << link.slot) == 0 && link.is_alive()
         });
         if acked.count_ones() as usize + live.count() < self.quorum.need() {
-            return Instant::now();
+            return now;
         }
         self.outstanding.iter().map(|o| o.2).min().unwrap_or(self.deadline).min(self.deadline)
     }
