@@ -412,27 +412,41 @@ fn writes_queued_behind_a_round_in_flight_go_out_as_one_batch_when_it_ends() {
     }
 }
 
-#[test]
-fn a_batch_sent_for_no_connection_without_a_majority_is_answered_with_errors() {
-    const WRITERS: usize = 4;
-    // The first round must end by s1's acknowledgement, not by its ACK timeout: 6 s for the
-    // steps below, which take well under a second.
-    let c = TestCluster::start_with(3, &patient("6000"));
+/// As [`queue_behind_a_round`], then s3 paused too once it has acknowledged the first round (it
+/// awaits nothing; heartbeats come and go) and s1 resumed: s1 completes the first round, whose
+/// write is answered `OK`, and its reader sends the queued writes as a batch for no connection,
+/// which only s1 acknowledges. Returns the queued writers and `write_batches` before the first.
+fn loose_round_only_s1_acknowledges(
+    c: &TestCluster,
+    writers: usize,
+) -> (Vec<std::thread::JoinHandle<Reply>>, u64) {
     let addr = c.addr();
-    let (mut handles, before) = queue_behind_a_round(&c, WRITERS);
-    // s3 has acknowledged the first round once it awaits nothing (heartbeats come and go);
-    // paused too, it acknowledges nothing more.
+    let (mut handles, before) = queue_behind_a_round(c, writers);
     wait_for("s3's acknowledgement", READY, || stat_number(&addr, "slave.s3.awaiting") == 0).unwrap();
     c.slaves[2].pause().unwrap();
-    // s1 completes the first round; its reader sends the queued writes, which only s1 then
-    // acknowledges: no connection sent that round, and one of those waiting settles it.
     c.slaves[0].resume().unwrap();
     let first = handles.remove(0).join().unwrap();
     assert!(matches!(first, Reply::Ok(_)), "{first:?}");
+    (handles, before)
+}
+
+/// Every write of `handles` is answered `ERR TIMEOUT`.
+fn all_time_out(handles: Vec<std::thread::JoinHandle<Reply>>) {
     for h in handles {
         let reply = h.join().unwrap();
         assert!(matches!(reply, Reply::Err(ErrorReply::Timeout(_))), "expected a timeout, got {reply:?}");
     }
+}
+
+#[test]
+fn a_batch_sent_for_no_connection_without_a_majority_is_answered_with_errors() {
+    // The first round must end by s1's acknowledgement, not by its ACK timeout: 6 s for the
+    // steps before, which take well under a second.
+    let c = TestCluster::start_with(3, &patient("6000"));
+    let addr = c.addr();
+    let (handles, before) = loose_round_only_s1_acknowledges(&c, 4);
+    // Nothing more acknowledges the batch; one of the connections waiting settles it.
+    all_time_out(handles);
     assert_eq!(stat_number(&addr, "write_batches"), before + 2, "the queued writes went as one batch");
     c.slaves[1].resume().unwrap();
     c.slaves[2].resume().unwrap();
@@ -443,23 +457,12 @@ fn a_batch_sent_for_no_connection_without_a_majority_is_answered_with_errors() {
 
 #[test]
 fn a_batch_sent_for_no_connection_whose_slaves_die_is_answered_at_once() {
-    const WRITERS: usize = 4;
     let mut c = TestCluster::start_with(3, &patient("6000"));
-    let addr = c.addr();
-    let (mut handles, _) = queue_behind_a_round(&c, WRITERS);
-    wait_for("s3's acknowledgement", READY, || stat_number(&addr, "slave.s3.awaiting") == 0).unwrap();
-    c.slaves[2].pause().unwrap();
-    // s1 completes the first round; its reader sends the queued writes, which s1 acknowledges.
-    c.slaves[0].resume().unwrap();
-    let first = handles.remove(0).join().unwrap();
-    assert!(matches!(first, Reply::Ok(_)), "{first:?}");
+    let (handles, _) = loose_round_only_s1_acknowledges(&c, 4);
     // The other two die: the batch can no longer reach its majority, and a connection waiting
     // for it settles it then, not at the ACK deadline (nor never: a round out of reach used to
     // be due at a moment always just after the waiting connection's look).
     c.slaves[1].kill();
     c.slaves[2].kill();
-    for h in handles {
-        let reply = h.join().unwrap();
-        assert!(matches!(reply, Reply::Err(ErrorReply::Timeout(_))), "expected a timeout, got {reply:?}");
-    }
+    all_time_out(handles);
 }
