@@ -96,7 +96,12 @@ impl Members {
 
     /// Connected links, alive ones only.
     pub fn live_links(&self) -> Vec<Arc<Link>> {
-        self.slots.iter().flatten().filter_map(|m| m.link.clone()).filter(|l| l.is_alive()).collect()
+        self.live().cloned().collect()
+    }
+
+    /// [`Members::live_links`] without collecting them (nor touching their reference counts).
+    pub fn live(&self) -> impl Iterator<Item = &Arc<Link>> {
+        self.slots.iter().flatten().filter_map(|m| m.link.as_ref()).filter(|l| l.is_alive())
     }
 
     /// Every member with its slot, sorted by id.

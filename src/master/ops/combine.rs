@@ -393,7 +393,7 @@ pub(super) fn write(shared: &Arc<Shared>, key: String, value: Value, client: &Ar
 /// refused before it was sent is answered here.
 fn send_batch(shared: &Arc<Shared>, batch: Vec<Queued>, rounds: &mut Vec<Round>, loose: bool) {
     // Refused before anything is logged when a majority is not even connected.
-    if let Err(why) = quorum_links(shared) {
+    if let Err(why) = quorum_connected(shared) {
         return answer_all(shared, batch, |_| Reply::Err(ErrorReply::Unavailable(why.clone())));
     }
     let epoch = shared.epoch();

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use rand::seq::SliceRandom;
 
-use super::index::{KeyState, Value};
+use super::index::Value;
 use super::link::{recv_parked, Ack, AckCount, Finish, Link, Replicated};
+use super::members::Members;
 use super::ReadFrom;
 use super::{Shared, WRITE_DEADLINE_ACK_TIMEOUTS};
 use crate::peer::{encode_body, Command, Outcome, Stamp};
@@ -112,13 +113,25 @@ impl Drop for InFlight {
 /// Live links and the majority of members, or the reason there is no quorum.
 pub(super) fn quorum_links(shared: &Shared) -> Result<(Vec<Arc<Link>>, usize), String> {
     let members = shared.members.lock();
+    let need = quorum_of(&members)?;
+    Ok((members.live_links(), need))
+}
+
+/// Whether a majority of the members is connected (what [`quorum_links`] checks, without
+/// collecting the links): the majority, or why not.
+pub(super) fn quorum_connected(shared: &Shared) -> Result<usize, String> {
+    quorum_of(&shared.members.lock())
+}
+
+/// The majority of `members`, if at least that many are connected; otherwise why not.
+pub(super) fn quorum_of(members: &Members) -> Result<usize, String> {
     let count = members.count();
     let need = majority(count).ok_or("no slave has registered yet")?;
-    let live = members.live_links();
-    if live.len() < need {
-        return Err(format!("{} of {count} members connected, {need} needed", live.len()));
+    let live = members.live().count();
+    if live < need {
+        return Err(format!("{live} of {count} members connected, {need} needed"));
     }
-    Ok((live, need))
+    Ok(need)
 }
 
 /// Marks an acknowledged write committed. Whoever answers the client calls this first, so a

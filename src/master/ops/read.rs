@@ -6,32 +6,32 @@ use std::time::Instant;
 
 use super::*;
 
-/// The connected links and the majority, if this master holds read leases from a majority of
-/// the members; otherwise the error to answer. Every answer derived from this master's state —
-/// a value, or `NOT_FOUND` — needs this first: a master that was cut off or superseded must not
-/// answer from a state that may be stale.
-pub(super) fn read_lease(shared: &Shared) -> Result<(Vec<Arc<Link>>, usize), Reply> {
-    let (links, need) = quorum_links(shared).map_err(|why| Reply::Err(ErrorReply::Unavailable(why)))?;
+/// The majority, if this master holds read leases from a majority of the members; otherwise
+/// the error to answer. Every answer derived from this master's state — a value, or
+/// `NOT_FOUND` — needs this first: a master that was cut off or superseded must not answer from
+/// a state that may be stale. It collects nothing: every read passes here.
+pub(super) fn read_lease(shared: &Shared) -> Result<usize, Reply> {
+    let unavailable = |why| Reply::Err(ErrorReply::Unavailable(why));
+    let members = shared.members.lock();
+    let need = quorum_of(&members).map_err(unavailable)?;
     let now = shared.now_us();
-    let leased = links.iter().filter(|l| l.lease_until_us.load(Ordering::Acquire) > now).count();
+    let leased = members.live().filter(|l| l.lease_until_us.load(Ordering::Acquire) > now).count();
     if leased < need {
-        return Err(Reply::Err(ErrorReply::Unavailable(format!(
-            "read lease held from {leased} members, {need} needed"
-        ))));
+        return Err(unavailable(format!("read lease held from {leased} members, {need} needed")));
     }
-    Ok((links, need))
+    Ok(need)
 }
 
 pub(super) fn read(shared: &Arc<Shared>, key: &str) -> Reply {
-    let links = match read_lease(shared) {
-        Ok((links, _)) => links,
-        Err(reply) => return reply,
-    };
-    let Some(state) = shared.index.lock().get(key).cloned() else {
+    if let Err(reply) = read_lease(shared) {
+        return reply;
+    }
+    // The committed write only (a stamp and a shared value: no copy of the value yet).
+    let Some(state) = shared.index.lock().get(key).map(|s| s.committed.clone()) else {
         shared.stats.reads.fetch_add(1, Ordering::Relaxed);
         return Reply::NotFound;
     };
-    let committed = state.committed.0;
+    let committed = state.0;
     if committed == Stamp::default() || shared.config.read_from == ReadFrom::Master {
         // Never acknowledged (its write timed out): NOT_FOUND. Otherwise the master's copy,
         // which is the truth while it holds the lease.
@@ -39,6 +39,7 @@ pub(super) fn read(shared: &Arc<Shared>, key: &str) -> Reply {
         return committed_reply(&state);
     }
     // `--read-from slaves`: one slave in sync, checked against the committed stamp.
+    let links = shared.members.lock().live_links();
     let mut synced: Vec<&Arc<Link>> = links.iter().filter(|l| l.is_synced()).collect();
     synced.shuffle(&mut rand::thread_rng());
     let command = Command::Get { key: key.to_string() };
@@ -96,9 +97,10 @@ pub(super) fn read(shared: &Arc<Shared>, key: &str) -> Reply {
     committed_reply(&state)
 }
 
-pub(super) fn committed_reply(state: &KeyState) -> Reply {
-    match &state.committed.1 {
-        Some(v) => Reply::Value { version: state.committed.0.seq, value: v.to_vec() },
+/// The answer to a read of `committed`, a key's committed write.
+pub(super) fn committed_reply(committed: &(Stamp, Value)) -> Reply {
+    match &committed.1 {
+        Some(v) => Reply::Value { version: committed.0.seq, value: v.to_vec() },
         None => Reply::NotFound,
     }
 }

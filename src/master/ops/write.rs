@@ -42,7 +42,7 @@ pub struct SentRun {
 fn send_run(shared: &Arc<Shared>, writes: Vec<(String, Vec<u8>)>) -> Result<SentRun, Vec<Reply>> {
     let n = writes.len();
     let unavailable = |why: String| vec![Reply::Err(ErrorReply::Unavailable(why)); n];
-    if let Err(why) = quorum_links(shared) {
+    if let Err(why) = quorum_connected(shared) {
         return Err(unavailable(why));
     }
     let epoch = shared.epoch();
@@ -131,7 +131,7 @@ pub(super) fn write(
         return combine::write(shared, key, value, client);
     }
     // Refused before anything is logged when a majority is not even connected.
-    if let Err(why) = quorum_links(shared) {
+    if let Err(why) = quorum_connected(shared) {
         return Answer::Reply(Reply::Err(ErrorReply::Unavailable(why)));
     }
     let record = Record::store(&key, value.as_deref());
