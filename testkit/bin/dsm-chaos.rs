@@ -60,6 +60,33 @@ struct Args {
     log_level: Level,
 }
 
+/// What the runs add up to.
+#[derive(Default)]
+struct Totals {
+    issued: u64,
+    acked_writes: u64,
+    answered_reads: u64,
+    unknown_writes: u64,
+    faults: u64,
+    violations: usize,
+    lost_writes: usize,
+    node_bugs: usize,
+}
+
+impl Totals {
+    fn add(&mut self, report: &nemesis::Report) {
+        let c = &report.counts;
+        self.issued += c.issued;
+        self.acked_writes += c.acked_writes;
+        self.answered_reads += c.answered_reads;
+        self.unknown_writes += c.unknown_writes;
+        self.faults += report.fault_total();
+        self.violations += report.verdict.violations.len();
+        self.lost_writes += report.verdict.lost_writes.len();
+        self.node_bugs += report.verdict.node_bugs.len();
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     logging::init(args.log_level);
@@ -74,7 +101,7 @@ fn main() -> ExitCode {
         }
     }
     let base = Config::default();
-    let mut totals = (0u64, 0u64, 0u64, 0u64, 0u64, 0usize, 0usize);
+    let mut totals = Totals::default();
     let mut failed_seeds = Vec::new();
     for i in 0..args.runs {
         let config = Config {
@@ -95,14 +122,7 @@ fn main() -> ExitCode {
         match nemesis::run(&config) {
             Ok(report) => {
                 println!("{report}");
-                let c = &report.counts;
-                totals.0 += c.issued;
-                totals.1 += c.acked_writes;
-                totals.2 += c.unknown_writes;
-                totals.3 += report.fault_total();
-                totals.4 += c.answered_reads;
-                totals.5 += report.verdict.violations.len();
-                totals.6 += report.verdict.lost_writes.len();
+                totals.add(&report);
                 if !report.is_ok() {
                     failed_seeds.push(config.seed);
                 }
@@ -115,16 +135,17 @@ fn main() -> ExitCode {
     }
     println!(
         "total over {} runs (reads from {}): {} operations, {} writes acknowledged, {} reads answered, {} unknown, \
-         {} faults; {} violations, {} lost writes{}",
+         {} faults; {} violations, {} lost writes, {} bug lines in node output{}",
         args.runs,
         args.read_from,
-        totals.0,
-        totals.1,
-        totals.4,
-        totals.2,
-        totals.3,
-        totals.5,
-        totals.6,
+        totals.issued,
+        totals.acked_writes,
+        totals.answered_reads,
+        totals.unknown_writes,
+        totals.faults,
+        totals.violations,
+        totals.lost_writes,
+        totals.node_bugs,
         if failed_seeds.is_empty() { String::new() } else { format!(" (failed seeds: {failed_seeds:?})") }
     );
     if failed_seeds.is_empty() {

@@ -67,14 +67,18 @@ pub struct Verdict {
     pub violations: Vec<(String, Outcome)>,
     /// Acknowledged writes that a final read shows were lost, one line each.
     pub lost_writes: Vec<String>,
+    /// Lines of the nodes' output that only a bug prints (see
+    /// [`super::BUG_MARKERS`]): `NAME.out: line`.
+    pub node_bugs: Vec<String>,
     /// Keys checked.
     pub keys: usize,
 }
 
 impl Verdict {
-    /// True when the history is linearizable and no acknowledged write was lost.
+    /// True when the history is linearizable, no acknowledged write was lost and no node
+    /// printed a sign of a bug.
     pub fn is_ok(&self) -> bool {
-        self.violations.is_empty() && self.lost_writes.is_empty()
+        self.violations.is_empty() && self.lost_writes.is_empty() && self.node_bugs.is_empty()
     }
 }
 
@@ -85,6 +89,9 @@ impl fmt::Display for Verdict {
         }
         for lost in &self.lost_writes {
             writeln!(f, "lost write: {lost}")?;
+        }
+        for line in &self.node_bugs {
+            writeln!(f, "node output: {line}")?;
         }
         Ok(())
     }
@@ -158,7 +165,7 @@ impl History {
         let ops = self.ops();
         let violations = check_keys(&ops);
         let keys = self.keys().len();
-        Verdict { violations, lost_writes: lost_writes(&ops, final_client), keys }
+        Verdict { violations, lost_writes: lost_writes(&ops, final_client), node_bugs: Vec::new(), keys }
     }
 }
 

@@ -19,7 +19,10 @@
 //!
 //! At the end every node is healed, the driver waits until a master serves with every slave,
 //! reads every key once more (these final reads are part of the history), and judges the
-//! history with [`History::judge`]: per-key linearizability and lost acknowledged writes.
+//! history with [`History::judge`]: per-key linearizability and lost acknowledged writes. A run
+//! also fails when a node printed a line that only a bug prints ([`BUG_MARKERS`]: a write left
+//! unanswered past its limit, a panic): a stall that the clients survive by timing out and
+//! reconnecting leaves the history linearizable, and shows only there.
 //!
 //! The same seed gives the same fault schedule and the same client choices; the interleaving of
 //! threads and processes is up to the machine, so a seed replays the *plan*, not the run.
@@ -62,6 +65,11 @@ pub const FINAL_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The client id of the final reads, apart from the workload's clients.
 pub const FINAL_CLIENT: u64 = 1_000;
+
+/// What only a bug makes a node print, whatever the faults: a combined write that its
+/// connection gave up waiting for (the limit is far past every deadline, so only a stall
+/// reaches it), and a panic.
+pub const BUG_MARKERS: [&str; 2] = ["was not answered within", "panicked"];
 
 /// Which node a fault hits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -282,7 +290,7 @@ impl fmt::Display for Report {
         write!(
             f,
             "seed {} (reads from {}): {} operations ({} writes acknowledged, {} reads answered, {} unknown, {} failed) \
-             on {} keys; {} faults ({}); {} violations, {} lost writes",
+             on {} keys; {} faults ({}); {} violations, {} lost writes, {} bug lines in node output",
             self.seed,
             self.read_from,
             c.issued,
@@ -295,6 +303,7 @@ impl fmt::Display for Report {
             faults.join(" "),
             self.verdict.violations.len(),
             self.verdict.lost_writes.len(),
+            self.verdict.node_bugs.len(),
         )?;
         if !self.is_ok() {
             write!(f, "\n{}", self.verdict)?;
@@ -434,6 +443,7 @@ fn run_in(config: &Config, dir: &Path) -> Result<Report> {
     final_reads(&history, &nodes.primary_addr, &nodes.backup_addr)?;
     let mut verdict = history.judge(FINAL_CLIENT);
     verdict.lost_writes.extend(check_preloaded(&nodes.primary_addr, &nodes.backup_addr, config.preload)?);
+    verdict.node_bugs = bug_lines(dir)?;
     Ok(Report {
         seed: config.seed,
         read_from: config.read_from,
@@ -443,6 +453,25 @@ fn run_in(config: &Config, dir: &Path) -> Result<Report> {
         timeline,
         dir: dir.to_path_buf(),
     })
+}
+
+/// The lines of the nodes' output files (`*.out` in `dir`) holding one of [`BUG_MARKERS`], as
+/// `NAME.out: line`, in file order.
+pub fn bug_lines(dir: &Path) -> Result<Vec<String>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "out"))
+        .collect();
+    files.sort();
+    let mut found = Vec::new();
+    for path in files {
+        let text = String::from_utf8_lossy(&std::fs::read(&path)?).into_owned();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        for line in text.lines().filter(|l| BUG_MARKERS.iter().any(|m| l.contains(m))) {
+            found.push(format!("{name}: {line}"));
+        }
+    }
+    Ok(found)
 }
 
 /// Reads every key of `history` once more through a client of both masters, retrying each
@@ -766,5 +795,31 @@ mod tests {
             assert_eq!(parse_fault_kind(&kind.to_string()).unwrap(), kind);
         }
         assert!(parse_fault_kind("nuke-everything").is_err());
+    }
+
+    #[test]
+    fn lines_only_a_bug_prints_in_the_nodes_output_fail_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write(
+            "primary.out",
+            "listening on 127.0.0.1:1\n[ERROR] a combined write was not answered within 5000 ms\n",
+        );
+        write("slave-1.out", "registered\nthread 'link' panicked at src/slave.rs:1:1:\n");
+        write("slave-2.out", "[WARN] no answer to a read within 500 ms\n");
+        // Not a node's output.
+        write("primary.log", "was not answered within\n");
+        let found = bug_lines(dir.path()).unwrap();
+        assert_eq!(
+            found,
+            [
+                "primary.out: [ERROR] a combined write was not answered within 5000 ms",
+                "slave-1.out: thread 'link' panicked at src/slave.rs:1:1:",
+            ]
+        );
+        let verdict = Verdict { node_bugs: found, ..Verdict::default() };
+        assert!(!verdict.is_ok());
+        assert!(verdict.to_string().contains("node output: slave-1.out: thread 'link' panicked"));
+        assert!(Verdict::default().is_ok());
     }
 }
