@@ -59,6 +59,9 @@ pub struct Counts {
     pub failed: u64,
 }
 
+/// How many of [`Verdict::node_bugs`] a report prints.
+const NODE_BUG_LINES_SHOWN: usize = 10;
+
 /// The verdict on a history.
 #[derive(Debug, Default)]
 pub struct Verdict {
@@ -90,8 +93,16 @@ impl fmt::Display for Verdict {
         for lost in &self.lost_writes {
             writeln!(f, "lost write: {lost}")?;
         }
-        for line in &self.node_bugs {
+        // A stall repeats its line every few seconds: the first few say what it is.
+        for line in self.node_bugs.iter().take(NODE_BUG_LINES_SHOWN) {
             writeln!(f, "node output: {line}")?;
+        }
+        if self.node_bugs.len() > NODE_BUG_LINES_SHOWN {
+            writeln!(
+                f,
+                "node output: … and {} more such lines",
+                self.node_bugs.len() - NODE_BUG_LINES_SHOWN
+            )?;
         }
         Ok(())
     }

@@ -821,5 +821,9 @@ mod tests {
         assert!(!verdict.is_ok());
         assert!(verdict.to_string().contains("node output: slave-1.out: thread 'link' panicked"));
         assert!(Verdict::default().is_ok());
+        let many = Verdict { node_bugs: vec!["primary.out: x".to_string(); 78], ..Verdict::default() };
+        let shown = many.to_string();
+        assert_eq!(shown.matches("node output: primary.out: x").count(), 10, "{shown}");
+        assert!(shown.contains("… and 68 more such lines"), "{shown}");
     }
 }
