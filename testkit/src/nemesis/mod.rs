@@ -443,7 +443,7 @@ fn run_in(config: &Config, dir: &Path) -> Result<Report> {
     final_reads(&history, &nodes.primary_addr, &nodes.backup_addr)?;
     let mut verdict = history.judge(FINAL_CLIENT);
     verdict.lost_writes.extend(check_preloaded(&nodes.primary_addr, &nodes.backup_addr, config.preload)?);
-    verdict.node_bugs = bug_lines(dir)?;
+    verdict.node_bugs = bug_lines(nodes.cluster.nodes().map(|n| (n.name.clone(), n.output())));
     Ok(Report {
         seed: config.seed,
         read_from: config.read_from,
@@ -455,23 +455,16 @@ fn run_in(config: &Config, dir: &Path) -> Result<Report> {
     })
 }
 
-/// The lines of the nodes' output files (`*.out` in `dir`) holding one of [`BUG_MARKERS`], as
-/// `NAME.out: line`, in file order.
-pub fn bug_lines(dir: &Path) -> Result<Vec<String>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "out"))
-        .collect();
-    files.sort();
+/// The lines of the nodes' outputs holding one of [`BUG_MARKERS`], as `NAME.out: line`, node
+/// by node. `outputs` is each node's name and everything it printed ([`Node::output`]).
+pub fn bug_lines(outputs: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
     let mut found = Vec::new();
-    for path in files {
-        let text = String::from_utf8_lossy(&std::fs::read(&path)?).into_owned();
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    for (name, text) in outputs {
         for line in text.lines().filter(|l| BUG_MARKERS.iter().any(|m| l.contains(m))) {
-            found.push(format!("{name}: {line}"));
+            found.push(format!("{name}.out: {line}"));
         }
     }
-    Ok(found)
+    found
 }
 
 /// Reads every key of `history` once more through a client of both masters, retrying each
@@ -799,27 +792,25 @@ mod tests {
 
     #[test]
     fn lines_only_a_bug_prints_in_the_nodes_output_fail_the_run() {
-        let dir = tempfile::tempdir().unwrap();
-        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
-        write(
-            "primary.out",
-            "listening on 127.0.0.1:1\n[ERROR] a combined write was not answered within 5000 ms\n",
-        );
-        write("slave-1.out", "registered\nthread 'link' panicked at src/slave.rs:1:1:\n");
-        write("slave-2.out", "[WARN] no answer to a read within 500 ms\n");
-        // Not a node's output.
-        write("primary.log", "was not answered within\n");
-        let found = bug_lines(dir.path()).unwrap();
+        let outputs = [
+            (
+                "primary",
+                "listening on 127.0.0.1:1\n[ERROR] a combined write was not answered within 5000 ms\n",
+            ),
+            ("s1", "registered\nthread 'link' panicked at src/slave.rs:1:1:\n"),
+            ("s2", "[WARN] no answer to a read within 500 ms\n"),
+        ];
+        let found = bug_lines(outputs.map(|(n, t)| (n.to_string(), t.to_string())));
         assert_eq!(
             found,
             [
                 "primary.out: [ERROR] a combined write was not answered within 5000 ms",
-                "slave-1.out: thread 'link' panicked at src/slave.rs:1:1:",
+                "s1.out: thread 'link' panicked at src/slave.rs:1:1:",
             ]
         );
         let verdict = Verdict { node_bugs: found, ..Verdict::default() };
         assert!(!verdict.is_ok());
-        assert!(verdict.to_string().contains("node output: slave-1.out: thread 'link' panicked"));
+        assert!(verdict.to_string().contains("node output: s1.out: thread 'link' panicked"));
         assert!(Verdict::default().is_ok());
         let many = Verdict { node_bugs: vec!["primary.out: x".to_string(); 78], ..Verdict::default() };
         let shown = many.to_string();
