@@ -26,17 +26,17 @@ pub(super) fn read(shared: &Arc<Shared>, key: &str) -> Reply {
     if let Err(reply) = read_lease(shared) {
         return reply;
     }
-    // The committed write only (a stamp and a shared value: no copy of the value yet).
-    let Some(state) = shared.index.lock().get(key).map(|s| s.committed.clone()) else {
+    // The acknowledged (committed) write only: a stamp and a shared value, not a copy of it yet.
+    let Some(acked) = shared.index.lock().get(key).map(|s| s.committed.clone()) else {
         shared.stats.reads.fetch_add(1, Ordering::Relaxed);
         return Reply::NotFound;
     };
-    let committed = state.0;
+    let committed = acked.0;
     if committed == Stamp::default() || shared.config.read_from == ReadFrom::Master {
         // Never acknowledged (its write timed out): NOT_FOUND. Otherwise the master's copy,
         // which is the truth while it holds the lease.
         shared.stats.reads.fetch_add(1, Ordering::Relaxed);
-        return committed_reply(&state);
+        return committed_reply(&acked);
     }
     // `--read-from slaves`: one slave in sync, checked against the committed stamp.
     let links = shared.members.lock().live_links();
@@ -70,7 +70,7 @@ pub(super) fn read(shared: &Arc<Shared>, key: &str) -> Reply {
                 }
                 Outcome::Value(s, _) | Outcome::Tomb(s) if s >= committed => {
                     shared.stats.reads.fetch_add(1, Ordering::Relaxed);
-                    return committed_reply(&state);
+                    return committed_reply(&acked);
                 }
                 Outcome::Fenced(newer) => {
                     shared.step_down(newer);
@@ -94,7 +94,7 @@ pub(super) fn read(shared: &Arc<Shared>, key: &str) -> Reply {
     // No slave answered with the committed copy: the master's copy is the truth while it holds
     // the lease.
     shared.stats.reads.fetch_add(1, Ordering::Relaxed);
-    committed_reply(&state)
+    committed_reply(&acked)
 }
 
 /// The answer to a read of `committed`, a key's committed write.
