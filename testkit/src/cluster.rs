@@ -284,9 +284,10 @@ impl Node {
         self.dir.join(format!("{}.out", self.name))
     }
 
-    /// Everything it has printed so far, restarts included (empty if the file cannot be read).
+    /// Everything it has printed so far, restarts included (empty if the file cannot be read;
+    /// bytes that are not UTF-8 as U+FFFD, so that the rest can still be searched).
     pub fn output(&self) -> String {
-        std::fs::read_to_string(self.output_path()).unwrap_or_default()
+        String::from_utf8_lossy(&std::fs::read(self.output_path()).unwrap_or_default()).into_owned()
     }
 }
 
